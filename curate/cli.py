@@ -1,0 +1,280 @@
+"""The ``curate`` command line: parse, build a config, call the library. No logic here.
+
+Exit codes (README): 0 ok, 2 bad input or config (one line on stderr, no traceback),
+3 finished with more failed shards than ``run.max_failed_fraction`` allows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from functools import wraps
+from typing import Annotated, Any
+
+import typer
+
+from curate.errors import EXIT_BAD_INPUT, CurateError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Curate web image-text pairs into a CLIP pretraining set.")
+
+for _k, _v in (("NO_ALBUMENTATIONS_UPDATE", "1"), ("WANDB_MODE", "disabled"),
+               ("RAY_AUTH_MODE", "disabled")):
+    os.environ.setdefault(_k, _v)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("ray", "urllib3", "filelock", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"curate: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handled(fn: Any) -> Any:
+    """Turn CurateError into one line on stderr and its exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CurateError as err:
+            _fail(str(err), err.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; rerun the same command to resume", 130)
+
+    return wrapper
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+Sets = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a config value, e.g. --set balance.t=20000 (repeatable)")]
+
+
+@app.command()
+@handled
+def run(
+    pool: Annotated[str | None, typer.Option(help="pool: Parquet file, folder or glob "
+                                                    "(default: the one recorded in RUN)")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="pipeline YAML")] = None,
+    out: Annotated[str, typer.Option(help="run directory (local path or fsspec URL)")] = "runs/run",
+    set_: Sets = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run a pipeline over a pool into a run directory (resumes when it exists)."""
+    from curate.config import load_config
+    from curate.pipeline import run_pipeline
+    from curate.summary import print_summary
+
+    _setup_logging(verbose)
+    if pipeline is None and os.path.isfile(os.path.join(out, "run.json")):
+        from curate.run import RunDir
+
+        cfg = RunDir(out).config()
+        if set_:
+            from curate.config import apply_override, parse_config
+
+            data = cfg.model_dump(mode="json", by_alias=True)
+            for s in set_:
+                apply_override(data, s)
+            cfg = parse_config(data, "--set")
+    else:
+        cfg = load_config(pipeline, set_)
+    manifest = run_pipeline(cfg, out, pool=pool)
+    print_summary(out, manifest)
+
+
+@app.command()
+@handled
+def download(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="fetch failed URLs again (successes are not re-fetched)")] = False,
+    set_: Sets = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run (or resume) the download stage of an existing run directory."""
+    _run_one(run_dir, "download", set_, verbose,
+             extra={"download": {"retry_failed": True}} if retry_failed else None)
+
+
+def _run_one(run_dir: str, stage: str, set_: list[str] | None, verbose: bool,
+             extra: dict | None = None) -> None:
+    from curate.config import apply_override, parse_config
+    from curate.pipeline import run_pipeline
+    from curate.run import RunDir
+    from curate.summary import print_summary
+
+    _setup_logging(verbose)
+    cfg = RunDir(run_dir).config()
+    if set_:
+        data = cfg.model_dump(mode="json", by_alias=True)
+        for s in set_:
+            apply_override(data, s)
+        cfg = parse_config(data, "--set")
+    if stage not in cfg.stages:
+        raise CurateError(f"{run_dir}: its pipeline has no '{stage}' stage "
+                          f"(stages: {', '.join(cfg.stages)})")
+    manifest = run_pipeline(cfg, run_dir, only=[stage], extra=extra)
+    print_summary(run_dir, manifest)
+
+
+@app.command()
+@handled
+def status(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """Per stage: shards done/total, pairs in and out, failures."""
+    from curate.run import RunDir
+    from curate.summary import print_summary, status_dict
+
+    rd = RunDir(run_dir)
+    manifest = rd.load_manifest()
+    if not manifest:
+        raise CurateError(f"{run_dir}: not a run directory (no run.json)")
+    if as_json:
+        typer.echo(json.dumps(status_dict(manifest), indent=2))
+    else:
+        print_summary(run_dir, manifest)
+
+
+@app.command()
+@handled
+def query(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+    sql: Annotated[str | None, typer.Argument(help="SQL; omit for an interactive prompt")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table|csv|json|parquet")] = "table",
+    out: Annotated[str | None, typer.Option("--out", help="write the result to a file")] = None,
+    max_rows: Annotated[int, typer.Option(help="rows shown in table format")] = 40,
+) -> None:
+    """SQL over the run's outputs (DuckDB), with a view per stage and `decisions`."""
+    import duckdb
+
+    from curate.query import connect
+    from curate.run import RunDir
+
+    if not RunDir(run_dir).fs.exists(RunDir(run_dir).path("pool")):
+        raise CurateError(f"{run_dir}: not a run directory (no pool/ folder)")
+    con = connect(run_dir)
+    if sql is None:
+        _repl(con)
+        return
+    if fmt not in ("table", "csv", "json", "parquet"):
+        raise CurateError(f"--format {fmt!r}: expected table, csv, json or parquet")
+    try:
+        rel = con.sql(sql)
+        if rel is None:
+            return
+        table = rel.to_arrow_table()
+    except duckdb.Error as err:
+        raise CurateError(f"query: {str(err).splitlines()[0]}") from None
+    _emit_table(table, fmt, out, max_rows)
+
+
+def _emit_table(table: Any, fmt: str, out: str | None, max_rows: int) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        if not out:
+            raise CurateError("--format parquet needs --out FILE")
+        pq.write_table(table, out)
+        return
+    if fmt == "csv":
+        if out:
+            pcsv.write_csv(table, out)
+        else:
+            import io
+
+            buf = io.BytesIO()
+            pcsv.write_csv(table, buf)
+            sys.stdout.write(buf.getvalue().decode())
+        return
+    if fmt == "json":
+        text = "\n".join(json.dumps(r, default=str) for r in table.to_pylist())
+        if out:
+            with open(out, "w") as f:
+                f.write(text + "\n")
+        else:
+            typer.echo(text)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*table.column_names, show_lines=False)
+    for row in table.slice(0, max_rows).to_pylist():
+        t.add_row(*[_cell(v) for v in row.values()])
+    console = Console(file=open(out, "w") if out else None, width=200 if out else None)
+    console.print(t)
+    if table.num_rows > max_rows:
+        console.print(f"({table.num_rows} rows, {max_rows} shown; --max-rows to see more)")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, bytes):
+        return f"<{len(v)} bytes>"
+    s = str(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _repl(con: Any) -> None:
+    import duckdb
+
+    views = [r[0] for r in con.sql("SELECT view_name FROM duckdb_views() "
+                                   "WHERE NOT internal").fetchall()]
+    typer.echo(f"views: {', '.join(views)}; end a statement with ';', quit with .quit or ^D")
+    buf = ""
+    while True:
+        try:
+            line = input("curate> " if not buf else "   ...> ")
+        except EOFError:
+            typer.echo("")
+            return
+        if line.strip() in (".quit", ".exit", "\\q"):
+            return
+        buf += line + "\n"
+        if not buf.strip().endswith(";"):
+            continue
+        try:
+            rel = con.sql(buf)
+            if rel is not None:
+                _emit_table(rel.to_arrow_table(), "table", None, 40)
+        except duckdb.Error as err:
+            typer.echo(f"error: {str(err).splitlines()[0]}", err=True)
+        buf = ""
+
+
+@app.command(hidden=True)
+@handled
+def example(
+    out: Annotated[str, typer.Option(help="run directory")] = "runs/example",
+    pipeline: Annotated[str, typer.Option(help="pipeline YAML")] = "pipelines/example.yaml",
+    set_: Sets = None,
+    verbose: Verbose = False,
+) -> None:
+    """The offline example: draw a pool, serve it on loopback, curate it (`make curate`)."""
+    from curate.example import run_example
+
+    _setup_logging(verbose)
+    run_example(out, pipeline, set_ or [])
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as e:
+        if e.code not in (0, None) and not isinstance(e.code, int):
+            sys.exit(EXIT_BAD_INPUT)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The one module that talks to Ray: start it, map work over shards, retry, time out.
+
+Embedded local Ray by default; with ``RAY_ADDRESS`` set the same calls run on a cluster.
+Everything else in curate hands this module plain picklable callables and items, so the
+algorithms never see Ray and the engine can change without touching them.
+
+Failure policy (img2dataset's Ray distributor drops failed shards; we do not): a work item
+that raises, whose worker dies, or that exceeds its time limit is retried ``max_retries``
+times, then recorded as failed with its last error. Nothing hangs on a stuck worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_INIT_BY_US = False
+
+
+@dataclass
+class Outcome:
+    """What happened to one work item."""
+
+    item: Any
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    attempts: int = 1
+    seconds: float = 0.0
+
+
+@dataclass
+class Resources:
+    num_cpus: float = 1
+    num_gpus: float = 0
+    memory: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def init(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set, else start an embedded local Ray (once)."""
+    global _INIT_BY_US
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = os.environ.get("RAY_ADDRESS")
+    env_vars = {k: os.environ[k] for k in (
+        "HF_HUB_OFFLINE", "NO_ALBUMENTATIONS_UPDATE", "WANDB_MODE", "CURATE_FAULT",
+        "OPENBLAS_CORETYPE") if k in os.environ}
+    if address:
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": env_vars} if env_vars else None)
+        log.info("connected to Ray cluster at %s", address)
+    else:
+        tmp = os.environ.get("CURATE_RAY_TMP") or os.path.join(
+            tempfile.gettempdir(), f"curate-ray-{os.getuid()}")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp,
+                 log_to_driver=False, configure_logging=False)
+        log.info("started local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+    _INIT_BY_US = True
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def _short(err: BaseException) -> str:
+    """One line for a worker error: Ray wraps the real exception; show that."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    text = f"{type(err).__name__}: {err}".strip().splitlines()
+    return text[0][:500] if text else type(err).__name__
+
+
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+def map_items(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    resources: Resources | None = None,
+    max_retries: int = 2,
+    timeout_s: float | None = None,
+    max_in_flight: int | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+    desc: str = "",
+) -> list[Outcome]:
+    """Run ``fn(item)`` for every item as Ray tasks; return one Outcome per item, in order.
+
+    Bounded in flight (backpressure, and a stuck task cannot starve the queue); each task
+    has a wall-clock limit after which it is cancelled (force) and retried.
+    """
+    import ray
+    from ray.exceptions import GetTimeoutError  # noqa: F401 - documents the failure mode
+
+    init()
+    res = resources or Resources()
+    items = list(items)
+    if not items:
+        return []
+    opts: dict[str, Any] = {"num_cpus": res.num_cpus, "max_retries": 0}
+    if res.num_gpus:
+        opts["num_gpus"] = res.num_gpus
+    if res.memory:
+        opts["memory"] = res.memory
+    if res.extra:
+        opts["resources"] = res.extra
+    remote = ray.remote(_apply).options(**opts)
+    fn_ref = ray.put(fn)
+    limit = max_in_flight or max(1, int(cluster_cpus() / max(res.num_cpus, 0.01)))
+    outcomes: list[Outcome | None] = [None] * len(items)
+    attempts = [0] * len(items)
+    pending = list(range(len(items)))[::-1]  # pop() takes the lowest index first
+    running: dict[Any, tuple[int, float]] = {}
+
+    from curate.progress import bar
+
+    with bar(desc or getattr(fn, "__name__", "work"), total=len(items)) as advance:
+        def submit(i: int) -> None:
+            attempts[i] += 1
+            running[remote.remote(fn_ref, items[i])] = (i, time.monotonic())
+
+        def finish(i: int, outcome: Outcome) -> None:
+            outcomes[i] = outcome
+            if on_done is not None:
+                on_done(outcome)
+            advance(1)
+
+        def failed(i: int, started: float, message: str) -> None:
+            if attempts[i] <= max_retries:
+                log.warning("%s: %r failed (attempt %d/%d): %s — retrying", desc, items[i],
+                            attempts[i], max_retries + 1, message)
+                pending.append(i)
+            else:
+                log.error("%s: %r failed after %d attempts: %s", desc, items[i], attempts[i],
+                          message)
+                finish(i, Outcome(items[i], False, error=message, attempts=attempts[i],
+                                  seconds=time.monotonic() - started))
+
+        while pending or running:
+            while pending and len(running) < limit:
+                submit(pending.pop())
+            wait_s = 1.0
+            if timeout_s:
+                oldest = min(t for _, t in running.values())
+                wait_s = max(0.05, min(wait_s, oldest + timeout_s - time.monotonic()))
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            for ref in done:
+                i, started = running.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - every worker failure is retried
+                    failed(i, started, _short(err))
+                    continue
+                finish(i, Outcome(items[i], True, value=value, attempts=attempts[i],
+                                  seconds=time.monotonic() - started))
+            if timeout_s:
+                t = time.monotonic()
+                for ref, (i, started) in list(running.items()):
+                    if t - started > timeout_s:
+                        ray.cancel(ref, force=True)
+                        running.pop(ref)
+                        failed(i, started, f"timed out after {timeout_s:g} s")
+    return [o for o in outcomes if o is not None]

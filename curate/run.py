@@ -1,0 +1,217 @@
+"""The run directory: manifest, lock, stage fingerprints and which pairs survive so far.
+
+Layout (DESIGN §3): ``run.json`` plus one folder per stage holding ``part-NNNNN.parquet``
+files, shard N of every stage matching pool shard N. The driver is the only writer of
+``run.json``; workers only write shard files (atomically), so a crash at any point leaves
+a directory that a rerun of the same command resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate import __version__
+from curate.config import PipelineConfig, parse_config
+from curate.errors import RunDirError
+from curate.io import (
+    is_local,
+    join,
+    list_shards,
+    read_table,
+    url_to_fs,
+    write_bytes_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+#: stage name -> output folder (DESIGN §3)
+STAGE_DIRS = {
+    "download": "images",
+    "score": "scores",
+    "match": "match",
+    "balance": "balance",
+    "prune": "prune",
+    "emit": "curated",
+    "report": "reports",
+}
+#: stages whose per-shard output carries a ``kept``/``reason`` decision per uid
+DECIDING = {"download", "score", "balance", "prune"}
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "curate": __version__}
+    for pkg in ("ray", "pyarrow", "duckdb", "img2dataset", "open_clip_torch", "torch", "faiss-gpu"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def uid_digest(uids: pa.Array | pa.ChunkedArray) -> str:
+    """Order-independent digest of a set of uids: what a shard's input *is*."""
+    arr = pc.sort_indices(uids)
+    ordered = pc.take(uids, arr)
+    h = hashlib.sha256()
+    for chunk in (ordered.chunks if isinstance(ordered, pa.ChunkedArray) else [ordered]):
+        h.update(b"\n".join(x.encode() for x in chunk.to_pylist()))
+        h.update(b"\n")
+    return h.hexdigest()[:32]
+
+
+class RunDir:
+    """A run directory on any fsspec filesystem."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/") or url
+        self.fs, self.root = url_to_fs(self.url)
+        self._lock_fd: int | None = None
+        self._lock_path: str | None = None
+
+    # ---------------------------------------------------------------- paths
+    def path(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    def stage_dir(self, stage: str) -> str:
+        return self.path(STAGE_DIRS.get(stage, stage))
+
+    def shard_path(self, stage_or_dir: str, shard: str) -> str:
+        return join(self.stage_dir(stage_or_dir), shard)
+
+    def pool_shards(self) -> list[str]:
+        return list_shards(self.fs, self.path("pool"))
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.path("run.json"))
+
+    # ---------------------------------------------------------------- manifest
+    def load_manifest(self) -> dict[str, Any]:
+        p = self.path("run.json")
+        if not self.fs.exists(p):
+            return {}
+        try:
+            with self.fs.open(p, "rb") as f:
+                return json.loads(f.read())
+        except ValueError as err:
+            raise RunDirError(f"{self.url}/run.json: not valid JSON ({err})") from None
+
+    def save_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest["updated"] = now()
+        data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        write_bytes_atomic(self.fs, self.path("run.json"), data)
+
+    def config(self) -> PipelineConfig:
+        m = self.load_manifest()
+        if not m:
+            raise RunDirError(f"{self.url}: not a run directory (no run.json); start one with "
+                              "`curate run --pool P --out RUN`")
+        return parse_config(m.get("config"), f"{self.url}/run.json config")
+
+    # ---------------------------------------------------------------- lock
+    def lock(self) -> None:
+        """Take the run's lock or fail at once: two runs never interleave in one directory."""
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"{self.url}: cannot create run directory ({err.strerror})") from None
+        if is_local(self.fs):
+            import fcntl
+
+            path = os.path.join(self.root, ".lock")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise RunDirError(f"{path}: cannot open lock file ({err.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunDirError(
+                    f"{self.url}: locked by {holder}; another curate run is using this directory"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n".encode(),
+                      0)
+            self._lock_fd = fd
+        else:
+            # Object stores have no flock: a lock object, refused while present.
+            # Best effort (no compare-and-swap); documented in the README.
+            path = self.path(".lock")
+            if self.fs.exists(path):
+                with self.fs.open(path, "rb") as f:
+                    holder = f.read().decode(errors="replace").strip()
+                raise RunDirError(f"{self.url}: locked by {holder}; remove {path} if that run died")
+            write_bytes_atomic(self.fs, path,
+                               f"pid {os.getpid()} on {socket.gethostname()} since {now()}".encode())
+            self._lock_path = path
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._lock_path is not None:
+            try:
+                self.fs.rm(self._lock_path)
+            except FileNotFoundError:
+                pass
+            self._lock_path = None
+
+    def __enter__(self) -> RunDir:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
+    # ---------------------------------------------------------------- pairs so far
+    def read(self, stage_or_dir: str, shard: str, columns: list[str] | None = None) -> pa.Table:
+        return read_table(self.fs, self.shard_path(stage_or_dir, shard), columns)
+
+    def kept_uids(self, stage: str, shard: str) -> pa.Array:
+        t = self.read(stage, shard, ["uid", "kept"])
+        return t.filter(t["kept"])["uid"].combine_chunks()
+
+    def survivors(self, stages_before: list[str], shard: str,
+                  columns: list[str] | None = None) -> pa.Table:
+        """Pool rows of ``shard`` that every earlier deciding stage kept.
+
+        Each stage only sees what the stages before it kept, so the last deciding stage's
+        ``kept`` uids are exactly the survivors.
+        """
+        pool = self.read("pool", shard, columns)
+        deciding = [s for s in stages_before if s in DECIDING]
+        if not deciding:
+            return pool
+        kept = self.kept_uids(deciding[-1], shard)
+        return pool.filter(pc.is_in(pool["uid"], value_set=kept))
+
+
+def stage_fingerprints(cfg: PipelineConfig, pool_fp: str) -> dict[str, str]:
+    """Chain of fingerprints: a stage's depends on its config and every stage before it."""
+    out: dict[str, str] = {}
+    up = pool_fp
+    for stage in cfg.stages:
+        up = cfg.fingerprint(stage, up)
+        out[stage] = up
+    return out
+
+
+def pool_fingerprint(cfg: PipelineConfig) -> str:
+    return cfg.fingerprint("pool")
