@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import io
 import json
 import logging
@@ -43,9 +44,10 @@ RANDOM_INIT = "none"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 """Suffixes that make a `pretrained` value a file path rather than a tag."""
 
-IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
-"""Pillow formats we decode. Web bytes are untrusted: formats such as EPS would hand the
-data to Ghostscript, so only common raster formats are opened (AVIF where Pillow has it)."""
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+"""Pillow formats we decode (JPEG includes MPO). Web bytes are untrusted: formats such as EPS
+would hand the data to Ghostscript, so only common raster formats are opened (AVIF where this
+Pillow build has it). Pass `formats=None` to `decode_image` for everything Pillow opens."""
 
 _DECODE_PREFIX = "image decode failed: "
 _HUB_PREFIX = "hf-hub:"
@@ -161,11 +163,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             path, tag_cfg = _resolve_tag(name, pretrained, spec.cache_dir)
             kwargs["pretrained"] = path
             # What open_clip does for a tag: the tag's mean/std/interpolation/resize mode...
-            kwargs["force_preprocess_cfg"] = {
-                k: v
-                for k, v in tag_cfg.items()
-                if k in ("mean", "std", "interpolation", "resize_mode", "fill_color")
-            }
+            for key in ("mean", "std", "interpolation", "resize_mode"):
+                if tag_cfg.get(key) is not None:
+                    kwargs[f"image_{key}"] = tag_cfg[key]
             # ...plus QuickGELU where the weights were trained with it (open_clip only warns,
             # and ViT-B-32 + 'openai' without it gives degraded embeddings).
             if tag_cfg.get("quick_gelu") and not _model_cfg(open_clip, name).get("quick_gelu"):
@@ -437,7 +437,7 @@ def _check_weights_dir(folder: Path, pretrained: str) -> None:
             f"score.pretrained: folder '{pretrained}' has no {_HUB_CONFIG}; point "
             "score.pretrained at the checkpoint file instead and set score.model"
         )
-    if not any(folder.glob(f"*{s}") for s in (".safetensors", ".bin", ".pth")):
+    if not any(any(folder.glob(f"*{s}")) for s in (".safetensors", ".bin", ".pth")):
         raise InputError(
             f"score.pretrained: folder '{pretrained}' has no weights (*.safetensors, *.bin, *.pth)"
         )
@@ -498,7 +498,7 @@ def decode_image(
             # We apply our own limit; palette-transparency conversion notices are noise here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)
-            img = Image.open(io.BytesIO(data), formats=formats)
+            img = Image.open(io.BytesIO(data), formats=_available(formats))
             w, h = img.size
             if limit and w * h > limit:
                 raise ImageDecodeError(
@@ -516,6 +516,17 @@ def decode_image(
         raise ImageDecodeError(_DECODE_PREFIX + "image too large (decompression bomb)") from exc
     except Exception as exc:  # truncated/corrupt streams: OSError, SyntaxError, ValueError...
         raise ImageDecodeError(_DECODE_PREFIX + _short(exc, 160)) from exc
+
+
+@functools.cache
+def _available_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in formats if f in Image.OPEN)
+
+
+def _available(formats: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Image.open raises KeyError for a format this Pillow build lacks (AVIF, say)."""
+    return None if formats is None else _available_formats(tuple(f.upper() for f in formats))
 
 
 def preprocess_images(

@@ -97,7 +97,13 @@ def _short(err: BaseException) -> str:
     return text[0][:500] if text else type(err).__name__
 
 
-def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+def _apply(fn: Callable[[Any], Any], item: Any, fault: str | None = None) -> Any:
+    # the fault-injection hook (curate.faults) follows the driver's environment at submit
+    # time, so tests can inject faults into a Ray instance that started before them
+    if fault:
+        os.environ["CURATE_FAULT"] = fault
+    else:
+        os.environ.pop("CURATE_FAULT", None)
     return fn(item)
 
 
@@ -134,6 +140,7 @@ def map_items(
         opts["resources"] = res.extra
     remote = ray.remote(_apply).options(**opts)
     fn_ref = ray.put(fn)
+    fault = os.environ.get("CURATE_FAULT")
     limit = max_in_flight or max(1, int(cluster_cpus() / max(res.num_cpus, 0.01)))
     outcomes: list[Outcome | None] = [None] * len(items)
     attempts = [0] * len(items)
@@ -145,7 +152,7 @@ def map_items(
     with bar(desc or getattr(fn, "__name__", "work"), total=len(items)) as advance:
         def submit(i: int) -> None:
             attempts[i] += 1
-            running[remote.remote(fn_ref, items[i])] = (i, time.monotonic())
+            running[remote.remote(fn_ref, items[i], fault)] = (i, time.monotonic())
 
         def finish(i: int, outcome: Outcome) -> None:
             outcomes[i] = outcome

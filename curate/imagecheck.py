@@ -18,7 +18,8 @@ FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bm
            "TIFF": "tiff"}
 
 
-def inspect(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str | None, int, int, str | None]:
+def inspect(data: bytes, max_bytes: int, max_pixels: int
+            ) -> tuple[str | None, int, int, str | None]:
     """(extension, width, height, error) for encoded image bytes; error None when fine."""
     if len(data) > max_bytes:
         return None, 0, 0, f"image too large: {len(data)} bytes > max_image_bytes {max_bytes}"

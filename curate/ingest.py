@@ -104,6 +104,33 @@ class IngestStats:
     shards_new: list[str] = field(default_factory=list)
 
 
+class _ShardWriter:
+    """Cuts one input file's rows into ``pool/part-NNNNN`` shards of ``size`` rows."""
+
+    def __init__(self, rd: RunDir, size: int, next_index: int, source: str):
+        self.rd, self.size, self.next_index, self.source = rd, size, next_index, source
+        self.buf: list[pa.Table] = []
+        self.buffered = 0
+        self.shards: list[str] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.buf.append(table)
+        self.buffered += table.num_rows
+        self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        while self.buffered >= self.size or (final and self.buffered):
+            table = pa.concat_tables(self.buf, promote_options="permissive")
+            head, rest = table.slice(0, self.size), table.slice(self.size)
+            name = shard_name(self.next_index)
+            write_parquet_atomic(self.rd.fs, self.rd.path("pool", name), head,
+                                 meta={"source": self.source})
+            self.shards.append(name)
+            self.next_index += 1
+            self.buf = [rest] if rest.num_rows else []
+            self.buffered = rest.num_rows
+
+
 def _column_map(cfg: PoolConfig, names: list[str], path: str) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for canon, default in CANONICAL_DEFAULTS.items():
@@ -185,25 +212,9 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any]) -> 
                 rename = {src: canon for canon, src in mapping.items()}
                 extras = [c for c in pf.schema_arrow.names
                           if c not in rename and not c.startswith("__index_level_")]
-                buf: list[pa.Table] = []
-                buffered = 0
+                writer = _ShardWriter(rd, cfg.shard_size, next_index, path)
                 row0 = 0
-                shards: list[str] = []
                 file_rows = 0
-
-                def flush(final: bool) -> None:
-                    nonlocal buf, buffered, next_index
-                    while buffered >= cfg.shard_size or (final and buffered):
-                        table = pa.concat_tables(buf, promote_options="permissive")
-                        head, rest = table.slice(0, cfg.shard_size), table.slice(cfg.shard_size)
-                        name = shard_name(next_index)
-                        write_parquet_atomic(rd.fs, rd.path("pool", name), head,
-                                             meta={"source": path})
-                        shards.append(name)
-                        next_index += 1
-                        buf = [rest] if rest.num_rows else []
-                        buffered = rest.num_rows
-
                 for batch in pf.iter_batches(batch_size=min(65_536, cfg.shard_size * 2)):
                     t = pa.Table.from_batches([batch])
                     t = t.rename_columns([rename.get(c, c) for c in t.column_names])
@@ -232,10 +243,9 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any]) -> 
                             stats.duplicates += dups
                             t = t.filter(pa.array(fresh))
                     file_rows += t.num_rows
-                    buf.append(t)
-                    buffered += t.num_rows
-                    flush(final=False)
-                flush(final=True)
+                    writer.add(t)
+                writer.flush(final=True)
+                shards, next_index = writer.shards, writer.next_index
         except InputError:
             raise
         except (pa.ArrowInvalid, OSError) as err:

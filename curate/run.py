@@ -158,8 +158,8 @@ class RunDir:
                 with self.fs.open(path, "rb") as f:
                     holder = f.read().decode(errors="replace").strip()
                 raise RunDirError(f"{self.url}: locked by {holder}; remove {path} if that run died")
-            write_bytes_atomic(self.fs, path,
-                               f"pid {os.getpid()} on {socket.gethostname()} since {now()}".encode())
+            holder = f"pid {os.getpid()} on {socket.gethostname()} since {now()}"
+            write_bytes_atomic(self.fs, path, holder.encode())
             self._lock_path = path
 
     def unlock(self) -> None:

@@ -1,0 +1,318 @@
+"""MetaCLIP balancing: flatten the head of the entry distribution, keep the tail whole.
+
+Every entry ``e`` gets a sampling probability ``p_e = min(1, t / count_e)`` where
+``count_e`` is the number of captions of the (filtered) pool that match it. A pair is kept
+when at least one of its matched entries passes a Bernoulli(p_e) draw, so
+``P(keep) = 1 - prod_e (1 - p_e)``; pairs that match nothing are dropped.
+
+The draws are deterministic so that results do not depend on sharding, order or worker
+count: the draw of entry ``e`` for pair ``uid`` is ``u(seed, uid, e) < p_e`` with ``u`` the
+hash of :func:`draw_u` (documented there so other tools can reproduce it).
+
+Everything here works on one shard at a time: counts and expected sizes are sums over
+shards, so a caller accumulates them and no whole-pool array is ever needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+logger = logging.getLogger(__name__)
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _flat(entry_ids) -> tuple[np.ndarray, np.ndarray, int]:
+    """(parent row, entry id) of every matched pair, and the number of rows.
+
+    Accepts ``list<int>`` Arrow arrays (chunked, sliced, with null lists = no match) or a
+    Python list of lists.
+    """
+    if isinstance(entry_ids, pa.ChunkedArray):
+        entry_ids = (entry_ids.combine_chunks() if entry_ids.num_chunks
+                     else pa.array([], pa.list_(pa.int32())))
+    if not isinstance(entry_ids, pa.Array):
+        entry_ids = pa.array(entry_ids, pa.list_(pa.int32()))
+    if not (pa.types.is_list(entry_ids.type) or pa.types.is_large_list(entry_ids.type)):
+        raise TypeError(f"entry_ids must be a list<int> array, got {entry_ids.type}")
+    values = entry_ids.flatten()
+    if values.null_count:
+        raise ValueError("entry_ids contains null entry ids")
+    ids = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    parent = pc.list_parent_indices(entry_ids).to_numpy().astype(np.int64, copy=False)
+    return parent, ids, len(entry_ids)
+
+
+def _check_t(t: float) -> float:
+    t = float(t)
+    if not t > 0 or not np.isfinite(t):
+        raise ValueError(f"t must be a positive finite number, got {t}")
+    return t
+
+
+def _entry_probs(counts: np.ndarray, t: float) -> np.ndarray:
+    """p_e = min(1, t / count_e) as float64; entries with count 0 get 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.minimum(1.0, t / counts)
+
+
+def _check_ids(ids: np.ndarray, n_entries: int) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= n_entries):
+        raise ValueError(f"entry ids must be in [0, {n_entries}); got {ids.min()}..{ids.max()}")
+
+
+# --------------------------------------------------------------------------- counts, P(keep)
+
+
+def count_entries(entry_ids, n_entries: int) -> np.ndarray:
+    """Per-entry number of captions matching it, as int64 of length ``n_entries``.
+
+    Entry ids are unique within a caption (the matcher guarantees it), so this counts
+    captions. Counts of shards add up: sum them for the pool.
+    """
+    _, ids, _ = _flat(entry_ids)
+    _check_ids(ids, n_entries)
+    return np.bincount(ids, minlength=n_entries).astype(np.int64)
+
+
+def keep_prob(entry_ids, counts: np.ndarray, t: float) -> np.ndarray:
+    """P(keep) = 1 - prod(1 - min(1, t/count_e)) per pair (float32); 0 for no match."""
+    t = _check_t(t)
+    parent, ids, n = _flat(entry_ids)
+    counts = np.asarray(counts)
+    _check_ids(ids, counts.size)
+    return _keep_prob_flat(parent, ids, n, _entry_probs(counts, t)).astype(np.float32)
+
+
+def _keep_prob_flat(parent, ids, n, probs) -> np.ndarray:
+    # Sum log(1 - p) per row; rows without matches sum to 0 -> P(keep) = 0. p = 1 gives
+    # -inf -> exp = 0 -> P(keep) = 1, with no NaN since every term is <= 0.
+    with np.errstate(divide="ignore"):
+        log_miss = np.log1p(-probs[ids])
+    total = np.bincount(parent, weights=log_miss, minlength=n)
+    return 0.0 - np.expm1(total)  # 0.0 - ... turns -0.0 into 0.0
+
+
+# --------------------------------------------------------------------------- draws
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+    return z ^ (z >> np.uint64(31))
+
+
+def _mix64_int(z: int) -> int:
+    z = ((z ^ (z >> 30)) * _MIX1) & _M64
+    z = ((z ^ (z >> 27)) * _MIX2) & _M64
+    return z ^ (z >> 31)
+
+
+def uid_key(uid: str) -> int:
+    """The 64-bit key of a uid (see :func:`draw_u`)."""
+    head = uid[:16]
+    if len(head) == 16 and all(c in "0123456789abcdefABCDEF" for c in head):
+        return int(head, 16)
+    return int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "big")
+
+
+def draw_u(seed: int, uid: str, entry_id: int) -> float:
+    """The uniform draw of entry ``entry_id`` for pair ``uid``, in [0, 1). Reference version.
+
+    With ``mix(z)`` splitmix64's finaliser on 64-bit unsigned integers (all arithmetic
+    modulo 2**64)::
+
+        mix(z):  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+                 z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+                 return z ^ (z >> 31)
+
+        key = int(uid[:16], 16)          if uid starts with 16 hex digits (curate's uids are
+                                         32 hex digits), else the first 8 bytes of
+                                         sha256(uid as UTF-8) read big-endian
+        s   = mix((seed mod 2**64) ^ 0x9E3779B97F4A7C15)
+        h   = mix(mix(key ^ s) + (entry_id + 1) * 0x9E3779B97F4A7C15)
+        u   = (h >> 11) / 2**53
+
+    The pair keeps entry ``e``'s draw when ``u < min(1, t / count_e)``. :func:`draw_kept`
+    computes the same numbers vectorised.
+    """
+    s = _mix64_int((seed & _M64) ^ _GOLDEN)
+    a = _mix64_int(uid_key(uid) ^ s)
+    h = _mix64_int((a + (entry_id + 1) * _GOLDEN) & _M64)
+    return (h >> 11) / float(1 << 53)
+
+
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUE[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX_VALUE[_c] = 10 + _i
+
+
+def uid_keys(uids) -> np.ndarray:
+    """Vectorised :func:`uid_key` over an Arrow/Python sequence of uid strings (uint64)."""
+    if isinstance(uids, pa.ChunkedArray):
+        uids = uids.combine_chunks() if uids.num_chunks else pa.array([], pa.string())
+    if not isinstance(uids, pa.Array):
+        uids = pa.array(uids, pa.string())
+    if uids.null_count:
+        raise ValueError("uids contains nulls")
+    n = len(uids)
+    keys = np.zeros(n, dtype=np.uint64)
+    if n == 0:
+        return keys
+    head = pc.utf8_slice_codeunits(uids.cast(pa.large_string()), 0, 16)
+    lengths = pc.binary_length(head).to_numpy()
+    ok = lengths == 16
+    nib = np.full((n, 16), 255, dtype=np.uint8)
+    if ok.any():
+        full = head.filter(pa.array(ok))
+        offsets = np.frombuffer(full.buffers()[1], np.int64)[full.offset:]
+        raw = np.frombuffer(full.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[len(full)]]
+        nib[ok] = _HEX_VALUE[raw.reshape(-1, 16)]  # every kept head is exactly 16 bytes
+    hexa = ok & (nib < 16).all(axis=1)
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    keys[hexa] = (nib[hexa].astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
+    other = np.flatnonzero(~hexa)
+    if other.size:  # uids that do not start with 16 hex digits: sha256, one by one
+        strings = uids.take(pa.array(other)).to_pylist()
+        keys[other] = np.array([uid_key(u) for u in strings], dtype=np.uint64)
+    return keys
+
+
+def _draws(keys_per_pair: np.ndarray, ids: np.ndarray, seed: int) -> np.ndarray:
+    s = np.uint64(_mix64_int((int(seed) & _M64) ^ _GOLDEN))
+    with np.errstate(over="ignore"):
+        a = _mix64(keys_per_pair ^ s)
+        h = _mix64(a + (ids.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def draw_kept(uids, entry_ids, counts: np.ndarray, t: float, seed: int = 0) -> np.ndarray:
+    """Kept flag per pair: some matched entry e passes ``draw_u(seed, uid, e) < p_e``.
+
+    Deterministic in (seed, uid, matched ids, counts, t) only, so any sharding, order or
+    worker count gives the same kept set. Pairs matching nothing are not kept.
+    """
+    t = _check_t(t)
+    parent, ids, n = _flat(entry_ids)
+    counts = np.asarray(counts)
+    _check_ids(ids, counts.size)
+    if len(uids) != n:
+        raise ValueError(f"{len(uids)} uids for {n} rows of entry_ids")
+    kept = np.zeros(n, dtype=bool)
+    if ids.size == 0:
+        return kept
+    keys = uid_keys(uids)
+    passed = _draws(keys[parent], ids, seed) < _entry_probs(counts, t)[ids]
+    kept[parent[passed]] = True
+    return kept
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def expected_size(entry_ids, counts: np.ndarray, t_values) -> np.ndarray:
+    """Sum over the rows of ``entry_ids`` of P(keep), for each t in ``t_values`` (float64).
+
+    Pass one shard at a time and add the results: the pool's expected kept size.
+    """
+    t_values = np.atleast_1d(np.asarray(t_values, dtype=np.float64))
+    for t in t_values:
+        _check_t(t)
+    parent, ids, n = _flat(entry_ids)
+    counts = np.asarray(counts)
+    _check_ids(ids, counts.size)
+    return np.array([_keep_prob_flat(parent, ids, n, _entry_probs(counts, t)).sum()
+                     for t in t_values])
+
+
+def t_for_target(
+    entry_ids: pa.Array | Sequence[pa.Array] | Iterable[pa.Array],
+    counts: np.ndarray,
+    target: float,
+    rel_tol: float = 1e-4,
+    grid: int = 16,
+) -> float:
+    """The t whose expected kept size is ``target`` (expected size is monotone in t).
+
+    ``entry_ids`` is one list array or a re-iterable collection of shards (a list, or an
+    object whose ``__iter__`` reads the shards again): each pass over it evaluates a grid
+    of ``grid`` values of t at once, so the bracket shrinks by ``grid - 1`` per pass rather
+    than by 2 as in plain bisection. Stops when the bracket is within ``rel_tol`` of t.
+    Raises ValueError when the target exceeds the number of pairs that match something.
+    """
+    counts = np.asarray(counts)
+    shards = [entry_ids] if isinstance(entry_ids, pa.Array | pa.ChunkedArray) else entry_ids
+
+    def sizes(ts: np.ndarray) -> np.ndarray:
+        total = np.zeros(ts.size)
+        for shard in shards:
+            total += expected_size(shard, counts, ts)
+        return total
+
+    target = float(target)
+    hi = float(max(counts.max(initial=0), 1))
+    ceiling = sizes(np.array([hi]))[0]  # every p_e = 1: every matched pair is kept
+    if not 0 < target <= ceiling:
+        raise ValueError(f"target must be in (0, {ceiling:.0f}] (pairs that match an entry), "
+                         f"got {target}")
+    lo = 0.0
+    while hi - lo > rel_tol * hi:
+        ts = np.linspace(lo, hi, grid + 1)[1:]
+        s = sizes(ts)
+        above = np.flatnonzero(s >= target)[0]  # s[-1] >= target always holds
+        lo, hi = (ts[above - 1] if above else lo), ts[above]
+    return hi
+
+
+def tail_share(counts: np.ndarray, t: float) -> float:
+    """Share of all matches that fall in tail entries (count < t)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    return float(counts[counts < t].sum() / total) if total > 0 else 0.0
+
+
+def per_language_t(counts_by_lang: dict[str, np.ndarray], t_en: float,
+                   english: str = "en") -> dict[str, int]:
+    """MetaCLIP 2's per-language thresholds.
+
+    ``p = tail_share(counts_by_lang[english], t_en)``; for every other language, t_lang is
+    the integer t whose tail share is closest to p (ties: the smaller t). Tail share only
+    changes at t = c + 1 for the counts c present, so those are the candidates. A language
+    without matches gets t_en.
+    """
+    t_en = _check_t(t_en)
+    if english not in counts_by_lang:
+        raise ValueError(f"no counts for {english!r}; languages: {sorted(counts_by_lang)}")
+    p = tail_share(counts_by_lang[english], t_en)
+    out = {}
+    for lang, counts in counts_by_lang.items():
+        counts = np.asarray(counts, dtype=np.int64)
+        if lang == english:
+            out[lang] = int(round(t_en))
+            continue
+        if counts.sum() == 0:
+            out[lang] = int(round(t_en))
+            continue
+        values, mult = np.unique(counts[counts > 0], return_counts=True)
+        # share(t = values[i] + 1) = sum of counts <= values[i]; share(t = 1) = 0.
+        shares = np.concatenate(([0.0], np.cumsum(values * mult) / counts.sum()))
+        candidates = np.concatenate(([1], values + 1))
+        out[lang] = int(candidates[np.argmin(np.abs(shares - p))])
+    logger.info("per-language t: tail share %.4f at t_en=%g -> %s", p, t_en, out)
+    return out

@@ -1,0 +1,122 @@
+"""Shared fixtures: one Ray instance per session, a loopback image server, pools on disk.
+
+Nothing here reaches a host but 127.0.0.1; images are drawn with Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+for _k, _v in (("NO_ALBUMENTATIONS_UPDATE", "1"), ("WANDB_MODE", "disabled"),
+               ("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1")):
+    os.environ.setdefault(_k, _v)
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from curate.loopback import LoopbackServer, Route  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray for the whole test session (start-up costs seconds)."""
+    from curate import engine
+
+    os.environ.setdefault("CURATE_RAY_TMP", str(tmp_path_factory.mktemp("ray")))
+    engine.init(num_cpus=2)
+    yield
+    engine.shutdown()
+
+
+def drawn_image(i: int, size: tuple[int, int], fmt: str) -> bytes:
+    img = Image.new("RGB", size, ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256))
+    d = ImageDraw.Draw(img)
+    d.ellipse((size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4),
+              fill=((i * 11) % 256, 200, 30))
+    buf = io.BytesIO()
+    img.save(buf, {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt])
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+GOOD = 24
+
+
+def image_routes() -> dict[str, Route]:
+    routes: dict[str, Route] = {}
+    fmts = ["jpg", "png", "webp"]
+    for i in range(GOOD):
+        fmt = fmts[i % 3]
+        size = (32 + 17 * i, 24 + 11 * (i % 7))
+        routes[f"/ok/{i}.{fmt}"] = Route(drawn_image(i, size, fmt), f"image/{fmt}")
+    whole = drawn_image(99, (200, 150), "jpg")
+    routes["/bad/truncated.jpg"] = Route(whole[: len(whole) // 2], "image/jpeg")
+    routes["/bad/page.jpg"] = Route(b"<!DOCTYPE html><html>nope</html>", "text/html")
+    routes["/bad/slow.jpg"] = Route(drawn_image(5, (40, 40), "jpg"), "image/jpeg", delay_s=4)
+    routes["/bad/bomb.png"] = Route(bomb_png(), "image/png")
+    routes["/bad/noai.jpg"] = Route(drawn_image(7, (40, 40), "jpg"), "image/jpeg",
+                                    headers={"X-Robots-Tag": "noai"})
+    routes["/redirect.jpg"] = Route(status=302, location="/ok/0.jpg")
+    return routes
+
+
+EXPECTED_ERRORS = {
+    "/bad/truncated.jpg": "truncated",
+    "/bad/page.jpg": "HTML page",
+    "/bad/slow.jpg": "timed out",
+    "/bad/bomb.png": "decompression bomb",
+    "/bad/noai.jpg": "X-Robots-Tag",
+    "/bad/missing.jpg": "404",
+}
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    with LoopbackServer(image_routes()) as srv:
+        yield srv
+
+
+def pool_rows(server: LoopbackServer) -> list[dict]:
+    rows = [{"url": server.url(p), "caption": f"picture number {i} of a thing", "extra": i}
+            for i, p in enumerate(sorted(server.routes))]
+    rows.append({"url": server.url("/bad/missing.jpg"), "caption": "gone", "extra": -1})
+    return rows
+
+
+def write_pool(path, rows: list[dict], columns: dict[str, str] | None = None) -> str:
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    if columns:
+        cols = {columns.get(k, k): v for k, v in cols.items()}
+    pq.write_table(pa.table(cols), str(path))
+    return str(path)
+
+
+def base_config(**sections):
+    from curate.config import parse_config
+
+    data = {
+        "stages": ["download"],
+        "pool": {"shard_size": 8},
+        "download": {"threads": 8, "timeout": 2, "allow_private_addresses": True},
+        "run": {"max_retries": 0, "num_cpus": 2},
+    }
+    for k, v in sections.items():
+        if isinstance(v, dict):
+            data.setdefault(k, {}).update(v)
+        else:
+            data[k] = v
+    return parse_config(data)
