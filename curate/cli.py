@@ -252,6 +252,78 @@ def _repl(con: Any) -> None:
         buf = ""
 
 
+metadata_app = typer.Typer(no_args_is_help=True,
+                            help="Metadata vocabularies: build one offline, fetch MetaCLIP's, "
+                                 "inspect one.")
+app.add_typer(metadata_app, name="metadata")
+
+
+@metadata_app.command("build")
+@handled
+def metadata_build(
+    out: Annotated[str, typer.Option(help="output file (.txt, .txt.gz or .json)")],
+    unigram_min_zipf: Annotated[float, typer.Option(help="wordfreq Zipf threshold")] = 1.5,
+    bigram_min_pmi: Annotated[float, typer.Option(help="bigram PMI threshold")] = 4.0,
+    no_wordnet: Annotated[bool, typer.Option("--no-wordnet")] = False,
+    no_unigrams: Annotated[bool, typer.Option("--no-unigrams")] = False,
+    no_bigrams: Annotated[bool, typer.Option("--no-bigrams")] = False,
+    no_imagenet: Annotated[bool, typer.Option("--no-imagenet")] = False,
+) -> None:
+    """Build a MetaCLIP-like vocabulary from sources that install offline (deterministic)."""
+    from curate.vocab import build_vocabulary, vocabulary_info, write_vocabulary
+
+    _setup_logging(False)
+    entries = build_vocabulary(wordnet=not no_wordnet, unigrams=not no_unigrams,
+                               unigram_min_zipf=unigram_min_zipf, bigrams=not no_bigrams,
+                               bigram_min_pmi=bigram_min_pmi, imagenet=not no_imagenet)
+    path = write_vocabulary(entries, out)
+    typer.echo(f"{path}: {json.dumps(vocabulary_info(entries))}")
+
+
+@metadata_app.command("fetch")
+@handled
+def metadata_fetch(
+    name: Annotated[str, typer.Argument(help="only 'metaclip' (MetaCLIP v1, 500k entries)")],
+    out: Annotated[str, typer.Option(help="output file")] = "metadata/metaclip_v1.json",
+) -> None:
+    """Download MetaCLIP's metadata.json and verify it by its git blob id."""
+    from curate.vocab import fetch_metaclip
+
+    if name != "metaclip":
+        raise CurateError(f"metadata fetch: unknown list {name!r} (valid: metaclip)")
+    path = fetch_metaclip(out)
+    typer.echo(f"{path}: verified")
+
+
+@metadata_app.command("info")
+@handled
+def metadata_info(file: Annotated[str, typer.Argument(help="a vocabulary file or 'default'")]
+                  ) -> None:
+    """Entries, how many are multi-word, cased and non-ASCII."""
+    from curate.vocab import load_vocabulary, vocabulary_info
+
+    typer.echo(json.dumps(vocabulary_info(load_vocabulary(file)), indent=2))
+
+
+@app.command()
+@handled
+def plan(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+    target: Annotated[int | None, typer.Option(help="the kept size you want")] = None,
+    png: Annotated[str | None, typer.Option(help="curve PNG (default RUN/reports/plan.png)")]
+    = None,
+) -> None:
+    """Expected kept size as a function of MetaCLIP's t, and the t for a target size."""
+    from curate.plan import plan_run
+
+    result = plan_run(run_dir, target, png)
+    for t, size in zip(result["t"], result["expected"]):
+        typer.echo(f"t={t:>12,.0f}  expected kept {size:>14,.0f}")
+    if target is not None:
+        typer.echo(f"t for {target:,} pairs: {result['t_for_target']:,.1f}")
+    typer.echo(f"curve: {result['png']}")
+
+
 @app.command(hidden=True)
 @handled
 def example(

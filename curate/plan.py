@@ -1,0 +1,82 @@
+"""``curate plan``: pick MetaCLIP's t for a target size without re-running balance.
+
+Expected kept size for a given t is the sum over matched pairs of P(keep) =
+1 - prod(1 - min(1, t/count_e)), computed from the entry counts and match shards of a run
+that has run match and balance; it is monotone in t, so the t for a target is a search.
+Streams the match shards (one at a time per pass), so memory stays flat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from curate.errors import CurateError
+from curate.run import RunDir
+
+
+class _Shards:
+    """Re-iterable over the run's matched entry_ids, one shard at a time."""
+
+    def __init__(self, rd: RunDir, before: list[str], shards: list[str]):
+        self.rd, self.before, self.shards = rd, before, shards
+
+    def __iter__(self):
+        from curate.stages.balance import matched
+
+        for s in self.shards:
+            yield matched(self.rd, self.before, s)["entry_ids"].combine_chunks()
+
+
+def plan_run(run: str, target: int | None, png: str | None) -> dict[str, Any]:
+    from curate.balancing import expected_size, t_for_target
+    from curate.io import read_table
+
+    rd = RunDir(run)
+    cfg = rd.config()
+    counts_path = rd.path("balance", "entry_counts.parquet")
+    if "balance" not in cfg.stages or not rd.fs.exists(counts_path):
+        raise CurateError(f"{run}: plan needs a run whose pipeline ran match and balance")
+    counts = read_table(rd.fs, counts_path, ["count"])["count"].to_numpy()
+    before = cfg.stages[: cfg.stages.index("balance")]
+    shards = [s for s in rd.pool_shards() if rd.fs.exists(rd.shard_path("match", s))]
+    data = _Shards(rd, before, shards)
+    hi = max(int(counts.max(initial=1)), 1)
+    ts = np.unique(np.round(np.geomspace(1, hi, 25)))
+    expected = np.zeros(ts.size)
+    for ids in data:
+        expected += expected_size(ids, counts, ts)
+    out: dict[str, Any] = {"t": ts.tolist(), "expected": expected.tolist()}
+    if target is not None:
+        try:
+            out["t_for_target"] = t_for_target(data, counts, target)
+        except ValueError as err:
+            raise CurateError(f"plan --target {target}: {err}") from None
+    out["png"] = _plot(rd, ts, expected, target, out.get("t_for_target"), cfg.balance.t, png)
+    return out
+
+
+def _plot(rd: RunDir, ts, expected, target, t_target, t_now, png) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.plot(ts, expected, marker=".")
+    ax.set_xscale("log")
+    ax.set_xlabel("t (per-entry cap)")
+    ax.set_ylabel("expected kept pairs")
+    ax.axvline(t_now, color="grey", ls=":", label=f"configured t = {t_now:,}")
+    if target is not None and t_target is not None:
+        ax.axhline(target, color="C1", ls="--", label=f"target {target:,} -> t = {t_target:,.0f}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = png or rd.path("reports", "plan.png")
+    rd.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with rd.fs.open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path
