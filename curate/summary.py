@@ -49,9 +49,9 @@ def print_summary(run: str, manifest: dict[str, Any]) -> None:
         t.add_row(name, st["status"], f"{st['shards_done']}/{st['shards_total']}{failed}",
                   _n(st["rows_in"]), _n(st["kept"]), dropped or "-", _n(st["seconds"]))
     console.print(t)
-    outputs = manifest.get("outputs", {})
-    for label, path in outputs.items():
-        console.print(f"{label}: {path}")
+    for name in manifest.get("config", {}).get("stages", []):
+        for label, path in manifest.get("stages", {}).get(name, {}).get("outputs", {}).items():
+            console.print(f"{label}: {path}")
 
 
 def _n(v: Any) -> str:
