@@ -185,8 +185,8 @@ def uid_keys(uids) -> np.ndarray:
         raw = np.frombuffer(full.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[len(full)]]
         nib[ok] = _HEX_VALUE[raw.reshape(-1, 16)]  # every kept head is exactly 16 bytes
     hexa = ok & (nib < 16).all(axis=1)
-    shifts = np.arange(60, -4, -4, dtype=np.uint64)
-    keys[hexa] = (nib[hexa].astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
+    packed = (nib[hexa, 0::2] << 4) | nib[hexa, 1::2]  # 8 bytes per uid, most significant first
+    keys[hexa] = np.ascontiguousarray(packed).view(">u8").ravel()
     other = np.flatnonzero(~hexa)
     if other.size:  # uids that do not start with 16 hex digits: sha256, one by one
         strings = uids.take(pa.array(other)).to_pylist()
@@ -252,7 +252,7 @@ def t_for_target(
 
     ``entry_ids`` is one list array or a re-iterable collection of shards (a list, or an
     object whose ``__iter__`` reads the shards again): each pass over it evaluates a grid
-    of ``grid`` values of t at once, so the bracket shrinks by ``grid - 1`` per pass rather
+    of ``grid`` values of t at once, so the bracket shrinks by a factor ``grid`` per pass rather
     than by 2 as in plain bisection. Stops when the bracket is within ``rel_tol`` of t.
     Raises ValueError when the target exceeds the number of pairs that match something.
     """
@@ -272,7 +272,9 @@ def t_for_target(
         raise ValueError(f"target must be in (0, {ceiling:.0f}] (pairs that match an entry), "
                          f"got {target}")
     lo = 0.0
-    while hi - lo > rel_tol * hi:
+    for _ in range(200):  # each pass divides the bracket by `grid`: 200 is never reached
+        if hi - lo <= rel_tol * hi:
+            break
         ts = np.linspace(lo, hi, grid + 1)[1:]
         s = sizes(ts)
         above = np.flatnonzero(s >= target)[0]  # s[-1] >= target always holds

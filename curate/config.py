@@ -100,7 +100,7 @@ class ScoreFilterConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    model: str = "ViT-B-32"
+    model: str | None = Field(None, description="default ViT-B-32, or the model_config's name")
     pretrained: str = "datacomp_xl_s13b_b90k"
     model_config_path: str | None = Field(None, alias="model_config")
     device: Literal["auto", "cpu", "cuda"] = "auto"

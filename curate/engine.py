@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from curate.errors import CurateError
+
 log = logging.getLogger(__name__)
 
 _INIT_BY_US = False
@@ -107,6 +109,13 @@ def _apply(fn: Callable[[Any], Any], item: Any, fault: str | None = None) -> Any
     return fn(item)
 
 
+class _Runner:
+    """A long-lived worker (Ray actor): what ``fn`` caches (a model) lives as long as it."""
+
+    def run(self, fn: Callable[[Any], Any], item: Any, fault: str | None) -> Any:
+        return _apply(fn, item, fault)
+
+
 def map_items(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -117,14 +126,18 @@ def map_items(
     max_in_flight: int | None = None,
     on_done: Callable[[Outcome], None] | None = None,
     desc: str = "",
+    num_actors: int | None = None,
 ) -> list[Outcome]:
-    """Run ``fn(item)`` for every item as Ray tasks; return one Outcome per item, in order.
+    """Run ``fn(item)`` for every item; return one Outcome per item, in order.
 
-    Bounded in flight (backpressure, and a stuck task cannot starve the queue); each task
-    has a wall-clock limit after which it is cancelled (force) and retried.
+    As Ray tasks by default, or on ``num_actors`` long-lived actors (each holding
+    ``resources``, e.g. one GPU): then whatever ``fn`` loads once per process (a model) is
+    loaded once per actor. Bounded in flight (backpressure; a stuck item cannot starve the
+    queue); each item has a wall-clock limit after which its task is cancelled (or its actor
+    killed and replaced) and the item retried.
     """
     import ray
-    from ray.exceptions import GetTimeoutError  # noqa: F401 - documents the failure mode
+    import ray.exceptions
 
     init()
     res = resources or Resources()
@@ -142,17 +155,38 @@ def map_items(
     fn_ref = ray.put(fn)
     fault = os.environ.get("CURATE_FAULT")
     limit = max_in_flight or max(1, int(cluster_cpus() / max(res.num_cpus, 0.01)))
+    actor_cls = None
+    free: list[Any] = []
+    if num_actors:
+        actor_opts = {k: v for k, v in opts.items() if k != "max_retries"}
+        actor_cls = ray.remote(_Runner).options(max_restarts=0, **actor_opts)
+        free = [actor_cls.remote() for _ in range(num_actors)]
+        limit = num_actors
     outcomes: list[Outcome | None] = [None] * len(items)
     attempts = [0] * len(items)
     pending = list(range(len(items)))[::-1]  # pop() takes the lowest index first
-    running: dict[Any, tuple[int, float]] = {}
+    running: dict[Any, tuple[int, float, Any]] = {}
 
     from curate.progress import bar
 
     with bar(desc or getattr(fn, "__name__", "work"), total=len(items)) as advance:
         def submit(i: int) -> None:
             attempts[i] += 1
-            running[remote.remote(fn_ref, items[i], fault)] = (i, time.monotonic())
+            if actor_cls is not None:
+                actor = free.pop()
+                ref = actor.run.remote(fn_ref, items[i], fault)
+            else:
+                actor, ref = None, remote.remote(fn_ref, items[i], fault)
+            running[ref] = (i, time.monotonic(), actor)
+
+        def release(actor: Any, healthy: bool) -> None:
+            if actor is None:
+                return
+            if healthy:
+                free.append(actor)
+            else:  # a dead or stuck actor is replaced, so the pool keeps its size
+                ray.kill(actor, no_restart=True)
+                free.append(actor_cls.remote())
 
         def finish(i: int, outcome: Outcome) -> None:
             outcomes[i] = outcome
@@ -176,23 +210,32 @@ def map_items(
                 submit(pending.pop())
             wait_s = 1.0
             if timeout_s:
-                oldest = min(t for _, t in running.values())
+                oldest = min(t for _, t, _ in running.values())
                 wait_s = max(0.05, min(wait_s, oldest + timeout_s - time.monotonic()))
             done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
             for ref in done:
-                i, started = running.pop(ref)
+                i, started, actor = running.pop(ref)
                 try:
                     value = ray.get(ref)
                 except Exception as err:  # noqa: BLE001 - every worker failure is retried
+                    release(actor, healthy=not isinstance(err, ray.exceptions.RayActorError))
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, CurateError):
+                        raise cause from None  # bad input/config: retrying cannot help
                     failed(i, started, _short(err))
                     continue
+                release(actor, healthy=True)
                 finish(i, Outcome(items[i], True, value=value, attempts=attempts[i],
                                   seconds=time.monotonic() - started))
             if timeout_s:
                 t = time.monotonic()
-                for ref, (i, started) in list(running.items()):
+                for ref, (i, started, actor) in list(running.items()):
                     if t - started > timeout_s:
-                        ray.cancel(ref, force=True)
+                        if actor is None:
+                            ray.cancel(ref, force=True)
                         running.pop(ref)
+                        release(actor, healthy=False)
                         failed(i, started, f"timed out after {timeout_s:g} s")
+    for actor in free:
+        ray.kill(actor, no_restart=True)
     return [o for o in outcomes if o is not None]

@@ -117,7 +117,8 @@ def _run_stage(rd: RunDir, cfg: PipelineConfig, stage: str, fingerprint: str,
     outcomes = engine.map_items(
         partial(run_shard, spec), todo, resources=driver_stage.resources(),
         max_retries=cfg.run.max_retries, timeout_s=cfg.run.shard_timeout_s,
-        max_in_flight=driver_stage.max_in_flight(), desc=stage)
+        max_in_flight=driver_stage.max_in_flight(), num_actors=driver_stage.num_actors(),
+        desc=stage)
     failed = {o.item for o in outcomes if not o.ok}
     ok = [o.value for o in outcomes if o.ok]
     dropped: dict[str, int] = {}

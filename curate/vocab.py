@@ -7,9 +7,10 @@ is an error naming the file and the item.
 
 ``build_vocabulary`` makes a MetaCLIP-like list from sources that install from PyPI and need
 no network at build time (MetaCLIP's own Wikipedia-based sources need dumps): WordNet 3.0
-synset head names, frequent English words (wordfreq), frequent English bigrams (symspellpy's
-bigram dictionary, filtered by PMI), ImageNet-1k class names (open_clip) and the numbers
-0-99 (MetaCLIP adds these too). The result is sorted, so the same inputs always give the
+synset head names (plus their cased forms, since matching is case-sensitive), frequent
+English words (wordfreq), frequent English bigrams (symspellpy's bigram dictionary,
+filtered by PMI), ImageNet-1k class names (open_clip) and the numbers 0-99 (MetaCLIP adds
+these too). The result is sorted, so the same inputs always give the
 same ids. ``metadata/README.md`` documents the sources and their licenses.
 """
 

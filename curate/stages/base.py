@@ -96,6 +96,10 @@ class Stage:
     def max_in_flight(self) -> int | None:
         return None
 
+    def num_actors(self) -> int | None:
+        """Run shards on this many long-lived actors instead of tasks (a model per actor)."""
+        return None
+
     def prepare(self, shards: list[str]) -> dict[str, Any]:
         """Global step before the shards; what it returns reaches every worker (``extra``)."""
         return {}
