@@ -24,7 +24,7 @@ install: $(STAMP)
 # Re-installs only when pyproject.toml changes; a no-op (milliseconds) otherwise.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,metadata]'
 	@touch $(STAMP)
 
 # `make curate` runs the offline example; `make curate POOL=p.parquet [PIPELINE=..] [OUT=..]`

@@ -166,8 +166,8 @@ class ScoreStage(Stage):
         if s.filter.min_score is not None:
             for i in np.flatnonzero(scores < s.filter.min_score):
                 if reasons[i] is None:
-                    reasons[i] = (f"below score threshold ({scores[i]:.4f} < "
-                                  f"{s.filter.min_score:g})")
+                    reasons[i] = (f"below score threshold: {scores[i]:.4f} < "
+                                  f"{s.filter.min_score:g}")
         kept = np.array([r is None for r in reasons], bool)
         d = img_emb.shape[1] if img_emb is not None else self._embed_dim()
         if img_emb is None:
@@ -267,9 +267,9 @@ def _shard_scores(run_url: str, shard: str) -> tuple[np.ndarray, list[str]]:
     from curate.run import RunDir
 
     t = RunDir(run_url).read("score", shard, ["uid", "clip_score", "reason"])
-    eligible = pc.and_(pc.invert(pc.is_null(t["clip_score"])),
-                       pc.or_(pc.is_null(t["reason"]),
-                              pc.starts_with(t["reason"], "below top")))
+    eligible = pc.and_kleene(pc.invert(pc.is_null(t["clip_score"])),
+                             pc.or_kleene(pc.is_null(t["reason"]),
+                                          pc.starts_with(t["reason"], "below top")))
     t = t.filter(eligible)
     return t["clip_score"].to_numpy(zero_copy_only=False), t["uid"].to_pylist()
 
@@ -287,7 +287,7 @@ def _apply_top(run_url: str, threshold: float, ties: list[str], frac: float,
     reasons = t["reason"].to_pylist()
     uids = t["uid"].to_pylist()
     tie = set(ties)
-    label = f"below top {frac:g} score fraction (threshold {threshold:.4f})"
+    label = f"below top score fraction: {frac:g} (threshold {threshold:.4f})"
     for i in range(t.num_rows):
         if reasons[i] is not None and not reasons[i].startswith("below top"):
             continue

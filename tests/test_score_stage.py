@@ -1,0 +1,155 @@
+"""score as a pipeline stage: equals a direct open_clip computation; filters; failures."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import base_config, drawn_image
+from typer.testing import CliRunner
+
+from curate.pipeline import run_pipeline
+
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32,
+                   "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                 "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("model")
+    cfg = d / "tiny-score.json"
+    cfg.write_text(json.dumps(TINY))
+    open_clip.add_model_config(str(cfg))
+    torch.manual_seed(0)
+    model, _, _ = open_clip.create_model_and_transforms("tiny-score", pretrained=None)
+    ckpt = d / "tiny.pt"
+    torch.save(model.state_dict(), ckpt)
+    return str(cfg), str(ckpt)
+
+
+def _pool(tmp_path, n=30, corrupt=(3,)) -> str:
+    images = [drawn_image(i, (48 + 7 * i, 40 + 5 * (i % 4)), ["jpg", "png", "webp"][i % 3])
+              for i in range(n)]
+    for i in corrupt:
+        images[i] = images[i][:40]  # truncated garbage
+    caps = [f"a drawing of shape {i} in colour" for i in range(n)]
+    caps[7] = "x"  # one word: dropped by the basic filter
+    p = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"url": [f"http://example.invalid/{i}.jpg" for i in range(n)],
+                             "caption": caps, "image": images}), p)
+    return str(p)
+
+
+def _cfg(tiny_ckpt, **score):
+    cfg_path, ckpt = tiny_ckpt
+    section = {"model_config": cfg_path, "pretrained": ckpt, "batch_size": 8,
+               "basic": {"min_caption_words": 2}, **score}
+    return base_config(stages=["score"], score=section, pool={"shard_size": 11})
+
+
+def _scores(out) -> pa.Table:
+    s = pq.read_table(f"{out}/scores")
+    p = pq.read_table(f"{out}/pool", columns=["uid", "caption", "image"])
+    idx = pc.index_in(s["uid"], value_set=p["uid"].combine_chunks())
+    return s.append_column("caption", pc.take(p["caption"], idx)).append_column(
+        "image", pc.take(p["image"], idx))
+
+
+def test_scores_equal_direct_open_clip(tmp_path, tiny_ckpt, ray_session):
+    import open_clip
+    import torch
+    from PIL import Image
+
+    out = tmp_path / "run"
+    run_pipeline(_cfg(tiny_ckpt), str(out), pool=_pool(tmp_path))
+    t = _scores(out).sort_by("uid")
+    cfg_path, ckpt = tiny_ckpt
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-score", pretrained=ckpt)
+    model.eval()
+    tok = open_clip.get_tokenizer("tiny-score")
+    rows = t.to_pylist()
+    reasons = {r["reason"] for r in rows if not r["kept"]}
+    assert any(r.startswith("image decode failed") for r in reasons), reasons
+    assert any("fewer than 2 words" in r for r in reasons), reasons
+    scored = [r for r in rows if r["clip_score"] is not None]
+    assert len(scored) == len(rows) - 2
+    with torch.no_grad():
+        imgs = torch.stack([preprocess(Image.open(io.BytesIO(r["image"]))) for r in scored])
+        ie = model.encode_image(imgs)
+        te = model.encode_text(tok([r["caption"] for r in scored]))
+        ie = (ie / ie.norm(dim=-1, keepdim=True)).numpy()
+        te = (te / te.norm(dim=-1, keepdim=True)).numpy()
+    got_ie = np.array([r["image_emb"] for r in scored], np.float32)
+    got_te = np.array([r["text_emb"] for r in scored], np.float32)
+    np.testing.assert_allclose(got_ie, ie, atol=2e-3)  # stored as float16
+    np.testing.assert_allclose(got_te, te, atol=2e-3)
+    direct = (ie * te).sum(1)
+    np.testing.assert_allclose([r["clip_score"] for r in scored], direct, atol=1e-4)
+    # clip_score equals the dot product of the stored embeddings (fp16 rounding)
+    np.testing.assert_allclose((got_ie * got_te).sum(1), [r["clip_score"] for r in scored],
+                               atol=3e-3)
+    schema = pq.read_schema(next((out / "scores").glob("part-*.parquet")))
+    assert schema.field("image_emb").type == pa.list_(pa.float16(), 32)
+
+
+def test_top_fraction_keeps_exactly_global_top_k(tmp_path, tiny_ckpt, ray_session):
+    out = tmp_path / "run"
+    run_pipeline(_cfg(tiny_ckpt, filter={"top_fraction": 0.3}), str(out), pool=_pool(tmp_path))
+    t = pq.read_table(f"{out}/scores")
+    eligible = t.filter(pc.invert(pc.is_null(t["clip_score"])))
+    k = round(0.3 * eligible.num_rows)
+    kept = t.filter(t["kept"])
+    assert kept.num_rows == k
+    best = sorted(eligible["clip_score"].to_pylist(), reverse=True)[:k]
+    assert sorted(kept["clip_score"].to_pylist(), reverse=True) == best
+    assert all(r.startswith("below top score fraction: 0.3") for r in t.filter(pc.invert(t["kept"]))["reason"]
+               .to_pylist() if r and "decode" not in r and "words" not in r)
+
+
+def test_min_score_keeps_at_least_threshold(tmp_path, tiny_ckpt, ray_session):
+    out = tmp_path / "run0"
+    run_pipeline(_cfg(tiny_ckpt), str(out), pool=_pool(tmp_path))
+    s = pq.read_table(f"{out}/scores")["clip_score"].drop_null().to_numpy()
+    thr = float(np.median(s))
+    out2 = tmp_path / "run1"
+    run_pipeline(_cfg(tiny_ckpt, filter={"min_score": thr}), str(out2), pool=_pool(tmp_path))
+    t = pq.read_table(f"{out2}/scores")
+    kept = t.filter(t["kept"])["clip_score"].to_numpy()
+    assert (kept >= thr).all() and len(kept) == int((s >= thr).sum())
+
+
+def test_unavailable_weights_fail_fast_and_keep_earlier_outputs(tmp_path, tiny_ckpt,
+                                                                ray_session):
+    from curate.cli import app
+
+    pool = _pool(tmp_path, corrupt=())
+    out = tmp_path / "run"
+    run_pipeline(base_config(stages=["download"], pool={"shard_size": 11}), str(out), pool=pool)
+    before = {p.name: p.read_bytes() for p in (out / "images").glob("*.parquet")}
+    yaml = tmp_path / "p.yaml"
+    yaml.write_text("stages: [download, score]\npool: {shard_size: 11}\n"
+                    "download: {threads: 8, timeout: 2, allow_private_addresses: true}\n"
+                    "score: {model: ViT-B-32, pretrained: laion2b_s34b_b79k}\n")
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["run", "--pool", pool, "--pipeline", str(yaml), "--out",
+                                 str(out)])
+    assert time.monotonic() - t0 < 60
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert "laion2b_s34b_b79k" in line and "ViT-B-32" in line, line
+    after = {p.name: p.read_bytes() for p in (out / "images").glob("*.parquet")}
+    assert after == before
