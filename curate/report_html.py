@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 #: the sections of the page, in order: (id, title); tests check every id is present
@@ -140,6 +139,13 @@ def not_run(what: str) -> str:
     return f'<p class="notrun">{esc(what)}</p>'
 
 
+def absent(d: ReportData, stage: str, what: str) -> str:
+    """The one line a section shows when the stage it describes has no output."""
+    why = ("in the pipeline, but no output yet" if stage in d.stages
+           else "not in this pipeline")
+    return not_run(f"{stage} not run ({why}): {what}")
+
+
 def img_tag(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img class="plot" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
@@ -149,6 +155,7 @@ def img_tag(png: bytes, alt: str) -> str:
 
 
 def _figure(w: float = 9.6, h: float = 3.8):
+    """A standalone Agg figure (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -174,7 +181,7 @@ def _style(ax) -> None:
 def funnel_png(stages: Sequence[str], pairs_in: Sequence[int], kept: Sequence[int]) -> bytes:
     """Horizontal bars per stage: pairs in (grey) with pairs kept (blue) on top."""
     n = len(stages)
-    fig = _figure(9.6, 0.55 * n + 1.2)
+    fig = _figure(9.6, 0.55 * n + 1.4)
     ax = fig.add_subplot()
     y = np.arange(n)
     ax.barh(y, pairs_in, color="#d0d7de", label="pairs in", height=0.7)
@@ -188,7 +195,7 @@ def funnel_png(stages: Sequence[str], pairs_in: Sequence[int], kept: Sequence[in
     ax.invert_yaxis()
     ax.set_xlim(0, top * 1.35)
     ax.set_xlabel("pairs")
-    ax.legend(loc="lower right", frameon=False, fontsize=9)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False, fontsize=9)
     _style(ax)
     ax.grid(False, axis="y")
     return _png(fig)
@@ -217,7 +224,7 @@ def rank_frequency_png(curves: dict[str, np.ndarray], t: float | None,
             continue
         colour = (colours or {}).get(label, STAGE_COLOURS[i % len(STAGE_COLOURS)])
         ax.plot(r, c, label=f"{label} ({int((np.asarray(counts) > 0).sum()):,} entries)",
-                color=colour, lw=1.8, drawstyle="steps-post")
+                color=colour, lw=1.8, marker="o" if r.size <= 60 else None, ms=3)
     if t is not None:
         ax.axhline(t, color="#444", ls=":", lw=1.2, label=f"t = {t:,.0f}")
     ax.set_xscale("log")
@@ -231,7 +238,7 @@ def rank_frequency_png(curves: dict[str, np.ndarray], t: float | None,
 
 def head_tail_png(labels: Sequence[str], head: Sequence[float], tail: Sequence[float]) -> bytes:
     """Stacked bars: share of entry matches in head vs tail entries, per column."""
-    fig = _figure(9.6, 0.5 * len(labels) + 1.1)
+    fig = _figure(9.6, 0.45 * len(labels) + 1.3)
     ax = fig.add_subplot()
     y = np.arange(len(labels))
     tot = np.maximum(np.asarray(head, float) + np.asarray(tail, float), 1e-12)
@@ -249,7 +256,7 @@ def head_tail_png(labels: Sequence[str], head: Sequence[float], tail: Sequence[f
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of entry matches (%)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2, frameon=False,
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False,
               fontsize=9)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -288,6 +295,8 @@ def score_hist_png(edges: np.ndarray, all_counts: np.ndarray, kept_counts: np.nd
 
 def clusters_png(clusters: pa.Table) -> bytes:
     """Cluster size vs complexity, and quota vs size (when DBP set quotas)."""
+    from matplotlib.ticker import MaxNLocator
+
     size = clusters["size"].to_numpy(zero_copy_only=False).astype(float)
     has_c = "complexity" in clusters.column_names and clusters["complexity"].null_count < len(
         clusters)
@@ -325,6 +334,7 @@ def clusters_png(clusters: pa.Table) -> bytes:
     pos = size[size > 0]
     bins = np.unique(np.geomspace(1, max(pos.max(initial=1), 2), 40).round()) if pos.size else 10
     ax.hist(pos, bins=bins, color="#9467bd")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xscale("log")
     ax.set_xlabel("cluster size (pairs)")
     ax.set_ylabel("clusters")
@@ -340,11 +350,11 @@ def coverage_png(count_pool: np.ndarray, count_final: np.ndarray) -> bytes:
     for label, c, colour in (("pool", count_pool, POOL_COLOUR),
                              ("after curation", count_final, FINAL_COLOUR)):
         s = np.sort(np.asarray(c))[::-1]
-        ax.plot(np.arange(1, s.size + 1), np.maximum(s, 0.8), color=colour, lw=1.8,
-                label=f"{label}: {int((s > 0).sum()):,} of {s.size:,} classes with a pair",
-                drawstyle="steps-post")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=0.7)
+        ax.plot(np.arange(1, s.size + 1), s, color=colour, lw=1.8,
+                label=f"{label}: {int((s > 0).sum()):,} of {s.size:,} classes with a pair")
+    # symlog: classes without a pair sit visibly at 0 instead of vanishing from a log axis
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("ImageNet class, sorted by its number of pairs")
     ax.set_ylabel("pairs mentioning the class")
     ax.legend(frameon=False, fontsize=9)
@@ -438,12 +448,12 @@ def _funnel(d: ReportData) -> str:
             rows.append([f"dropped: {esc(r['reason'])}", "", "", "", fmt_int(r["count"]),
                          fmt_pct(r["count"] or 0, tr["pairs_in"] or 0), ""])
             classes.append("reason")
-    table = table_html(["stage", "status", "pairs in", "kept", "dropped", "share", "seconds"],
+    table = table_html(["stage", "status", "pairs in", "kept", "dropped", "% of in", "seconds"],
                        rows, [False, False, True, True, True, True, True], classes, raw=True)
     missing = [st for st in d.stages if st != "report" and not d.ran.get(st)]
     extra = not_run("Not run: " + ", ".join(missing) + ".") if missing else ""
     return (img_tag(png, "pairs in and kept per stage") + table
-            + "<p>Share: of the stage's pairs in. Reasons are grouped by their stem "
+            + "<p>% of in: share of the stage's pairs in. Reasons are grouped by their stem "
             "(e.g. all <em>semantic duplicate of …</em> together).</p>" + extra)
 
 
@@ -454,7 +464,7 @@ def _display_counts(d: ReportData) -> dict[str, np.ndarray]:
 
 def _rank_frequency(d: ReportData) -> str:
     if d.concepts is None:
-        return not_run("match not run: no concept frequencies.")
+        return absent(d, "match", "no concept frequencies.")
     if d.concepts.num_rows == 0:
         return not_run("match ran, but no caption matched any metadata entry.")
     curves = _display_counts(d)
@@ -471,7 +481,7 @@ def _rank_frequency(d: ReportData) -> str:
 
 def _head_tail(d: ReportData) -> str:
     if d.concepts is None:
-        return not_run("match not run: no head/tail split.")
+        return absent(d, "match", "no head/tail split.")
     head = d.concepts["head"].to_numpy(zero_copy_only=False)
     rows, labels, hs, ts = [], [], [], []
     for label, c in _display_counts(d).items():
@@ -496,7 +506,7 @@ def _head_tail(d: ReportData) -> str:
 
 def _entry_counts(d: ReportData) -> str:
     if d.concepts is None:
-        return not_run("match not run.")
+        return absent(d, "match", "no entry counts.")
     counts = _display_counts(d)
     rows = []
     for k in (1, 10, 100, 1000):
@@ -522,7 +532,7 @@ def _entry_rows(d: ReportData, idx: np.ndarray) -> list[list[str]]:
 
 def _top_entries(d: ReportData) -> str:
     if d.concepts is None:
-        return not_run("match not run.")
+        return absent(d, "match", "no entry counts.")
     if d.concepts.num_rows == 0:
         return not_run("No entry matched.")
     n = d.top_n
@@ -535,16 +545,17 @@ def _top_entries(d: ReportData) -> str:
     most = table_html(headers, _entry_rows(d, order_desc[:n]), num, raw=True)
     least = table_html(headers, _entry_rows(d, order_asc[:n]), num, raw=True)
     ones = int((pool == 1).sum())
-    return (f"<p>Ranked by pool count. The table {esc('concept_frequency.parquet')} holds all "
-            f"{d.concepts.num_rows:,} entries with at least one pair; {ones:,} of them have "
-            "exactly one, so which of those are listed below is arbitrary (by entry id).</p>"
+    ones_text = (f" {ones:,} of them {'has' if ones == 1 else 'have'} exactly one pair; among "
+                 "equal counts the order is by entry id." if ones else "")
+    return (f"<p>Ranked by pool count. reports/concept_frequency.parquet holds all "
+            f"{d.concepts.num_rows:,} entries with at least one pair.{ones_text}</p>"
             f'<div class="cols"><div><h3>Top {n} most frequent</h3>{most}</div>'
             f"<div><h3>{n} least frequent (count ≥ 1)</h3>{least}</div></div>")
 
 
 def _scores(d: ReportData) -> str:
     if d.scores is None:
-        return not_run("score not run: no CLIP scores.")
+        return absent(d, "score", "no CLIP scores.")
     s = d.scores
     warn = ""
     if d.random_weights:
@@ -573,7 +584,7 @@ def _scores(d: ReportData) -> str:
 
 def _clusters(d: ReportData) -> str:
     if d.clusters is None:
-        return not_run("prune not run: no concept clusters.")
+        return absent(d, "prune", "no concept clusters.")
     c = d.clusters
     if c.num_rows == 0:
         return not_run("prune ran, but clusters.parquet is empty.")
@@ -614,22 +625,38 @@ def _imagenet(d: ReportData) -> str:
                           [True, False, True, True])
 
     most = listing(np.lexsort((idx, -cp, -cf)))
-    least = listing(np.lexsort((idx, cp, cf)))
-    zero = cov.filter(pc.equal(cov["count_final"], 0))["classname"].to_pylist()
+    present = np.flatnonzero(cf > 0)
+    least = (listing(present[np.lexsort((idx[present], -cp[present], cf[present]))])
+             if present.size else not_run("No class has a pair after curation."))
+    names = cov["classname"].to_pylist()
+
+    def name_list(sel: np.ndarray, with_counts: bool, limit: int = 80) -> str:
+        sel = sel[np.lexsort((idx[sel], -cp[sel]))]
+        items = [f"{names[i]} ({int(cp[i]):,})" if with_counts else names[i]
+                 for i in sel[:limit]]
+        more = f", … ({sel.size - limit:,} more)" if sel.size > limit else ""
+        return esc(", ".join(items) + more)
+
+    lost = np.flatnonzero((cp > 0) & (cf == 0))
+    never = np.flatnonzero(cp == 0)
     zero_text = ""
-    if zero:
-        shown = ", ".join(zero[:60]) + (f", … ({len(zero) - 60:,} more)" if len(zero) > 60 else "")
-        zero_text = f"<p><strong>No pair after curation</strong> ({len(zero):,}): {esc(shown)}</p>"
+    if lost.size:
+        zero_text += (f"<p><strong>Lost by curation</strong> ({lost.size:,} classes, pool "
+                      f"count in brackets): {name_list(lost, True)}</p>")
+    if never.size:
+        zero_text += (f"<p><strong>No pair even in the pool</strong> ({never.size:,} classes): "
+                      f"{name_list(never, False)}</p>")
     intro = ("<p>Pairs whose caption mentions each ImageNet-1k class name, by MetaCLIP's "
              "substring rule (case-sensitive, space-bounded), in the pool and "
              f"{esc(d.final_label)}. {esc(d.coverage_note or '')}</p>")
     return (intro + img_tag(coverage_png(cp, cf), "ImageNet class coverage") + summary
             + f'<div class="cols"><div><h3>Most covered</h3>{most}</div>'
-              f"<div><h3>Least covered</h3>{least}</div></div>" + zero_text)
+              f"<div><h3>Least covered (at least one pair)</h3>{least}</div></div>"
+            + zero_text)
 
 
 def _config(d: ReportData) -> str:
-    text = yaml.safe_dump(d.config, sort_keys=False, allow_unicode=True, default_flow_style=None,
+    text = yaml.safe_dump(d.config, sort_keys=False, allow_unicode=True, default_flow_style=False,
                           width=96) if d.config else "(no config recorded)"
     vers = ", ".join(f"{k} {v}" for k, v in sorted(d.versions.items()))
     return (f"<pre>{esc(text)}</pre>"

@@ -181,7 +181,9 @@ def test_local_checkpoints_reload_identically(tiny_config, reference, kind):
     blobs = [_encode_bytes(_draw(seed=s), "PNG") for s in range(2)]
     tensor, _, _ = preprocess_images(blobs, loaded.preprocess)
     got = encode(loaded, tensor, CAPTIONS[:2])
-    ref = _direct(model, loaded.preprocess, [Image.open(io.BytesIO(b)) for b in blobs], CAPTIONS[:2])
+    ref = _direct(
+        model, loaded.preprocess, [Image.open(io.BytesIO(b)) for b in blobs], CAPTIONS[:2]
+    )
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -255,7 +257,12 @@ def test_tag_loads_offline_from_hub_cache(tiny_config, reference, tmp_path, monk
     model, folder = reference
     from open_clip import pretrained as oc_pretrained
 
-    tag_cfg = {"hf_hub": "curate-test/tiny/", "quick_gelu": True, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    tag_cfg = {
+        "hf_hub": "curate-test/tiny/",
+        "quick_gelu": True,
+        "mean": (0.5,) * 3,
+        "std": (0.25,) * 3,
+    }
     monkeypatch.setitem(oc_pretrained._PRETRAINED, TINY, {"faketag": tag_cfg})
     _fake_hub_cache(tmp_path, "curate-test/tiny", {
         "open_clip_pytorch_model.bin": (folder / "plain.pt").read_bytes(),
