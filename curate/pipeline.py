@@ -114,6 +114,7 @@ def _run_stage(rd: RunDir, cfg: PipelineConfig, stage: str, fingerprint: str,
         return set()
     global_info = driver_stage.prepare(todo)
     spec = StageSpec(stage, rd.url, spec.config, fingerprint, {**extra, **global_info})
+    driver_stage.spec = spec  # finalize sees what prepare found
     outcomes = engine.map_items(
         partial(run_shard, spec), todo, resources=driver_stage.resources(),
         max_retries=cfg.run.max_retries, timeout_s=cfg.run.shard_timeout_s,
