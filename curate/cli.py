@@ -105,6 +105,32 @@ def download(
              extra={"download": {"retry_failed": True}} if retry_failed else None)
 
 
+def _stage_command(stage: str, doc: str) -> None:
+    """``curate <stage> RUN``: (re)run one stage of an existing run directory."""
+
+    @handled
+    def command(
+        run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+        set_: Sets = None,
+        verbose: Verbose = False,
+    ) -> None:
+        _run_one(run_dir, stage, set_, verbose)
+
+    command.__doc__ = doc
+    app.command(stage)(command)
+
+
+for _stage, _doc in (
+    ("score", "Run (or resume) the score stage: CLIP embeddings, scores and score filters."),
+    ("match", "Run (or resume) the match stage: MetaCLIP substring matching of captions."),
+    ("balance", "Run (or resume) MetaCLIP balancing: entry counts, then the seeded draws."),
+    ("prune", "Run (or resume) concept-cluster pruning: k-means, SemDeDup, DBP."),
+    ("emit", "Run (or rewrite) the curated shards (Parquet, WebDataset on request)."),
+    ("report", "Run (or rewrite) the reports: concept frequencies, stage summary, HTML."),
+):
+    _stage_command(_stage, _doc)
+
+
 def _run_one(run_dir: str, stage: str, set_: list[str] | None, verbose: bool,
              extra: dict | None = None) -> None:
     from curate.config import apply_override, parse_config
@@ -310,7 +336,7 @@ def metadata_info(file: Annotated[str, typer.Argument(help="a vocabulary file or
 def plan(
     run_dir: Annotated[str, typer.Argument(metavar="RUN")],
     target: Annotated[int | None, typer.Option(help="the kept size you want")] = None,
-    png: Annotated[str | None, typer.Option(help="curve PNG (default RUN/reports/plan.png)")]
+    png: Annotated[str | None, typer.Option(help="curve PNG (default RUN/plan/plan.png)")]
     = None,
 ) -> None:
     """Expected kept size as a function of MetaCLIP's t, and the t for a target size."""

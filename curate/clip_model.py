@@ -458,6 +458,10 @@ def _unknown_tag_message(open_clip, name: str, tag: str) -> str:
         valid = f"valid tags for {name}: {', '.join(tags)}"
     else:
         valid = f"{name} has no pretrained tags"
+    elsewhere = open_clip.list_pretrained_models_by_tag(tag)
+    if elsewhere:
+        more = "…" if len(elsewhere) > 6 else ""
+        valid += f"; '{tag}' is a tag of {', '.join(elsewhere[:6])}{more}"
     return (
         f"score.pretrained: weights '{tag}' for {name} are not a known tag or an existing file; "
         f"{valid} (or a checkpoint path, an hf-hub:org/name id, or 'none' for random init)"

@@ -45,3 +45,11 @@ def maybe_fail(stage: str, shard: str, after_write: bool = False) -> None:
             if action == "kill-driver" and os.environ.get("CURATE_DRIVER_PID"):
                 os.kill(int(os.environ["CURATE_DRIVER_PID"]), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def trace(stage: str, item: str) -> None:
+    """Append ``stage item`` to ``CURATE_TRACE`` (a test hook: proves what was processed)."""
+    path = os.environ.get("CURATE_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{stage} {item}\n")

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import faults
 from curate.config import PoolConfig
 from curate.errors import InputError
 from curate.io import shard_name, url_to_fs, write_parquet_atomic
@@ -126,6 +127,8 @@ class _ShardWriter:
             write_parquet_atomic(self.rd.fs, self.rd.path("pool", name), head,
                                  meta={"source": self.source})
             self.shards.append(name)
+            faults.trace("ingest", name)
+            faults.maybe_fail("ingest", name, after_write=True)
             self.next_index += 1
             self.buf = [rest] if rest.num_rows else []
             self.buffered = rest.num_rows
@@ -184,13 +187,23 @@ def _check_rows(table: pa.Table, cfg: PoolConfig, path: str, row0: int) -> pa.Ar
     return pc.invert(bad_any)
 
 
-def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any]) -> IngestStats:
-    """Ingest new pool files into ``rd/pool``; updates ``manifest['pool']`` in place."""
+def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
+           save: Any = None) -> IngestStats:
+    """Ingest new pool files into ``rd/pool``; updates ``manifest['pool']`` in place.
+
+    ``save(manifest)`` is called after each input file, so a crash loses at most the file
+    being ingested: its shards are not in the manifest, and the next run deletes them and
+    ingests that file again.
+    """
     fs, files = resolve_pool(spec)
     pool_m = manifest.setdefault("pool", {"inputs": [], "rows": 0, "duplicates": 0,
                                           "bad_rows": {}})
     done = {(i["path"], i["size"], i["mtime"]) for i in pool_m["inputs"]}
     stats = IngestStats()
+    recorded = {s for i in pool_m["inputs"] for s in i["shards"]}
+    for orphan in sorted(set(rd.pool_shards()) - recorded):
+        log.warning("ingest: removing %s, left by an ingest that did not finish", orphan)
+        rd.fs.rm(rd.path("pool", orphan))
     existing = rd.pool_shards()
     next_index = (int(existing[-1][5:10]) + 1) if existing else 0
     seen = _SeenUids()
@@ -215,6 +228,8 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any]) -> 
                 writer = _ShardWriter(rd, cfg.shard_size, next_index, path)
                 row0 = 0
                 file_rows = 0
+                file_dups = 0
+                file_bad = 0
                 for batch in pf.iter_batches(batch_size=min(65_536, cfg.shard_size * 2)):
                     t = pa.Table.from_batches([batch])
                     t = t.rename_columns([rename.get(c, c) for c in t.column_names])
@@ -226,6 +241,7 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any]) -> 
                     if not pc.all(good).as_py():
                         n_bad = t.num_rows - pc.sum(good).as_py()
                         stats.bad_rows["bad row"] = stats.bad_rows.get("bad row", 0) + n_bad
+                        file_bad += n_bad
                         t = t.filter(good)
                     if "uid" in t.column_names:
                         if t["uid"].null_count:
@@ -241,6 +257,7 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any]) -> 
                         dups = int((~fresh).sum())
                         if dups:
                             stats.duplicates += dups
+                            file_dups += dups
                             t = t.filter(pa.array(fresh))
                     file_rows += t.num_rows
                     writer.add(t)
@@ -255,13 +272,15 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any]) -> 
         stats.shards_new.extend(shards)
         pool_m["inputs"].append({"path": key[0], "size": key[1], "mtime": key[2],
                                  "rows": file_rows, "shards": shards})
+        pool_m["rows"] = pool_m.get("rows", 0) + file_rows
+        pool_m["duplicates"] = pool_m.get("duplicates", 0) + file_dups
+        if file_bad:
+            pool_m["bad_rows"]["bad row"] = pool_m["bad_rows"].get("bad row", 0) + file_bad
+        if save is not None:
+            save(manifest)
     if stats.files_new == 0 and not existing:
         raise InputError(f"pool {spec}: no rows")
-    pool_m["rows"] = pool_m.get("rows", 0) + stats.rows
     pool_m["rows_read"] = pool_m.get("rows_read", 0) + stats.rows_read
-    pool_m["duplicates"] = pool_m.get("duplicates", 0) + stats.duplicates
-    for k, v in stats.bad_rows.items():
-        pool_m["bad_rows"][k] = pool_m["bad_rows"].get(k, 0) + v
     pool_m["shards"] = len(rd.pool_shards())
     pool_m["spec"] = spec
     if pool_m["rows"] == 0:

@@ -60,7 +60,7 @@ def run_pipeline(
         if spec is None:
             raise InputError(f"{out}: no pool given and none recorded; pass --pool")
         t0 = time.monotonic()
-        ingest(rd, spec, cfg.pool, manifest)
+        ingest(rd, spec, cfg.pool, manifest, save=rd.save_manifest)
         manifest.setdefault("timings", {})["ingest"] = round(time.monotonic() - t0, 3)
         rd.save_manifest(manifest)
 
@@ -132,11 +132,12 @@ def _run_stage(rd: RunDir, cfg: PipelineConfig, stage: str, fingerprint: str,
         dropped=dropped, failed_shards=sorted(failed),
         errors={o.item: o.error for o in outcomes if not o.ok},
     )
+    st["global"] = {k: v for k, v in global_info.items() if not isinstance(v, list | dict)
+                     or len(str(v)) < 2000}
     if not failed:
-        st.update(driver_stage.finalize(todo))
+        info = driver_stage.finalize(todo)
+        st["global"].update(info.pop("global", {}))
+        st.update(info)
     st.update(status="failed" if failed else "done", finished=now(),
               seconds=round(time.monotonic() - t0, 3))
-    if global_info:
-        st["global"] = {k: v for k, v in global_info.items() if not isinstance(v, list | dict)
-                        or len(str(v)) < 2000}
     return failed

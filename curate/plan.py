@@ -74,9 +74,17 @@ def _plot(rd: RunDir, ts, expected, target, t_target, t_now, png) -> str:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = png or rd.path("reports", "plan.png")
-    rd.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with rd.fs.open(path, "wb") as f:
-        fig.savefig(f, format="png")
+    import io
+
+    from curate.io import write_bytes_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    if png:
+        with open(png, "wb") as f:
+            f.write(buf.getvalue())
+        return png
+    path = rd.path("plan", "plan.png")  # not in reports/, which the report stage owns
+    write_bytes_atomic(rd.fs, path, buf.getvalue())
     return path

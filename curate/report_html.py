@@ -624,7 +624,9 @@ def _imagenet(d: ReportData) -> str:
                             fmt_int(r["count_final"])] for r in sub],
                           [True, False, True, True])
 
-    most = listing(np.lexsort((idx, -cp, -cf)))
+    covered = np.flatnonzero(cp > 0)
+    most = (listing(covered[np.lexsort((idx[covered], -cp[covered], -cf[covered]))])
+            if covered.size else not_run("No class has a pair in the pool."))
     present = np.flatnonzero(cf > 0)
     least = (listing(present[np.lexsort((idx[present], -cp[present], cf[present]))])
              if present.size else not_run("No class has a pair after curation."))
@@ -655,9 +657,18 @@ def _imagenet(d: ReportData) -> str:
             + zero_text)
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """Block-style mappings, one-line lists: the YAML a person would write by hand."""
+
+
+_ConfigDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data,
+                                                         flow_style=True))
+
+
 def _config(d: ReportData) -> str:
-    text = yaml.safe_dump(d.config, sort_keys=False, allow_unicode=True, default_flow_style=False,
-                          width=96) if d.config else "(no config recorded)"
+    text = yaml.dump(d.config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False, width=96) if d.config else "(no config recorded)"
     vers = ", ".join(f"{k} {v}" for k, v in sorted(d.versions.items()))
     return (f"<pre>{esc(text)}</pre>"
             + (f"<p class=\"meta\">Versions: {esc(vers)}</p>" if vers else ""))

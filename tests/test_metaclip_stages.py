@@ -85,7 +85,7 @@ def test_plan_finds_t_for_target(tmp_path, ray_session):
     out = tmp_path / "run"
     run_pipeline(_text_cfg(tmp_path, 100), str(out), pool=str(pool))
     res = plan_run(str(out), 200, None)
-    assert (out / "reports" / "plan.png").stat().st_size > 1000
+    assert (out / "plan" / "plan.png").stat().st_size > 1000
     assert res["expected"] == sorted(res["expected"])  # monotone in t
     t = res["t_for_target"]
     from curate.balancing import expected_size

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import engine
+from curate import engine, faults
 from curate.io import read_table, write_parquet_atomic
 from curate.stages.base import Stage
 
@@ -38,6 +38,7 @@ def shard_counts(run_url: str, before: list[str], n_entries: int, shard: str):
     from curate.balancing import count_entries
     from curate.run import RunDir
 
+    faults.maybe_fail("balance-count", shard)
     m = matched(RunDir(run_url), before, shard)
     c = count_entries(m["entry_ids"].combine_chunks(), n_entries)
     nz = np.flatnonzero(c)
@@ -67,10 +68,10 @@ class BalanceStage(Stage):
                                 shards, max_retries=self.cfg.run.max_retries,
                                 timeout_s=self.cfg.run.shard_timeout_s, on_done=add,
                                 desc="balance: count entries")
-        failed = [o.item for o in outs if not o.ok]
+        failed = [o for o in outs if not o.ok]
         if failed:
-            raise RuntimeError(f"balance: counting failed on {len(failed)} shards: "
-                               f"{outs[0].error if outs else ''}")
+            raise RuntimeError(f"balance: counting failed on {len(failed)} shards, e.g. "
+                               f"{failed[0].item}: {failed[0].error}")
         table = pa.table({"entry_id": pa.array(np.arange(len(entries)), pa.int32()),
                           "entry": pa.array(entries, pa.string()),
                           "count": pa.array(total, pa.int64())})

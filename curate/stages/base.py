@@ -144,7 +144,8 @@ def summarize(stage: str, table: pa.Table, rows_in: int) -> dict[str, Any]:
         reasons: dict[str, int] = {}
         if dropped.num_rows:
             # group long reasons ("semantic duplicate of <uid>") by their stem
-            stems = pc.replace_substring_regex(dropped["reason"], r"(: | of ).*$", "")
+            stems = pc.replace_substring_regex(dropped["reason"],
+                                               r"(: .*| of [0-9a-f]{32})$", "")
             vc = pc.value_counts(stems.combine_chunks())
             for item in vc.to_pylist():
                 reasons[str(item["values"])] = int(item["counts"])
@@ -173,5 +174,6 @@ def run_shard(spec: StageSpec, shard: str) -> dict[str, Any]:
     counts["seconds"] = round(time.monotonic() - t0, 3)
     write_parquet_atomic(rd.fs, out, table, meta={
         "stage": spec.stage, "fingerprint": spec.fingerprint, "input": digest, "counts": counts})
+    faults.trace(spec.stage, shard)
     faults.maybe_fail(spec.stage, shard, after_write=True)
     return {**counts, "skipped": False}

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import engine
+from curate import engine, faults
 from curate.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
 from curate.run import RunDir
 from curate.stages.base import Stage
@@ -72,6 +72,7 @@ def write_output(run_url: str, before: list[str], embeddings: bool, webdataset: 
     if meta and meta.get("input") == job["digest"] and (
             not webdataset or rd.fs.exists(tar_path)):
         return {"name": name, "rows": meta["counts"]["rows"], "skipped": True}
+    faults.maybe_fail("emit", name)
     parts = [gather(rd, before, s, embeddings).slice(lo, hi - lo)
              for s, lo, hi in job["slices"]]
     table = pa.concat_tables(parts, promote_options="permissive")
@@ -80,6 +81,7 @@ def write_output(run_url: str, before: list[str], embeddings: bool, webdataset: 
                                "counts": {"rows": table.num_rows}})
     if webdataset:
         write_bytes_atomic(rd.fs, tar_path, to_tar(table))
+    faults.trace("emit", name)
     return {"name": name, "rows": table.num_rows, "skipped": False}
 
 
@@ -171,4 +173,4 @@ class EmitStage(Stage):
         write_bytes_atomic(self.rd.fs, self.rd.path("curated", "stats.json"),
                            json.dumps(stats, indent=2).encode())
         return {"rows_in": int(sum(counts)), "kept": int(sum(counts)), "dropped": {},
-                "outputs": {"curated shards": self.rd.path("curated")}}
+                "outputs": {"curated shards": f"{self.rd.url}/curated"}}

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import engine
+from curate import engine, faults
 from curate.errors import InputError
 from curate.io import list_shards, read_table, write_bytes_atomic, write_parquet_atomic
 from curate.run import RunDir
@@ -86,6 +86,7 @@ def assign_shard(run_url: str, before: list[str], work: str, model: Any, buckets
     from curate.dbp import accumulate
     from curate.stages.score import fp16_list
 
+    faults.maybe_fail("prune-assign", shard)
     rd = RunDir(run_url)
     uids, x = load_embeddings(rd, before, shard)
     labels, sims = model.assign(x)
@@ -228,6 +229,7 @@ class PruneStage(Stage):
         log.info("prune: k-means k=%d on %d points, device %s, objective %.2f", s.k,
                  len(sample), model.device, model.objective)
         del sample
+        faults.maybe_fail("prune-kmeans", "driver")
         write_parquet_atomic(self.rd.fs, self.rd.path("prune", "centroids.parquet"),
                              pa.table({"cluster_id": pa.array(np.arange(s.k), pa.int32()),
                                        "centroid": pa.FixedSizeListArray.from_arrays(

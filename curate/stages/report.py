@@ -11,13 +11,14 @@ Outputs (``reports/``, DESIGN §4):
 - ``concept_frequency.parquet`` (when match ran): entry_id, entry, count_pool (pairs in the
   match shards, i.e. that reached match), count_after_<stage> for each deciding stage after
   match, count_final, rank (by count_pool, 1 = most frequent, ties by entry_id) and head
-  (count_pool > balance.t). Only entries with count_pool > 0: up to the vocabulary's size
-  (500k rows for MetaCLIP's list, ~10 MB), which is fine for Parquet and DuckDB.
+  (count_pool > balance.t). Only entries with count_pool > 0, so at most the vocabulary's
+  size (500k rows for MetaCLIP's list): a table Parquet and DuckDB handle easily.
 - ``downstream_coverage.parquet``: class_index (first index in open_clip's
   IMAGENET_CLASSNAMES), classname, count_pool, count_final, rank_final (1 = most covered;
   ties by count_pool, then class_index). MetaCLIP's matching rule over the captions of every
-  pool shard and of the final pairs. IMAGENET_CLASSNAMES has 1000 names but 998 distinct
-  ones ("crane" and "maillot" appear twice): one row per distinct name.
+  pool shard and of the final pairs. IMAGENET_CLASSNAMES has 1000 names but fewer distinct
+  ones (998 in open_clip 3.3: "missile" and "sunglasses" appear twice, while the two
+  cranes are already "crane bird" and "construction crane"): one row per distinct name.
 - ``report.html``: plots and tables of all of it (:mod:`curate.report_html`).
 
 "Final" is the set of pairs kept by the last deciding stage that ran (what emit writes);
@@ -430,7 +431,7 @@ class ReportStage(Stage):
                          "count_final": pa.array(cf, pa.int64()),
                          "rank_final": pa.array(rank, pa.int32())})
 
-    def _score_data(self, totals: _Totals) -> dict[str, Any] | None:
+    def _score_data(self, totals: _Totals, manifest: dict[str, Any]) -> dict[str, Any] | None:
         s = totals.score
         if s is None:
             return None
@@ -438,10 +439,16 @@ class ReportStage(Stage):
         threshold, label = None, ""
         if f.min_score is not None:
             threshold, label = f.min_score, f"score.filter.min_score = {f.min_score:g}"
-        elif f.top_fraction is not None and s["min_kept"] is not None:
-            threshold = s["min_kept"]
-            label = (f"top {100 * f.top_fraction:g}% cutoff (lowest kept score "
-                     f"{s['min_kept']:.3f})")
+        elif f.top_fraction is not None:
+            # the global quantile the score stage recorded, else the lowest kept score
+            recorded = ((manifest.get("stages", {}).get("score", {}).get("global") or {})
+                        .get("threshold"))
+            if isinstance(recorded, int | float) and np.isfinite(recorded):
+                threshold = float(recorded)
+            elif s["min_kept"] is not None:
+                threshold = s["min_kept"]
+            if threshold is not None:
+                label = f"top {100 * f.top_fraction:g}% cutoff ({threshold:.3f})"
         return {**s, "edges": SCORE_EDGES, "threshold": threshold, "threshold_label": label}
 
     def _clusters(self) -> pa.Table | None:
@@ -539,15 +546,18 @@ class ReportStage(Stage):
                 "index)." + (f" Never matchable under the v1 rule (punctuation that spacing() "
                              f"separates): {', '.join(never)}." if never else ""))
 
-        random_weights = "score" in self.before and cfg.score.pretrained == "none"
+        recorded = (manifest.get("stages", {}).get("score", {}).get("global") or {})
+        random_weights = "score" in self.before and (
+            cfg.score.pretrained == "none" or recorded.get("random_init") is True)
         data = report_html.ReportData(
             run_url=rd.url, generated=now(), stages=list(cfg.stages), ran={**ran, "report": True},
-            stage_summary=summary, config=manifest.get("config") or cfg.model_dump(
-                mode="json", by_alias=True),
+            # the config this report ran with, in the pipeline's section order (run.json's
+            # copy has sorted keys); the pipeline records the same one in run.json
+            stage_summary=summary, config=cfg.model_dump(mode="json", by_alias=True),
             versions=manifest.get("versions", {}), pool=manifest.get("pool", {}),
             top_n=self.section.top_n, random_weights=random_weights, notes=notes,
             concepts=concepts, concept_columns=concept_columns, t=cfg.balance.t,
-            balance_ran=bool(ran.get("balance")), scores=self._score_data(totals),
+            balance_ran=bool(ran.get("balance")), scores=self._score_data(totals, manifest),
             clusters=self._clusters() if ran.get("prune") else None, coverage=coverage,
             coverage_note=coverage_note, final_pairs=totals.final,
         )
