@@ -22,6 +22,9 @@ Why these choices:
   batch shape (FAISS's search differs by ~1 ulp between a batch and its sub-batch), so the
   GEMM only proposes candidates (every centroid within ``_TIE_TOL`` of the best), and the
   winner and its similarity are recomputed per row in float64 (ties: lowest centroid id).
+  On CPU the candidates come from a NumPy float32 GEMM over blocks of rows (faster here
+  than ``IndexFlatIP.search``: 0.46 s vs 0.78 s for 65,536 x 512 against 1,000
+  centroids); on a GPU from a ``GpuIndexFlatIP`` top-8 search.
 """
 
 from __future__ import annotations

@@ -78,6 +78,10 @@ def run_pipeline(
             if st.get("fingerprint") != fps[stage]:
                 _clear_stage(rd, stage)
                 st.clear()
+            # recorded before any shard runs: a crash mid-stage must not look like a
+            # config change (which would discard the shards that did finish)
+            st.update(fingerprint=fps[stage], status="running", started=now())
+            rd.save_manifest(manifest)
             failed = _run_stage(rd, cfg, stage, fps[stage], shards, blocked, st,
                                 (extra or {}).get(stage, {}))
             rd.save_manifest(manifest)
@@ -103,8 +107,7 @@ def _run_stage(rd: RunDir, cfg: PipelineConfig, stage: str, fingerprint: str,
                      dict(extra))
     driver_stage = cls(spec)
     todo = [s for s in shards if s not in blocked]
-    st.update(fingerprint=fingerprint, status="running", started=now(),
-              shards_total=len(shards))
+    st.update(shards_total=len(shards))
     t0 = time.monotonic()
     log.info("%s: %d shards", stage, len(todo))
     if not cls.per_shard:

@@ -98,11 +98,9 @@ class ScoreStage(Stage):
 
     def prepare(self, shards: list[str]) -> dict[str, Any]:
         """Fail fast on weights that cannot be had, on the driver, before any actor starts."""
-        from curate.clip_model import load_model
-
         # loading on the driver proves the weights exist (cached) and fit the model, and
         # fails in seconds with one line when they cannot be had, before any actor starts
-        load_model(self._spec(device="cpu"))
+        _load(self._spec(device="cpu"))
         return {"random_init": self.section.pretrained == "none"}
 
     def _spec(self, device: str | None = None):
@@ -125,7 +123,7 @@ class ScoreStage(Stage):
         key = self.spec.fingerprint
         if key not in _MODEL:
             _MODEL.clear()
-            _MODEL[key] = load_model(self._spec())
+            _MODEL[key] = _load(self._spec())
         return _MODEL[key]
 
     def inputs(self, shard: str) -> pa.Table:
@@ -299,6 +297,23 @@ def _apply_top(run_url: str, threshold: float, ties: list[str], frac: float,
     t = t.set_column(t.column_names.index("kept"), "kept", kept)
     t = t.set_column(t.column_names.index("reason"), "reason", pa.array(reasons, pa.string()))
     write_parquet_atomic(rd.fs, path, t, meta=meta)
+
+
+def _load(spec: Any) -> Any:
+    """Load the model; random init (``pretrained: none``) is seeded, so every actor, and every
+    rerun, gets the same weights: meaningless scores, but consistent ones."""
+    import torch
+
+    from curate.clip_model import load_model
+
+    if spec.pretrained == "none":
+        state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        try:
+            return load_model(spec)
+        finally:
+            torch.random.set_rng_state(state)
+    return load_model(spec)
 
 
 def _assigned_cpus() -> int:
