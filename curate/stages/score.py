@@ -118,7 +118,6 @@ class ScoreStage(Stage):
         torch.set_num_threads(_assigned_cpus())
 
     def _model(self):
-        from curate.clip_model import load_model
 
         key = self.spec.fingerprint
         if key not in _MODEL:
