@@ -230,7 +230,12 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
                 file_rows = 0
                 file_dups = 0
                 file_bad = 0
-                for batch in pf.iter_batches(batch_size=min(65_536, cfg.shard_size * 2)):
+                # one row group at a time: iter_batches over the whole file keeps every read
+                # buffer alive until it ends (measured: the whole file in memory)
+                batches = (b for rg in range(pf.num_row_groups)
+                           for b in pf.iter_batches(batch_size=min(65_536, cfg.shard_size * 2),
+                                                    row_groups=[rg]))
+                for batch in batches:
                     t = pa.Table.from_batches([batch])
                     t = t.rename_columns([rename.get(c, c) for c in t.column_names])
                     t = t.select([c for c in ("uid", "url", "caption", "image", "image_emb",

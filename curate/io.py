@@ -53,6 +53,7 @@ def write_parquet_atomic(
     table: pa.Table,
     meta: dict[str, Any] | None = None,
     compression: str = "zstd",
+    row_group_size: int = 8192,
 ) -> None:
     """Write ``table`` to ``path`` via a temporary sibling and a rename."""
     if meta is not None:
@@ -64,7 +65,7 @@ def write_parquet_atomic(
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
     try:
         with fs.open(tmp, "wb") as f:
-            pq.write_table(table, f, compression=compression, row_group_size=8192)
+            pq.write_table(table, f, compression=compression, row_group_size=row_group_size)
         if is_local(fs):
             os.replace(tmp, path)
         else:

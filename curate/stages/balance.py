@@ -53,9 +53,9 @@ class BalanceStage(Stage):
         return self.rd.path("balance", "entry_counts.parquet")
 
     def prepare(self, shards: list[str]) -> dict:
-        from curate.stages.match import get_matcher
+        from curate.vocab import load_vocabulary
 
-        _, entries = get_matcher(self.cfg.match.metadata, self.cfg.match.boundary)
+        entries = load_vocabulary(self.cfg.match.metadata)
         total = np.zeros(len(entries), np.int64)
 
         def add(outcome) -> None:

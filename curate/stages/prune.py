@@ -40,9 +40,6 @@ from curate.stages.base import Stage
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[str, Any] = {}
-
-
 # ----------------------------------------------------------------- worker-side steps
 def load_embeddings(rd: RunDir, before: list[str], shard: str) -> tuple[pa.Array, np.ndarray]:
     """uids and float32 L2-normalised image embeddings of the pairs reaching prune."""
@@ -96,20 +93,39 @@ def assign_shard(run_url: str, before: list[str], work: str, model: Any, buckets
     write_parquet_atomic(rd.fs, f"{work}/assign/{shard}", table)
     if buckets:
         b = labels % buckets
+        shard_no = pa.array(np.full(len(uids), int(shard[5:10]), np.int32))
+        tagged = table.append_column("shard", shard_no)
         for j in np.unique(b):
             rows = np.flatnonzero(b == j)
-            part = table.take(pa.array(rows)).append_column("emb", fp16_list(x[rows]))
+            part = tagged.take(pa.array(rows)).append_column("emb", fp16_list(x[rows]))
             write_parquet_atomic(rd.fs, f"{work}/bucket-{j:05d}/{shard}", part)
     return accumulate(labels, dist, model.k)
 
 
-def _bucket(rd: RunDir, work: str, j: int) -> pa.Table | None:
+def _bucket(rd: RunDir, work: str, j: int, columns: list[str] | None = None
+            ) -> pa.Table | None:
     folder = f"{work}/bucket-{j:05d}"
     files = list_shards(rd.fs, folder)
     if not files:
         return None
-    t = pa.concat_tables([read_table(rd.fs, f"{folder}/{f}") for f in files])
+    t = pa.concat_tables([read_table(rd.fs, f"{folder}/{f}", columns) for f in files])
     return t.take(pc.sort_indices(t["uid"]))  # a fixed order, whatever the sharding
+
+
+def _write_decisions(rd: RunDir, path: str, table: pa.Table) -> None:
+    """Decisions sorted by source shard in small row groups, so ``process(shard)`` reads
+    only its own rows (row-group statistics), never the whole pool's decisions."""
+    table = table.take(pc.sort_indices(table, sort_keys=[("shard", "ascending")]))
+    write_parquet_atomic(rd.fs, path, table, row_group_size=4096)
+
+
+def _read_decisions(rd: RunDir, folder: str, shard: str) -> pa.Table | None:
+    import pyarrow.dataset as ds
+
+    if not rd.fs.exists(folder) or not rd.fs.ls(folder):
+        return None
+    dataset = ds.dataset(folder, filesystem=rd.fs, format="parquet")
+    return dataset.to_table(filter=ds.field("shard") == int(shard[5:10]))
 
 
 def dedup_bucket(run_url: str, work: str, eps: float, keep: str, seed: int, k: int,
@@ -123,12 +139,14 @@ def dedup_bucket(run_url: str, work: str, eps: float, keep: str, seed: int, k: i
     t = _bucket(rd, work, j)
     if t is None:
         return np.zeros(k, np.int64), np.zeros(k)
+    shard_no = t["shard"].to_numpy()
     labels = t["cluster_id"].to_numpy()
     dist = t["dist_to_centroid"].to_numpy()
     dup = dedup_by_cluster(as_matrix(t["emb"]), labels, dist, eps, keep=keep, seed=seed)
     uids = t["uid"].to_numpy(zero_copy_only=False)
     is_dup = dup >= 0
-    write_parquet_atomic(rd.fs, f"{work}/dedup/part-{j:05d}.parquet", pa.table({
+    _write_decisions(rd, f"{work}/dedup/part-{j:05d}.parquet", pa.table({
+        "shard": pa.array(shard_no[is_dup], pa.int32()),
         "uid": pa.array(uids[is_dup], pa.string()),
         "duplicate_of": pa.array(uids[dup[is_dup]], pa.string())}))
     return accumulate(labels[~is_dup], dist[~is_dup], k)
@@ -140,16 +158,17 @@ def select_bucket(run_url: str, work: str, quotas: np.ndarray, keep: str, seed: 
     from curate.dbp import select_in_cluster
 
     rd = RunDir(run_url)
-    t = _bucket(rd, work, j)
+    t = _bucket(rd, work, j, ["uid", "cluster_id", "dist_to_centroid", "shard"])
     if t is None:
         return 0
-    t = t.drop_columns(["emb"])
-    dups = _dups(rd, work)
-    if dups is not None:
-        t = t.filter(pc.invert(pc.is_in(t["uid"], value_set=dups["uid"])))
+    dup_file = f"{work}/dedup/part-{j:05d}.parquet"
+    if rd.fs.exists(dup_file):  # this bucket's duplicates are all in its own file
+        dups = read_table(rd.fs, dup_file, ["uid"])["uid"].combine_chunks()
+        t = t.filter(pc.invert(pc.is_in(t["uid"], value_set=dups)))
     labels = t["cluster_id"].to_numpy()
     dist = t["dist_to_centroid"].to_numpy()
     uids = t["uid"].to_numpy(zero_copy_only=False)
+    shard_no = t["shard"].to_numpy()
     over = []
     order = np.argsort(labels, kind="stable")
     cuts = np.flatnonzero(np.diff(labels[order])) + 1
@@ -157,28 +176,25 @@ def select_bucket(run_url: str, work: str, quotas: np.ndarray, keep: str, seed: 
         c = int(labels[rows[0]])
         mask = select_in_cluster(dist[rows], int(quotas[c]), keep=keep, seed=(seed, c),
                                  tiebreak=uids[rows])
-        over.append(uids[rows[~mask]])
-    dropped = np.concatenate(over) if over else np.zeros(0, object)
-    write_parquet_atomic(rd.fs, f"{work}/select/part-{j:05d}.parquet",
-                         pa.table({"uid": pa.array(dropped, pa.string())}))
+        over.append(rows[~mask])
+    dropped = np.concatenate(over) if over else np.zeros(0, np.int64)
+    _write_decisions(rd, f"{work}/select/part-{j:05d}.parquet", pa.table({
+        "shard": pa.array(shard_no[dropped], pa.int32()),
+        "uid": pa.array(uids[dropped], pa.string())}))
     return len(dropped)
 
 
-def _dups(rd: RunDir, work: str) -> pa.Table | None:
-    folder = f"{work}/dedup"
-    files = list_shards(rd.fs, folder)
-    if not files:
-        return None
-    return pa.concat_tables([read_table(rd.fs, f"{folder}/{f}") for f in files])
-
-
-def _over(rd: RunDir, work: str) -> pa.Array | None:
-    folder = f"{work}/select"
-    files = list_shards(rd.fs, folder)
-    if not files:
-        return None
-    return pa.concat_tables([read_table(rd.fs, f"{folder}/{f}") for f in files])["uid"] \
-        .combine_chunks()
+def n_buckets(k: int, n_total: int, d: int, cpus: int, budget: int = 64 << 20) -> int:
+    """Buckets for the cluster shuffle: enough that one bucket's rows (fp16 embedding +
+    uid + a few numbers) fit ``budget`` bytes, so a dedup task's memory does not grow with
+    the pool. Capped at k: beyond that a bucket is one cluster (n/k rows, inherent to
+    SemDeDup; scale k with the pool)."""
+    per_row = 6 * d + 256
+    want = max(4 * cpus, -(-n_total * per_row // budget))
+    if want > k and n_total * per_row // k > budget:
+        log.warning("prune: clusters average %d rows; dedup memory grows with cluster size: "
+                    "raise prune.k for a pool this large", n_total // k)
+    return int(min(k, want))
 
 
 # ----------------------------------------------------------------- the stage
@@ -235,7 +251,8 @@ class PruneStage(Stage):
                                        "centroid": pa.FixedSizeListArray.from_arrays(
                                            pa.array(model.centroids.reshape(-1)), model.d)}))
 
-        buckets = min(s.k, 4 * engine.cluster_cpus()) if (s.dedup_eps or s.dbp) else 0
+        buckets = n_buckets(s.k, n_total, model.d, engine.cluster_cpus()) \
+            if (s.dedup_eps or s.dbp) else 0
         sums = self._map(partial(assign_shard, url, self.before, work, model, buckets), shards,
                          "prune: assign")
         size = np.sum([c for c, _ in sums], axis=0)
@@ -278,23 +295,18 @@ class PruneStage(Stage):
         write_bytes_atomic(self.rd.fs, done_path, json.dumps(info).encode())
         return info
 
-    def _decisions(self) -> tuple[pa.Table | None, pa.Array | None]:
-        work = self.spec.extra["work"]
-        if work not in _CACHE:
-            _CACHE.clear()
-            _CACHE[work] = (_dups(self.rd, work), _over(self.rd, work))
-        return _CACHE[work]
-
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         work = self.spec.extra["work"]
         a = read_table(self.rd.fs, f"{work}/assign/{shard}")
         uids = a["uid"].combine_chunks()
-        dups, over = self._decisions()
+        dups = _read_decisions(self.rd, f"{work}/dedup", shard)
+        over = _read_decisions(self.rd, f"{work}/select", shard)
         dup_of = pa.nulls(len(uids), pa.string())
         if dups is not None and dups.num_rows:
             idx = pc.index_in(uids, value_set=dups["uid"].combine_chunks())
             dup_of = pc.take(dups["duplicate_of"].combine_chunks(), idx)
-        is_over = (pc.is_in(uids, value_set=over) if over is not None and len(over)
+        is_over = (pc.is_in(uids, value_set=over["uid"].combine_chunks())
+                   if over is not None and over.num_rows
                    else pa.array(np.zeros(len(uids), bool)))
         is_dup = pc.invert(pc.is_null(dup_of))
         kept = pc.invert(pc.or_(is_dup, is_over))
