@@ -47,6 +47,9 @@ def handled(fn: Any) -> Any:
             return fn(*args, **kwargs)
         except CurateError as err:
             _fail(str(err), err.exit_code)
+        except OSError as err:  # disk full, read-only or vanished paths: one line, not a trace
+            where = err.filename or "run directory"
+            _fail(f"{where}: {err.strerror or err}", EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             _fail("interrupted; rerun the same command to resume", 130)
 

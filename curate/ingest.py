@@ -187,6 +187,23 @@ def _check_rows(table: pa.Table, cfg: PoolConfig, path: str, row0: int) -> pa.Ar
     return pc.invert(bad_any)
 
 
+def _check_uid_conflicts(t: pa.Table, path: str, row0: int) -> None:
+    """A pool's own uids must name one pair each: the same uid with another caption or URL
+    is an error (two different pairs would be conflated), not a duplicate to drop.
+    Checked within each batch read (up to 65k rows); across batches a repeated uid is
+    treated as an exact duplicate."""
+    cols = [c for c in ("url", "caption") if c in t.column_names]
+    g = t.select(["uid", *cols]).group_by("uid").aggregate(
+        [(c, "count_distinct") for c in cols])
+    for c in cols:
+        bad = g.filter(pc.greater(g[f"{c}_count_distinct"], 1))
+        if bad.num_rows:
+            uid = bad["uid"][0].as_py()
+            rows = np.flatnonzero(pc.equal(t["uid"], uid).to_numpy(zero_copy_only=False))
+            raise InputError(f"pool {path}: uid {uid!r} names different pairs (rows "
+                             f"{row0 + rows[0]} and {row0 + rows[1]} differ in {c})")
+
+
 def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
            save: Any = None) -> IngestStats:
     """Ingest new pool files into ``rd/pool``; updates ``manifest['pool']`` in place.
@@ -253,6 +270,7 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
                             raise InputError(f"pool {path}: uid column has null values")
                         t = t.set_column(t.column_names.index("uid"), "uid",
                                          pc.cast(t["uid"], pa.string()))
+                        _check_uid_conflicts(t, path, row0 - t.num_rows)
                     else:
                         uids = compute_uids(t["url"].combine_chunks() if "url" in t.column_names
                                             else None, t["caption"].combine_chunks())

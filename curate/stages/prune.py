@@ -142,7 +142,8 @@ def dedup_bucket(run_url: str, work: str, eps: float, keep: str, seed: int, k: i
     shard_no = t["shard"].to_numpy()
     labels = t["cluster_id"].to_numpy()
     dist = t["dist_to_centroid"].to_numpy()
-    dup = dedup_by_cluster(as_matrix(t["emb"]), labels, dist, eps, keep=keep, seed=seed)
+    dup = dedup_by_cluster(as_matrix(t["emb"]), labels, dist, eps, keep=keep, seed=seed,
+                           block=2048)  # ~16 MB similarity blocks, not 64 MB
     uids = t["uid"].to_numpy(zero_copy_only=False)
     is_dup = dup >= 0
     _write_decisions(rd, f"{work}/dedup/part-{j:05d}.parquet", pa.table({
@@ -184,7 +185,7 @@ def select_bucket(run_url: str, work: str, quotas: np.ndarray, keep: str, seed: 
     return len(dropped)
 
 
-def n_buckets(k: int, n_total: int, d: int, cpus: int, budget: int = 64 << 20) -> int:
+def n_buckets(k: int, n_total: int, d: int, cpus: int, budget: int = 32 << 20) -> int:
     """Buckets for the cluster shuffle: enough that one bucket's rows (fp16 embedding +
     uid + a few numbers) fit ``budget`` bytes, so a dedup task's memory does not grow with
     the pool. Capped at k: beyond that a bucket is one cluster (n/k rows, inherent to
