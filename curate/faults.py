@@ -1,7 +1,8 @@
 """Fault injection for crash-safety tests: ``CURATE_FAULT`` kills or breaks a chosen point.
 
 Format: ``STAGE:SHARD:ACTION[,...]`` where SHARD is a shard file name (``part-00002.parquet``),
-its number (``2``) or ``*``; ACTION is ``raise`` (the shard fails, and is retried), ``kill``
+its number (``2``) or ``*``; ACTION is ``raise`` (the shard fails, and is retried), ``hang``
+(the worker never returns, until the engine's time limit cancels it), ``kill``
 (the worker process dies with SIGKILL) or ``kill-driver`` (the whole run dies; resumable).
 ``after`` as a 4th field fires after the shard's output is written. Unset in normal use:
 the check is one environment lookup.
@@ -41,6 +42,10 @@ def maybe_fail(stage: str, shard: str, after_write: bool = False) -> None:
         action = rule[2]
         if action == "raise":
             raise InjectedFault(f"injected fault in {stage} {shard}")
+        if action == "hang":  # a stuck worker: the engine's time limit must end it
+            import time
+
+            time.sleep(3600)
         if action in ("kill", "kill-driver"):
             if action == "kill-driver" and os.environ.get("CURATE_DRIVER_PID"):
                 os.kill(int(os.environ["CURATE_DRIVER_PID"]), signal.SIGKILL)

@@ -128,3 +128,29 @@ def test_retry_failed_refetches_only_failures(tmp_path, image_server, ray_sessio
     run_pipeline(cfg, str(out), only=["download"], extra={"download": {"retry_failed": True}})
     assert _images(out)["status"].to_pylist() == ["ok", "ok"]
     assert image_server.hits["/ok/1.png"] == ok_hits  # the success was not fetched again
+
+
+def test_stuck_worker_times_out_and_run_exits_3(tmp_path, image_server, ray_session,
+                                                monkeypatch):
+    """A hung shard is cancelled at run.shard_timeout_s, retried, then recorded as failed;
+    the other shards finish and the run ends with exit code 3 (not a hang)."""
+    import time
+
+    from curate.errors import EXIT_FAILED_SHARDS
+
+    rows = [r for r in pool_rows(image_server) if "/ok/" in r["url"]][:12]
+    pool = write_pool(tmp_path / "pool.parquet", rows)
+    out = tmp_path / "run"
+    monkeypatch.setenv("CURATE_FAULT", "download:0:hang")
+    t0 = time.monotonic()
+    with pytest.raises(FailedShardsError) as info:
+        run_pipeline(base_config(run={"shard_timeout_s": 12, "max_retries": 0}), str(out),
+                     pool=pool)
+    assert time.monotonic() - t0 < 60
+    assert info.value.exit_code == EXIT_FAILED_SHARDS
+    import json
+
+    st = json.loads((out / "run.json").read_text())["stages"]["download"]
+    assert st["failed_shards"] == ["part-00000.parquet"]
+    assert "timed out after 12 s" in st["errors"]["part-00000.parquet"]
+    assert sorted(p.name for p in (out / "images").glob("part-*")) == ["part-00001.parquet"]
