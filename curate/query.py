@@ -80,7 +80,10 @@ def decisions_sql(rd: RunDir, present: set[str]) -> str:
                        "THEN 'shard not processed (failed or not run yet)' END")
     else:
         kept, stage_expr, reason_expr = "true", "NULL", "NULL"
-    return (f"CREATE VIEW decisions AS SELECT p.uid, {kept} AS kept, "
-            f"{stage_expr} AS dropped_by, {reason_expr} AS reason "
-            f"FROM (SELECT uid FROM pool) p {' '.join(joins)}")
+    # ``why``: the reason without its details (the error text, the uid it duplicates), for
+    # GROUP BY; the same stems as the stage counts in run.json
+    return (f"CREATE VIEW decisions AS SELECT uid, kept, dropped_by, reason, "
+            f"regexp_replace(reason, '(: .*| of [0-9a-f]{{32}})$', '') AS why FROM ("
+            f"SELECT p.uid, {kept} AS kept, {stage_expr} AS dropped_by, {reason_expr} AS reason "
+            f"FROM (SELECT uid FROM pool) p {' '.join(joins)})")
 
