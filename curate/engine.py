@@ -99,11 +99,11 @@ def _short(err: BaseException) -> str:
     return text[0][:500] if text else type(err).__name__
 
 
-def _apply(fn: Callable[[Any], Any], item: Any, fault: str | None = None) -> Any:
+def _apply(fn: Callable[[Any], Any], item: Any, fault: tuple | None = None) -> Any:
     # the fault-injection hook (curate.faults) follows the driver's environment at submit
     # time, so tests can inject faults into a Ray instance that started before them
     if fault:
-        os.environ["CURATE_FAULT"] = fault
+        os.environ["CURATE_FAULT"], os.environ["CURATE_DRIVER_PID"] = fault
     else:
         os.environ.pop("CURATE_FAULT", None)
     return fn(item)
@@ -112,7 +112,7 @@ def _apply(fn: Callable[[Any], Any], item: Any, fault: str | None = None) -> Any
 class _Runner:
     """A long-lived worker (Ray actor): what ``fn`` caches (a model) lives as long as it."""
 
-    def run(self, fn: Callable[[Any], Any], item: Any, fault: str | None) -> Any:
+    def run(self, fn: Callable[[Any], Any], item: Any, fault: tuple | None) -> Any:
         return _apply(fn, item, fault)
 
 
@@ -153,7 +153,8 @@ def map_items(
         opts["resources"] = res.extra
     remote = ray.remote(_apply).options(**opts)
     fn_ref = ray.put(fn)
-    fault = os.environ.get("CURATE_FAULT")
+    fault = ((os.environ["CURATE_FAULT"], str(os.getpid()))
+             if os.environ.get("CURATE_FAULT") else None)
     limit = max_in_flight or max(1, int(cluster_cpus() / max(res.num_cpus, 0.01)))
     actor_cls = None
     free: list[Any] = []

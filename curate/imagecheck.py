@@ -14,6 +14,8 @@ import warnings
 
 from PIL import Image
 
+#: signatures of the formats we accept: bytes that start so but do not open are damaged
+MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM")
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
            "TIFF": "tiff"}
 
@@ -34,7 +36,12 @@ def inspect(data: bytes, max_bytes: int, max_pixels: int
         return None, 0, 0, f"decompression bomb: {err}"
     except Exception as err:  # noqa: BLE001 - PIL raises many types for garbage
         head = data[:15].lstrip().lower()
-        kind = "HTML page" if head.startswith((b"<!doctype", b"<html")) else "not an image"
+        if head.startswith((b"<!doctype", b"<html")):
+            kind = "HTML page"
+        elif data.startswith(MAGIC):
+            kind = "truncated or corrupt image"
+        else:
+            kind = "not an image"
         return None, 0, 0, f"{kind} ({type(err).__name__})"
     if w * h > max_pixels:
         return None, w, h, f"decompression bomb: {w}x{h} = {w * h} pixels > {max_pixels}"

@@ -95,6 +95,8 @@ class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def install_redirect_guard() -> None:
-    """Make urllib (and so img2dataset, in this process) check every redirect target."""
-    urllib.request.install_opener(urllib.request.build_opener(_GuardedRedirects()))
+def install_redirect_guard(enabled: bool = True) -> None:
+    """Make urllib (and so img2dataset, in this process) check every redirect target, or,
+    with ``enabled=False``, restore urllib's plain redirects."""
+    handlers = [_GuardedRedirects()] if enabled else []
+    urllib.request.install_opener(urllib.request.build_opener(*handlers))

@@ -9,7 +9,6 @@ when failed shards exceed ``run.max_failed_fraction``, and a rerun retries them.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from functools import partial
 from typing import Any
@@ -45,7 +44,6 @@ def run_pipeline(
     """
     rd = RunDir(out)
     with rd:
-        os.environ.setdefault("CURATE_DRIVER_PID", str(os.getpid()))
         manifest = rd.load_manifest()
         pfp = pool_fingerprint(cfg)
         if manifest and manifest.get("pool_fingerprint") not in (None, pfp):

@@ -20,7 +20,8 @@ Why this rule and not the alternatives:
 - Greedy suppression keeps a set with no two near-duplicates in it (like SemDeDup) and
   drops an item only when a *kept* item is within eps of it (unlike both), so every dropped
   item has a kept representative at similarity > 1 - eps. When a duplicate group is tight
-  (all its pairs above the threshold, the planted and the common case) all three rules
+  (all its pairs above the threshold, none near an outside item: the planted and the
+  common case) all three rules
   agree: the group keeps exactly its highest-priority member, e.g. the one farthest from
   the centroid for 'hard'.
 

@@ -111,10 +111,6 @@ class DownloadStage(Stage):
     name = "download"
     pool_columns = None
 
-    def setup(self) -> None:
-        if not self.section.allow_private_addresses:
-            netguard.install_redirect_guard()
-
     def resources(self) -> Resources:
         return Resources(num_cpus=1)
 
@@ -149,6 +145,8 @@ class DownloadStage(Stage):
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         cfg = self.section
+        # urllib's opener is per process, and a worker may serve runs with either setting
+        netguard.install_redirect_guard(enabled=not cfg.allow_private_addresses)
         uids = inputs["uid"].to_pylist()
         n = len(uids)
         images: list[bytes | None] = [None] * n
