@@ -10,10 +10,10 @@ Why these choices:
 - FAISS ``Clustering`` with ``spherical=True`` over an inner-product index is the cosine
   k-means that the SemDeDup and DBP code (Abbas et al. 2023, 2024) run on CLIP embeddings,
   and one code path for CPU and GPU. On the 2-core CPU here (faiss-gpu wheel, which loads
-  FAISS's generic non-AVX2 build) its Lloyd iterations are no faster than scikit-learn's
-  (0.45 vs 0.26 s/iteration at 32k x 512, k = 1,000); the CPU gain over
-  ``sklearn.cluster.KMeans`` comes from the seeding (next point). A GPU is where FAISS
-  pays.
+  FAISS's generic non-AVX2 build) its Lloyd iterations run at about scikit-learn's speed
+  (1.3-4.4 vs 1.8-4.9 s/iteration at 256k x 512, k = 1,000, interleaved runs on a machine
+  shared with other jobs); the CPU gain over ``sklearn.cluster.KMeans`` comes from the
+  seeding (next point). A GPU is where FAISS pays.
 - Seeding: FAISS's default seeding (k random points, what the SemDeDup/DBP code uses)
   merged and split planted, well-separated clusters in a probe (adjusted Rand 0.89), and
   so does plain single-trial k-means++ (FAISS's ``ClusteringInitialization``, ARI ~0.93).
