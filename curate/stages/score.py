@@ -184,6 +184,8 @@ class ScoreStage(Stage):
 
     def _encode(self, inputs: pa.Table, todo: np.ndarray, captions: list[str | None]):
         """Decode (threads) and encode (model) the pairs in ``todo``, batch by batch."""
+        import torch
+
         from curate.clip_model import encode, preprocess_images
 
         loaded = self._model()
@@ -196,7 +198,8 @@ class ScoreStage(Stage):
         scores = np.full(n, np.nan, np.float32)
         errs: list[str | None] = [None] * n
         bs = self.section.batch_size
-        workers = _assigned_cpus()
+        # half the cores decode the next batch while torch encodes this one
+        workers = max(1, _assigned_cpus() // 2)
         sub = max(1, math.ceil(bs / workers))
 
         def prep(rows: np.ndarray):
@@ -212,15 +215,20 @@ class ScoreStage(Stage):
             for b in range(len(batches)):
                 parts = [f.result() for f in ahead]
                 ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []
+                tensors, goods = [], []
                 for rows, (tensor, ok, perr) in parts:
                     for j, e in enumerate(perr):
                         if e is not None:
                             errs[rows[j]] = e
-                    good = rows[ok]
-                    if len(good) == 0:
-                        continue
-                    ie, te, sc = encode(loaded, tensor, [captions[i] for i in good])
-                    img_emb[good], txt_emb[good], scores[good] = ie, te, sc
+                    if len(rows[ok]):
+                        tensors.append(tensor)
+                        goods.append(rows[ok])
+                if not goods:
+                    continue
+                # one model call per batch_size pairs, however many threads decoded it
+                good = np.concatenate(goods)
+                ie, te, sc = encode(loaded, torch.cat(tensors), [captions[i] for i in good])
+                img_emb[good], txt_emb[good], scores[good] = ie, te, sc
         return img_emb, txt_emb, scores, errs
 
     # -- global filter
