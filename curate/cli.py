@@ -78,16 +78,7 @@ def run(
 
     _setup_logging(verbose)
     if pipeline is None and os.path.isfile(os.path.join(out, "run.json")):
-        from curate.run import RunDir
-
-        cfg = RunDir(out).config()
-        if set_:
-            from curate.config import apply_override, parse_config
-
-            data = cfg.model_dump(mode="json", by_alias=True)
-            for s in set_:
-                apply_override(data, s)
-            cfg = parse_config(data, "--set")
+        cfg = _recorded_config(out, set_)
     else:
         cfg = load_config(pipeline, set_)
     manifest = run_pipeline(cfg, out, pool=pool)
@@ -134,20 +125,27 @@ for _stage, _doc in (
     _stage_command(_stage, _doc)
 
 
+def _recorded_config(run_dir: str, set_: list[str] | None):
+    """The config recorded in RUN/run.json, with ``--set`` overrides applied."""
+    from curate.config import apply_override, parse_config
+    from curate.run import RunDir
+
+    cfg = RunDir(run_dir).config()
+    if not set_:
+        return cfg
+    data = cfg.model_dump(mode="json", by_alias=True)
+    for s in set_:
+        apply_override(data, s)
+    return parse_config(data, "--set")
+
+
 def _run_one(run_dir: str, stage: str, set_: list[str] | None, verbose: bool,
              extra: dict | None = None) -> None:
-    from curate.config import apply_override, parse_config
     from curate.pipeline import run_pipeline
-    from curate.run import RunDir
     from curate.summary import print_summary
 
     _setup_logging(verbose)
-    cfg = RunDir(run_dir).config()
-    if set_:
-        data = cfg.model_dump(mode="json", by_alias=True)
-        for s in set_:
-            apply_override(data, s)
-        cfg = parse_config(data, "--set")
+    cfg = _recorded_config(run_dir, set_)
     if stage not in cfg.stages:
         raise CurateError(f"{run_dir}: its pipeline has no '{stage}' stage "
                           f"(stages: {', '.join(cfg.stages)})")
