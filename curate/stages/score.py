@@ -116,6 +116,7 @@ class ScoreStage(Stage):
         import torch
 
         torch.set_num_threads(_assigned_cpus())
+        self._model()  # once per actor, before its first shard (not inside a shard's time)
 
     def _model(self):
 
