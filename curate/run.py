@@ -203,6 +203,16 @@ class RunDir:
         return pool.filter(pc.is_in(pool["uid"], value_set=kept))
 
 
+def count_survivors(run_url: str, before: list[str], shard: str) -> tuple[int, str]:
+    """How many pairs of ``shard`` reach a stage, and a digest of them in pool order.
+
+    An engine task of the global stages: their plan (output ranges, k-means scratch) is
+    valid exactly as long as every shard's digest is unchanged.
+    """
+    uids = RunDir(run_url).survivors(before, shard, ["uid"])["uid"]
+    return len(uids), hashlib.sha256("\n".join(uids.to_pylist()).encode()).hexdigest()[:16]
+
+
 def stage_fingerprints(cfg: PipelineConfig, pool_fp: str) -> dict[str, str]:
     """Chain of fingerprints: a stage's depends on its config and every stage before it."""
     out: dict[str, str] = {}

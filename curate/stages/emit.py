@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from curate import engine, faults
 from curate.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
-from curate.run import RunDir
+from curate.run import RunDir, count_survivors
 from curate.stages.base import Stage
 
 #: stage -> (folder, columns it contributes to a curated row)
@@ -34,13 +34,6 @@ JOINS = {
     "match": ("match", ["entry_ids"]),
     "prune": ("prune", ["cluster_id"]),
 }
-
-
-def kept_count(run_url: str, before: list[str], shard: str) -> tuple[int, str]:
-    rd = RunDir(run_url)
-    uids = rd.survivors(before, shard, ["uid"])["uid"]
-    digest = hashlib.sha256("\n".join(uids.to_pylist()).encode()).hexdigest()[:16]
-    return len(uids), digest
 
 
 def gather(rd: RunDir, stages_before: list[str], shard: str, embeddings: bool) -> pa.Table:
@@ -139,7 +132,7 @@ class EmitStage(Stage):
     def run_global(self, shards: list[str]) -> dict[str, Any]:
         section = self.section
         before = self.before  # with no deciding stage before it, the whole pool is emitted
-        outs = engine.map_items(partial(kept_count, self.rd.url, before), shards,
+        outs = engine.map_items(partial(count_survivors, self.rd.url, before), shards,
                                 max_retries=self.cfg.run.max_retries,
                                 timeout_s=self.cfg.run.shard_timeout_s, desc="emit: count")
         failed = [o for o in outs if not o.ok]

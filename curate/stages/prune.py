@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from curate import engine, faults
 from curate.errors import InputError
 from curate.io import list_shards, read_table, write_bytes_atomic, write_parquet_atomic
-from curate.run import RunDir
+from curate.run import RunDir, count_survivors
 from curate.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,6 @@ def load_embeddings(rd: RunDir, before: list[str], shard: str) -> tuple[pa.Array
     x = as_matrix(col)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return uids, x / np.where(norms == 0, 1, norms)
-
-
-def count_shard(run_url: str, before: list[str], shard: str) -> tuple[int, str]:
-    uids = RunDir(run_url).survivors(before, shard, ["uid"])["uid"]
-    return len(uids), hashlib.sha256("\n".join(uids.to_pylist()).encode()).hexdigest()[:16]
 
 
 def sample_shard(run_url: str, before: list[str], fraction: float, seed: int,
@@ -217,7 +212,7 @@ class PruneStage(Stage):
 
         s = self.section
         url = self.rd.url
-        counts = self._map(partial(count_shard, url, self.before), shards, "prune: count")
+        counts = self._map(partial(count_survivors, url, self.before), shards, "prune: count")
         n_total = sum(c for c, _ in counts)
         key = hashlib.sha256(json.dumps([self.spec.fingerprint, counts]).encode()
                              ).hexdigest()[:16]
