@@ -251,21 +251,14 @@ class ScoreStage(Stage):
             tie_uids = sorted(u for u, sc in zip(uids, scores) if sc == threshold)
             ties = tie_uids[: k - above]
         info = {"top_fraction": frac, "scored": n, "kept_top": k, "threshold": threshold}
-        engine.map_items(partial(_apply_top, self.rd.url, threshold, ties, frac), shards,
-                         max_retries=self.cfg.run.max_retries, desc="score: top fraction")
-        return {"global": info, "kept": k,
-                "dropped": _merge_drop(self, shards)}
-
-
-def _merge_drop(stage: ScoreStage, shards: list[str]) -> dict[str, int]:
-    from curate.stages.base import summarize
-
-    total: dict[str, int] = {}
-    for s in shards:
-        t = stage.rd.read("score", s, ["kept", "reason"])
-        for k, v in summarize("score", t, t.num_rows)["dropped"].items():
-            total[k] = total.get(k, 0) + v
-    return total
+        outs = engine.map_items(partial(_apply_top, self.rd.url, threshold, ties, frac),
+                                shards, max_retries=self.cfg.run.max_retries,
+                                desc="score: top fraction")
+        dropped: dict[str, int] = {}
+        for o in outs:
+            for reason, count in (o.value or {}).items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        return {"global": info, "kept": k, "dropped": dropped}
 
 
 def _shard_scores(run_url: str, shard: str) -> tuple[np.ndarray, list[str]]:
@@ -281,9 +274,11 @@ def _shard_scores(run_url: str, shard: str) -> tuple[np.ndarray, list[str]]:
 
 
 def _apply_top(run_url: str, threshold: float, ties: list[str], frac: float,
-               shard: str) -> None:
-    """Rewrite a shard's kept/reason for the global threshold (idempotent)."""
+               shard: str) -> dict[str, int]:
+    """Rewrite a shard's kept/reason for the global threshold (idempotent); returns the
+    shard's drop counts by reason, which its footer records too."""
     from curate.run import RunDir
+    from curate.stages.base import summarize
 
     rd = RunDir(run_url)
     path = rd.shard_path("score", shard)
@@ -304,7 +299,10 @@ def _apply_top(run_url: str, threshold: float, ties: list[str], frac: float,
     kept = pa.array([r is None for r in reasons])
     t = t.set_column(t.column_names.index("kept"), "kept", kept)
     t = t.set_column(t.column_names.index("reason"), "reason", pa.array(reasons, pa.string()))
+    counts = summarize("score", t, (meta or {}).get("counts", {}).get("rows_in", t.num_rows))
+    meta = {**(meta or {}), "counts": {**(meta or {}).get("counts", {}), **counts}}
     write_parquet_atomic(rd.fs, path, t, meta=meta)
+    return counts["dropped"]
 
 
 def _load(spec: Any) -> Any:
