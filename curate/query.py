@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from curate.io import is_local
-from curate.run import DECIDING, RunDir
+from curate.run import DECIDING, REASON_DETAIL, RunDir
 
 #: view name -> (folder, file glob)
 VIEWS = {
@@ -83,7 +83,7 @@ def decisions_sql(rd: RunDir, present: set[str]) -> str:
     # ``why``: the reason without its details (the error text, the uid it duplicates), for
     # GROUP BY; the same stems as the stage counts in run.json
     return (f"CREATE VIEW decisions AS SELECT uid, kept, dropped_by, reason, "
-            f"regexp_replace(reason, '(: .*| of [0-9a-f]{{32}})$', '') AS why FROM ("
+            f"regexp_replace(reason, {_q(REASON_DETAIL)}, '') AS why FROM ("
             f"SELECT p.uid, {kept} AS kept, {stage_expr} AS dropped_by, {reason_expr} AS reason "
             f"FROM (SELECT uid FROM pool) p {' '.join(joins)})")
 

@@ -46,6 +46,9 @@ STAGE_DIRS = {
 }
 #: stages whose per-shard output carries a ``kept``/``reason`` decision per uid
 DECIDING = {"download", "score", "balance", "prune"}
+#: the details of a drop reason (the error text after ": ", the uid a pair duplicates);
+#: removing them gives the reason's stem, used for counts (run.json) and SQL (``why``)
+REASON_DETAIL = r"(: .*| of [0-9a-f]{32})$"
 
 
 def now() -> str:

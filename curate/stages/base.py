@@ -24,7 +24,7 @@ from curate import faults
 from curate.config import PipelineConfig
 from curate.engine import Resources
 from curate.io import read_shard_meta, write_parquet_atomic
-from curate.run import DECIDING, RunDir, uid_digest
+from curate.run import DECIDING, REASON_DETAIL, RunDir, uid_digest
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,7 @@ def summarize(stage: str, table: pa.Table, rows_in: int) -> dict[str, Any]:
         reasons: dict[str, int] = {}
         if dropped.num_rows:
             # group long reasons ("semantic duplicate of <uid>") by their stem
-            stems = pc.replace_substring_regex(dropped["reason"],
-                                               r"(: .*| of [0-9a-f]{32})$", "")
+            stems = pc.replace_substring_regex(dropped["reason"], REASON_DETAIL, "")
             vc = pc.value_counts(stems.combine_chunks())
             for item in vc.to_pylist():
                 reasons[str(item["values"])] = int(item["counts"])
