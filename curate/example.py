@@ -12,6 +12,7 @@ runs, and is stopped afterwards.
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 from pathlib import Path
@@ -61,8 +62,6 @@ def draw(obj: str, colour: tuple, bg: tuple, size: tuple[int, int], rng: random.
     elif obj == "star":
         pts = []
         for k in range(10):
-            import math
-
             rad = r if k % 2 == 0 else r // 2
             a = math.pi / 2 + k * math.pi / 5
             pts.append((cx + rad * math.cos(a), cy - rad * math.sin(a)))

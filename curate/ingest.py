@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,9 @@ def compute_uids(urls: pa.Array | None, captions: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
 class _SeenUids:
     """Set of uids seen so far, as sorted 16-byte arrays (16 B per pair, no Python objects).
 
@@ -73,8 +77,13 @@ class _SeenUids:
 
     @staticmethod
     def _bytes(uids: pa.Array) -> np.ndarray:
-        return np.array([bytes.fromhex(u) if len(u) == 32 else hashlib.sha256(u.encode())
-                         .digest()[:16] for u in uids.to_pylist()], dtype="S16")
+        """16 bytes per uid: our hex uids decoded in one call; any other uid (a pool's own,
+        of any form) is hashed, so it can never be mistaken for a hex one."""
+        if pc.all(pc.match_substring_regex(uids, "^[0-9a-f]{32}$")).as_py() in (True, None):
+            return np.frombuffer(bytes.fromhex("".join(uids.to_pylist())), dtype="S16")
+        return np.array([bytes.fromhex(u) if _HEX32.fullmatch(u) else
+                         hashlib.sha256(u.encode()).digest()[:16]
+                         for u in uids.to_pylist()], dtype="S16")
 
     def add_new(self, uids: pa.Array) -> np.ndarray:
         """Mask of the uids not seen before (first occurrence within ``uids`` wins); adds them."""
