@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 
 def make_routes(n: int):
-    from curate.loopback import Route
+    from curate.media.loopback import Route
 
     routes = {}
     for i in range(n):
@@ -40,7 +40,7 @@ def make_routes(n: int):
 
 def run_ours(pool: str, work: str, args) -> float:
     from curate.config import parse_config
-    from curate.pipeline import run_pipeline
+    from curate.driver import run_pipeline
 
     cfg = parse_config({
         "stages": ["download"], "pool": {"shard_size": args.shard_size},
@@ -84,8 +84,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    from curate import engine
-    from curate.loopback import LoopbackServer
+    from curate.core import engine
+    from curate.media.loopback import LoopbackServer
 
     work = tempfile.mkdtemp(prefix="bench-dl-")
     with LoopbackServer(make_routes(args.n)) as srv:

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curate.balancing import count_entries, draw_kept, keep_prob  # noqa: E402
-from curate.matching import Matcher, naive_match, spacing  # noqa: E402
+from curate.algorithms.balancing import count_entries, draw_kept, keep_prob  # noqa: E402
+from curate.algorithms.matching import Matcher, naive_match, spacing  # noqa: E402
 from curate.vocab import load_vocabulary  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

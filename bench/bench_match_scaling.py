@@ -23,9 +23,9 @@ SHARED = ROOT.parent / "shared" / "data"
 
 CHILD = """
 import json, sys, time
-from curate import engine
+from curate.core import engine
 from curate.config import parse_config
-from curate.pipeline import run_pipeline
+from curate.driver import run_pipeline
 engine.init(num_cpus=int(sys.argv[3]))
 cfg = parse_config({"stages": ["match"], "pool": {"shard_size": 10000},
                     "match": {"metadata": "default"}})

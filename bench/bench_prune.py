@@ -6,7 +6,7 @@ near-copies (cosine ~0.999) of other rows. Stored as float16 (as ``scores/`` sto
 embeddings), generated in chunks, so the pool costs n * d * 2 bytes.
 
 Measured in one process, on the same training sample (``--per-centroid`` * k rows drawn
-with ``curate.kmeans.sample_mask``):
+with ``curate.algorithms.kmeans.sample_mask``):
 
 - ours: ``train_kmeans`` (greedy k-means++ seeding on a subset + FAISS spherical Lloyd);
 - scikit-learn ``KMeans`` (same k, ``max_iter = --niter``, ``n_init=1``, k-means++);
@@ -116,7 +116,7 @@ def main() -> None:
     import faiss
     from sklearn.metrics import adjusted_rand_score
 
-    from curate import dbp, kmeans, semdedup
+    from curate.algorithms import dbp, kmeans, semdedup
 
     print(
         f"n={a.n} d={a.d} k={a.k} niter={a.niter} cores={os.cpu_count()} "

@@ -255,11 +255,11 @@ def _instrument(sampler: Sampler) -> None:
 
     Wraps module attributes of this process only (the driver); no curate file changes.
     """
-    import curate.engine
-    import curate.pipeline
+    import curate.core.engine
+    import curate.driver
 
-    map_items, ingest, run_stage = (curate.engine.map_items, curate.pipeline.ingest,
-                                    curate.pipeline._run_stage)
+    map_items, ingest, run_stage = (curate.core.engine.map_items, curate.driver.ingest,
+                                    curate.driver._run_stage)
 
     def mapped(fn, items, **kw):
         desc = kw.get("desc") or "map"
@@ -283,9 +283,9 @@ def _instrument(sampler: Sampler) -> None:
         finally:
             sampler.phase = f"{stage} [driver end]"
 
-    curate.engine.map_items = mapped
-    curate.pipeline.ingest = ingested
-    curate.pipeline._run_stage = staged
+    curate.core.engine.map_items = mapped
+    curate.driver.ingest = ingested
+    curate.driver._run_stage = staged
 
 
 def pipeline_config(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -309,9 +309,9 @@ def child(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sampler = Sampler(args.interval)
     sampler.start()
-    from curate import engine
     from curate.config import parse_config
-    from curate.pipeline import run_pipeline
+    from curate.core import engine
+    from curate.driver import run_pipeline
 
     sampler.phase = "ray init"
     t0 = time.monotonic()

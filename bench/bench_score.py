@@ -95,7 +95,7 @@ def model_only(images, ckpt, args) -> float:
 
 def ours(pool: str, work: str, ckpt: str, args) -> tuple[float, float]:
     from curate.config import parse_config
-    from curate.pipeline import run_pipeline
+    from curate.driver import run_pipeline
 
     out = f"{work}/run"
     cfg = parse_config({
@@ -127,7 +127,7 @@ def main() -> None:
     import open_clip
     import torch
 
-    from curate import engine
+    from curate.core import engine
 
     work = tempfile.mkdtemp(prefix="bench-score-")
     torch.manual_seed(0)

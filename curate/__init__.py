@@ -2,10 +2,10 @@
 
 Public surface (everything else is internal and may change):
 
-- :func:`curate.pipeline.run_pipeline` — run a pipeline config over a pool into a run dir
+- :func:`curate.driver.run_pipeline` — run a pipeline config over a pool into a run dir
 - :class:`curate.config.PipelineConfig`, :func:`curate.config.load_config`
-- :class:`curate.run.RunDir` — the run directory (manifest, lock, shards)
-- :func:`curate.query.connect` — a DuckDB connection with a view per stage output
+- :class:`curate.core.rundir.RunDir` — the run directory (manifest, lock, shards)
+- :func:`curate.app.query.connect` — a DuckDB connection with a view per stage output
 """
 
 __version__ = "0.1.0"

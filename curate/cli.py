@@ -72,9 +72,9 @@ def run(
     verbose: Verbose = False,
 ) -> None:
     """Run a pipeline over a pool into a run directory (resumes when it exists)."""
+    from curate.app.summary import print_summary
     from curate.config import load_config
-    from curate.pipeline import run_pipeline
-    from curate.summary import print_summary
+    from curate.driver import run_pipeline
 
     _setup_logging(verbose)
     if pipeline is None and os.path.isfile(os.path.join(out, "run.json")):
@@ -128,7 +128,7 @@ for _stage, _doc in (
 def _recorded_config(run_dir: str, set_: list[str] | None):
     """The config recorded in RUN/run.json, with ``--set`` overrides applied."""
     from curate.config import apply_override, parse_config
-    from curate.run import RunDir
+    from curate.core.rundir import RunDir
 
     cfg = RunDir(run_dir).config()
     if not set_:
@@ -141,8 +141,8 @@ def _recorded_config(run_dir: str, set_: list[str] | None):
 
 def _run_one(run_dir: str, stage: str, set_: list[str] | None, verbose: bool,
              extra: dict | None = None) -> None:
-    from curate.pipeline import run_pipeline
-    from curate.summary import print_summary
+    from curate.app.summary import print_summary
+    from curate.driver import run_pipeline
 
     _setup_logging(verbose)
     cfg = _recorded_config(run_dir, set_)
@@ -160,8 +160,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
     """Per stage: shards done/total, pairs in and out, failures."""
-    from curate.run import RunDir
-    from curate.summary import print_summary, status_dict
+    from curate.app.summary import print_summary, status_dict
+    from curate.core.rundir import RunDir
 
     rd = RunDir(run_dir)
     manifest = rd.load_manifest()
@@ -185,8 +185,8 @@ def query(
     """SQL over the run's outputs (DuckDB), with a view per stage and `decisions`."""
     import duckdb
 
-    from curate.query import connect
-    from curate.run import RunDir
+    from curate.app.query import connect
+    from curate.core.rundir import RunDir
 
     if not RunDir(run_dir).fs.exists(RunDir(run_dir).path("pool")):
         raise CurateError(f"{run_dir}: not a run directory (no pool/ folder)")
@@ -341,7 +341,7 @@ def plan(
     = None,
 ) -> None:
     """Expected kept size as a function of MetaCLIP's t, and the t for a target size."""
-    from curate.plan import plan_run
+    from curate.app.plan import plan_run
 
     result = plan_run(run_dir, target, png)
     for t, size in zip(result["t"], result["expected"]):
@@ -360,7 +360,7 @@ def example(
     verbose: Verbose = False,
 ) -> None:
     """The offline example: draw a pool, serve it on loopback, curate it (`make curate`)."""
-    from curate.example import run_example
+    from curate.app.example import run_example
 
     _setup_logging(verbose)
     run_example(out, pipeline, set_ or [])

@@ -19,13 +19,13 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from curate.loopback import LoopbackServer, Route  # noqa: E402
+from curate.media.loopback import LoopbackServer, Route  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """One local Ray for the whole test session (start-up costs seconds)."""
-    from curate import engine
+    from curate.core import engine
 
     os.environ.setdefault("CURATE_RAY_TMP", str(tmp_path_factory.mktemp("ray")))
     engine.init(num_cpus=2)

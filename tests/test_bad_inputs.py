@@ -167,7 +167,7 @@ def test_bad_input(tmp_path, case):
 def finished_run(tmp_path_factory):
     """A finished text-only run whose files must survive every bad rerun below."""
     from curate.config import load_config
-    from curate.pipeline import run_pipeline
+    from curate.driver import run_pipeline
 
     tmp = tmp_path_factory.mktemp("finished")
     p = good_pool(tmp)
@@ -198,21 +198,21 @@ def test_bad_rerun_leaves_outputs_untouched(finished_run, ray_session, name, ext
 
 def test_disk_full_and_read_only(finished_run, monkeypatch, tmp_path):
     """A write that fails (ENOSPC, EROFS) is one line naming the path; nothing is lost."""
-    import curate.io
+    import curate.core.io
 
     tmp, p, yaml, out = finished_run
     before = _tree(out)
-    real_replace = curate.io.os.replace
+    real_replace = curate.core.io.os.replace
 
     for code in (errno.ENOSPC, errno.EROFS):
         def failing(src, dst, code=code):
             raise OSError(code, __import__("os").strerror(code), dst)
 
-        monkeypatch.setattr(curate.io.os, "replace", failing)
+        monkeypatch.setattr(curate.core.io.os, "replace", failing)
         fresh = tmp_path / f"new-{code}"
         result = CliRunner().invoke(app, ["run", "--out", str(fresh), "--pipeline", yaml,
                                           "--pool", p])
-        monkeypatch.setattr(curate.io.os, "replace", real_replace)
+        monkeypatch.setattr(curate.core.io.os, "replace", real_replace)
         _check(result, 2, (str(fresh), __import__("os").strerror(code)))
         # no half-written file looks finished, no temporary file is left behind
         assert not list(fresh.rglob("part-*.parquet")) and not list(fresh.rglob(".tmp-*"))

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.balancing import (
+from curate.algorithms.balancing import (
     count_entries,
     draw_kept,
     draw_u,

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.config import load_config
+from curate.core.rundir import RunDir
 from curate.errors import ConfigError
-from curate.run import RunDir
 
 runner = CliRunner()
 
@@ -114,7 +114,7 @@ def test_overrides_apply():
 
 
 def test_fingerprint_chain_changes_only_downstream():
-    from curate.run import stage_fingerprints
+    from curate.core.rundir import stage_fingerprints
 
     a = load_config(None, ["stages=[download, match, balance]"])
     b = load_config(None, ["stages=[download, match, balance]", "balance.t=5"])

@@ -1,4 +1,4 @@
-"""curate.clip_model against a direct open_clip computation, on a tiny random model.
+"""curate.models.clip against a direct open_clip computation, on a tiny random model.
 
 No weights can be downloaded here, so every model is a ~3M-parameter custom config with random
 weights that the tests save and reload themselves.
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from curate.clip_model import (
+from curate.errors import InputError
+from curate.models.clip import (
     ImageDecodeError,
     ModelSpec,
     decode_image,
@@ -28,7 +29,6 @@ from curate.clip_model import (
     load_model,
     preprocess_images,
 )
-from curate.errors import InputError
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -346,7 +346,7 @@ def test_autocast_precisions(tiny_config):
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, curate.clip_model; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, curate.models.clip; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import base_config, pool_rows, write_pool
 
-from curate.pipeline import run_pipeline
+from curate.driver import run_pipeline
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     os.environ["RAY_ADDRESS"] = cluster.address
     import ray
     from curate.config import parse_config
-    from curate.pipeline import run_pipeline
+    from curate.driver import run_pipeline
 
     cfg = parse_config(json.loads(sys.argv[1]))
     run_pipeline(cfg, sys.argv[2], pool=sys.argv[3])

@@ -1,4 +1,4 @@
-"""Density-based pruning (curate.dbp)."""
+"""Density-based pruning (curate.algorithms.dbp)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from curate import dbp
+from curate.algorithms import dbp
 
 
 def softmax_ref(c, tau, live):
@@ -99,7 +99,7 @@ def test_quotas_with_floor_match_bisection(seed):
 def test_quotas_edge_cases(caplog):
     sizes = np.array([5, 0, 10])
     c = np.array([0.1, 0.5, 0.2])
-    with caplog.at_level(logging.WARNING, logger="curate.dbp"):
+    with caplog.at_level(logging.WARNING, logger="curate.algorithms.dbp"):
         q = dbp.quotas(c, sizes, 100)
     np.testing.assert_array_equal(q, sizes)
     assert "exceeds the pool" in caplog.text
@@ -108,7 +108,7 @@ def test_quotas_edge_cases(caplog):
     # equal shares: ties go to the lowest cluster id
     np.testing.assert_array_equal(dbp.quotas(np.zeros(3), np.array([9, 9, 9]), 4), [2, 1, 1])
     # floors that alone exceed the target are lowered to fit
-    with caplog.at_level(logging.WARNING, logger="curate.dbp"):
+    with caplog.at_level(logging.WARNING, logger="curate.algorithms.dbp"):
         q = dbp.quotas(np.zeros(4), np.array([10, 10, 10, 2]), 9, min_per_cluster=5)
     assert q.sum() == 9 and (q >= np.array([2, 2, 2, 2])).all()
     assert "min_per_cluster" in caplog.text

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import EXPECTED_ERRORS, base_config, pool_rows, write_pool
 
+from curate.driver import run_pipeline
 from curate.errors import FailedShardsError
-from curate.pipeline import run_pipeline
 
 
 def _images(out) -> pa.Table:
@@ -111,7 +111,7 @@ def test_resume_after_failed_shard_downloads_nothing_twice(tmp_path, image_serve
 
 
 def test_retry_failed_refetches_only_failures(tmp_path, image_server, ray_session):
-    from curate.loopback import Route
+    from curate.media.loopback import Route
 
     image_server.routes["/flaky.jpg"] = Route(status=503)
     rows = [r for r in pool_rows(image_server) if "/ok/1." in r["url"]]

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, pool_rows, write_pool
 
-from curate.pipeline import run_pipeline
-from curate.query import connect
+from curate.app.query import connect
+from curate.driver import run_pipeline
 
 
 @pytest.fixture(scope="module")

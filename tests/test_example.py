@@ -7,8 +7,8 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
+from curate.app.query import VIEWS
 from curate.cli import app
-from curate.query import VIEWS
 
 
 def _free_port() -> int:
@@ -21,7 +21,7 @@ def _free_port() -> int:
 def example_run(tmp_path_factory, ray_session):
     import os
 
-    from curate.example import run_example
+    from curate.app.example import run_example
 
     out = tmp_path_factory.mktemp("example") / "run"
     os.environ["CURATE_EXAMPLE_PORT"] = str(_free_port())

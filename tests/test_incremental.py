@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import base_config
 
-from curate.pipeline import run_pipeline
+from curate.driver import run_pipeline
 
 WORDS = ["dog", "cat", "tree", "house", "sky", "beach", "kite", "red", "blue", "car"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from curate.ingest import _SeenUids
+from curate.stages.ingest import _SeenUids
 
 
 def test_seen_uids_accepts_any_uid_form():

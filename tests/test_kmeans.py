@@ -1,4 +1,4 @@
-"""Spherical k-means, streaming assignment and the seeded sample (curate.kmeans)."""
+"""Spherical k-means, streaming assignment and the seeded sample (curate.algorithms.kmeans)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from curate import kmeans as km
+from curate.algorithms import kmeans as km
 
 
 def planted(k: int, d: int, per: int, sigma: float, seed: int = 0):

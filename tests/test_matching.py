@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.matching import Matcher, entry_key, naive_match, spacing
+from curate.algorithms.matching import Matcher, entry_key, naive_match, spacing
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ENGINES = ["tokens", "ahocorasick"]

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import base_config, pool_rows, write_pool
 
-from curate.pipeline import run_pipeline
+from curate.driver import run_pipeline
 
 WORDS = ["dog", "cat", "red car", "tree", "house", "blue", "sky", "beach", "umbrella", "kite"]
 
@@ -78,7 +78,7 @@ def test_download_after_balance_fetches_only_kept(tmp_path, image_server, ray_se
 
 
 def test_plan_finds_t_for_target(tmp_path, ray_session):
-    from curate.plan import plan_run
+    from curate.app.plan import plan_run
 
     pool = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"caption": _captions(400, seed=1)}), pool)
@@ -88,7 +88,7 @@ def test_plan_finds_t_for_target(tmp_path, ray_session):
     assert (out / "plan" / "plan.png").stat().st_size > 1000
     assert res["expected"] == sorted(res["expected"])  # monotone in t
     t = res["t_for_target"]
-    from curate.balancing import expected_size
+    from curate.algorithms.balancing import expected_size
 
     m = pq.read_table(out / "match")["entry_ids"].combine_chunks()
     counts = pq.read_table(out / "balance" / "entry_counts.parquet")["count"].to_numpy()

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from conftest import bomb_png, drawn_image
 
-from curate import imagecheck, netguard
+from curate.media import imagecheck, netguard
 
 
 @pytest.mark.parametrize("url,needle", [

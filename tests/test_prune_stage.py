@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import base_config
 
-from curate.pipeline import run_pipeline
+from curate.driver import run_pipeline
 
 
 def _planted(n_clusters=6, per=40, d=16, dups=10, seed=0):

@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from curate.algorithms.matching import Matcher, spacing
 from curate.config import PipelineConfig
-from curate.matching import Matcher, spacing
-from curate.report_html import SECTIONS, esc
+from curate.report.html import SECTIONS, esc
 from curate.stages.base import StageSpec
 from curate.stages.report import ReportStage, distinct_classes, imagenet_classnames
 

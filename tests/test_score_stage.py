@@ -14,7 +14,7 @@ import pytest
 from conftest import base_config, drawn_image
 from typer.testing import CliRunner
 
-from curate.pipeline import run_pipeline
+from curate.driver import run_pipeline
 
 TINY = {
     "embed_dim": 32,

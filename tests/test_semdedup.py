@@ -1,11 +1,11 @@
-"""SemDeDup inside a cluster (curate.semdedup)."""
+"""SemDeDup inside a cluster (curate.algorithms.semdedup)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from curate.semdedup import (
+from curate.algorithms.semdedup import (
     dedup_by_cluster,
     dedup_cluster,
     dedup_cluster_reference,

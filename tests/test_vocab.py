@@ -13,9 +13,9 @@ import urllib.error
 
 import pytest
 
-from curate import vocab
 from curate.errors import InputError
-from curate.vocab import (
+from curate.vocab import vocabulary as vocab
+from curate.vocab.vocabulary import (
     build_vocabulary,
     build_vocabulary_sources,
     fetch_metaclip,

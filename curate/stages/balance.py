@@ -5,7 +5,7 @@
 a grown pool only needs its new shards matched; the sum itself is re-read each run (one
 ``bincount`` per shard). Each shard then gets ``balance/part-NNNNN.parquet``: uid, keep_prob
 (1 - prod(1 - min(1, t/count))), kept, reason. Draws are deterministic per (seed, uid,
-entry) (curate.balancing), so the kept set does not depend on sharding or workers.
+entry) (curate.algorithms.balancing), so the kept set does not depend on sharding or workers.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import engine, faults
-from curate.io import read_table, write_parquet_atomic
+from curate.core import engine, faults
+from curate.core.io import read_table, write_parquet_atomic
 from curate.stages.base import Stage
 
 _COUNTS: dict[str, np.ndarray] = {}
@@ -35,8 +35,8 @@ def matched(rd, before: list[str], shard: str) -> pa.Table:
 
 def shard_counts(run_url: str, before: list[str], n_entries: int, shard: str):
     """Sparse per-entry counts of one shard: (ids, counts), small to ship to the driver."""
-    from curate.balancing import count_entries
-    from curate.run import RunDir
+    from curate.algorithms.balancing import count_entries
+    from curate.core.rundir import RunDir
 
     faults.maybe_fail("balance-count", shard)
     m = matched(RunDir(run_url), before, shard)
@@ -90,7 +90,7 @@ class BalanceStage(Stage):
         return _COUNTS[key]
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
-        from curate.balancing import draw_kept, keep_prob
+        from curate.algorithms.balancing import draw_kept, keep_prob
 
         m = matched(self.rd, self.before, shard)
         ids = m["entry_ids"].combine_chunks()

@@ -20,11 +20,11 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import faults
 from curate.config import PipelineConfig
-from curate.engine import Resources
-from curate.io import read_shard_meta, write_parquet_atomic
-from curate.run import DECIDING, REASON_DETAIL, RunDir, uid_digest
+from curate.core import faults
+from curate.core.engine import Resources
+from curate.core.io import read_shard_meta, write_parquet_atomic
+from curate.core.rundir import DECIDING, REASON_DETAIL, RunDir, uid_digest
 
 log = logging.getLogger(__name__)
 

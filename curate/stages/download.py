@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from curate import imagecheck, netguard
-from curate.engine import Resources
+from curate.core.engine import Resources
+from curate.media import imagecheck, netguard
 from curate.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,12 @@ class DownloadStage(Stage):
             meta.get("counts", {}).get("dropped"))
 
     def input_digest(self, shard: str, inputs: pa.Table) -> str:
-        from curate.run import uid_digest
+        from curate.core.rundir import uid_digest
 
         return uid_digest(inputs["uid"])
 
     def _previous_successes(self, shard: str) -> dict[str, bytes]:
-        from curate.io import read_shard_meta
+        from curate.core.io import read_shard_meta
 
         path = self.rd.shard_path("download", shard)
         meta = read_shard_meta(self.rd.fs, path)

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import engine, faults
-from curate.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
-from curate.run import RunDir, count_survivors
+from curate.core import engine, faults
+from curate.core.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
+from curate.core.rundir import RunDir, count_survivors
 from curate.stages.base import Stage
 
 #: stage -> (folder, columns it contributes to a curated row)

@@ -1,7 +1,7 @@
 """match: MetaCLIP substring matching of each surviving caption against the vocabulary.
 
 Output ``match/part-NNNNN.parquet``: uid, entry_ids (list<int32>, sorted, unique). The
-matcher (curate.matching) is built once per worker process and reused for every shard.
+matcher (curate.algorithms.matching) is built once per worker process and reused for every shard.
 Matching decides nothing: pairs matching no entry are dropped by balance, with that reason.
 """
 
@@ -16,7 +16,7 @@ _MATCHERS: dict[tuple[str, str], object] = {}
 
 def get_matcher(metadata: str, boundary: str):
     """The (cached) Matcher and entries for a vocabulary; built once per process."""
-    from curate.matching import Matcher
+    from curate.algorithms.matching import Matcher
     from curate.vocab import load_vocabulary
 
     key = (metadata, boundary)

@@ -4,7 +4,7 @@ The global work happens in ``prepare`` on the driver, each step an engine map so
 in parallel and never holds the pool:
 
 1. count the pairs that reach prune, per shard;
-2. draw the k-means sample: rows whose uid hashes below a fraction (curate.kmeans), so the
+2. draw the k-means sample: rows whose uid hashes below a fraction (algorithms.kmeans), so the
    sample does not depend on sharding; train FAISS spherical k-means (GPU when present);
 3. assign every embedding, shard by shard; each shard's rows are also written to one of B
    bucket files by ``cluster_id % B`` (a shuffle, so a cluster's items end up together);
@@ -32,10 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import engine, faults
+from curate.core import engine, faults
+from curate.core.io import list_shards, read_table, write_bytes_atomic, write_parquet_atomic
+from curate.core.rundir import RunDir, count_survivors
 from curate.errors import InputError
-from curate.io import list_shards, read_table, write_bytes_atomic, write_parquet_atomic
-from curate.run import RunDir, count_survivors
 from curate.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def load_embeddings(rd: RunDir, before: list[str], shard: str) -> tuple[pa.Array
 
 def sample_shard(run_url: str, before: list[str], fraction: float, seed: int,
                  shard: str) -> np.ndarray:
-    from curate.kmeans import sample_mask
+    from curate.algorithms.kmeans import sample_mask
 
     uids, x = load_embeddings(RunDir(run_url), before, shard)
     return x[sample_mask(uids.to_numpy(zero_copy_only=False), fraction, seed)].astype(
@@ -75,7 +75,7 @@ def sample_shard(run_url: str, before: list[str], fraction: float, seed: int,
 def assign_shard(run_url: str, before: list[str], work: str, model: Any, buckets: int,
                  shard: str) -> tuple[np.ndarray, np.ndarray]:
     """Labels and distances of one shard, written to assign/ and to the bucket files."""
-    from curate.dbp import accumulate
+    from curate.algorithms.dbp import accumulate
     from curate.stages.score import fp16_list
 
     faults.maybe_fail("prune-assign", shard)
@@ -126,8 +126,8 @@ def _read_decisions(rd: RunDir, folder: str, shard: str) -> pa.Table | None:
 def dedup_bucket(run_url: str, work: str, eps: float, keep: str, seed: int, k: int,
                  j: int) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup over the clusters of one bucket; returns per-cluster (count, sum_dist) after."""
-    from curate.dbp import accumulate
-    from curate.semdedup import dedup_by_cluster
+    from curate.algorithms.dbp import accumulate
+    from curate.algorithms.semdedup import dedup_by_cluster
     from curate.stages.score import as_matrix
 
     rd = RunDir(run_url)
@@ -151,7 +151,7 @@ def dedup_bucket(run_url: str, work: str, eps: float, keep: str, seed: int, k: i
 def select_bucket(run_url: str, work: str, quotas: np.ndarray, keep: str, seed: int,
                   j: int) -> int:
     """DBP selection inside each cluster of one bucket; writes the uids over quota."""
-    from curate.dbp import select_in_cluster
+    from curate.algorithms.dbp import select_in_cluster
 
     rd = RunDir(run_url)
     t = _bucket(rd, work, j, ["uid", "cluster_id", "dist_to_centroid", "shard"])
@@ -207,8 +207,8 @@ class PruneStage(Stage):
         return [o.value for o in outs]
 
     def prepare(self, shards: list[str]) -> dict[str, Any]:
-        from curate import dbp
-        from curate.kmeans import sample_fraction, train_kmeans
+        from curate.algorithms import dbp
+        from curate.algorithms.kmeans import sample_fraction, train_kmeans
 
         s = self.section
         url = self.rd.url

@@ -19,7 +19,7 @@ Outputs (``reports/``, DESIGN §4):
   pool shard and of the final pairs. IMAGENET_CLASSNAMES has 1000 names but fewer distinct
   ones (998 in open_clip 3.3: "missile" and "sunglasses" appear twice, while the two
   cranes are already "crane bird" and "construction crane"): one row per distinct name.
-- ``report.html``: plots and tables of all of it (:mod:`curate.report_html`).
+- ``report.html``: plots and tables of all of it (:mod:`curate.report.html`).
 
 "Final" is the set of pairs kept by the last deciding stage that ran (what emit writes);
 it is computed per pool shard, because ``curated/`` is resharded by emit and reading its
@@ -44,8 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.io import join, list_shards, write_bytes_atomic, write_parquet_atomic
-from curate.run import DECIDING, RunDir, now
+from curate.core.io import join, list_shards, write_bytes_atomic, write_parquet_atomic
+from curate.core.rundir import DECIDING, RunDir, now
 from curate.stages.base import Stage, summarize
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ _MATCHERS: dict[tuple[str, ...], Any] = {}
 
 
 def _class_matcher(names: tuple[str, ...]):
-    from curate.matching import Matcher
+    from curate.algorithms.matching import Matcher
 
     if names not in _MATCHERS:
         _MATCHERS.clear()
@@ -323,7 +323,7 @@ class ReportStage(Stage):
     def _count(self, plan: ShardPlan, shards: list[str], totals: _Totals) -> None:
         fn = partial(shard_stats, plan)
         if _ray_running():
-            from curate import engine
+            from curate.core import engine
 
             def done(outcome) -> None:
                 if outcome.ok:
@@ -460,7 +460,7 @@ class ReportStage(Stage):
 
     # ------------------------------------------------------------------ the stage
     def run_global(self, shards: list[str]) -> dict[str, Any]:
-        from curate import report_html
+        from curate.report import html as report_html
 
         rd, cfg = self.rd, self.cfg
         manifest = rd.load_manifest()
@@ -537,7 +537,7 @@ class ReportStage(Stage):
             coverage = self._coverage(class_idx, class_names, totals)
             write_parquet_atomic(rd.fs, join(out_dir, OUTPUTS["downstream coverage"]), coverage)
             outputs["downstream coverage"] = OUTPUTS["downstream coverage"]
-            from curate.matching import spacing
+            from curate.algorithms.matching import spacing
 
             never = [n for n in class_names if spacing(n)[1:-1] != n]
             coverage_note = (

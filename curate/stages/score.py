@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import engine
-from curate.engine import Resources
-from curate.io import read_shard_meta, write_parquet_atomic
+from curate.core import engine
+from curate.core.engine import Resources
+from curate.core.io import read_shard_meta, write_parquet_atomic
 from curate.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class ScoreStage(Stage):
         return {"random_init": self.section.pretrained == "none"}
 
     def _spec(self, device: str | None = None):
-        from curate.clip_model import ModelSpec
+        from curate.models.clip import ModelSpec
 
         s = self.section
         model = s.model or (None if s.model_config_path else "ViT-B-32")
@@ -187,7 +187,7 @@ class ScoreStage(Stage):
         """Decode (threads) and encode (model) the pairs in ``todo``, batch by batch."""
         import torch
 
-        from curate.clip_model import encode, preprocess_images
+        from curate.models.clip import encode, preprocess_images
 
         loaded = self._model()
         n = inputs.num_rows
@@ -263,7 +263,7 @@ class ScoreStage(Stage):
 
 def _shard_scores(run_url: str, shard: str) -> tuple[np.ndarray, list[str]]:
     """Scores (and uids) of one shard's pairs that passed everything before the filter."""
-    from curate.run import RunDir
+    from curate.core.rundir import RunDir
 
     t = RunDir(run_url).read("score", shard, ["uid", "clip_score", "reason"])
     eligible = pc.and_kleene(pc.invert(pc.is_null(t["clip_score"])),
@@ -277,7 +277,7 @@ def _apply_top(run_url: str, threshold: float, ties: list[str], frac: float,
                shard: str) -> dict[str, int]:
     """Rewrite a shard's kept/reason for the global threshold (idempotent); returns the
     shard's drop counts by reason, which its footer records too."""
-    from curate.run import RunDir
+    from curate.core.rundir import RunDir
     from curate.stages.base import summarize
 
     rd = RunDir(run_url)
@@ -310,7 +310,7 @@ def _load(spec: Any) -> Any:
     rerun, gets the same weights: meaningless scores, but consistent ones."""
     import torch
 
-    from curate.clip_model import load_model
+    from curate.models.clip import load_model
 
     if spec.pretrained == "none":
         state = torch.random.get_rng_state()

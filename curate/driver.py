@@ -13,12 +13,12 @@ import time
 from functools import partial
 from typing import Any
 
-from curate import engine
 from curate.config import PipelineConfig
+from curate.core import engine
+from curate.core.rundir import RunDir, now, pool_fingerprint, stage_fingerprints, versions
 from curate.errors import FailedShardsError, InputError, RunDirError
-from curate.ingest import ingest
-from curate.run import RunDir, now, pool_fingerprint, stage_fingerprints, versions
 from curate.stages.base import StageSpec, run_shard, stage_class
+from curate.stages.ingest import ingest
 
 log = logging.getLogger(__name__)
 

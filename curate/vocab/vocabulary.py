@@ -37,7 +37,7 @@ from curate.errors import InputError
 logger = logging.getLogger(__name__)
 
 #: Directory of the committed vocabularies (repository root / metadata).
-METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
+METADATA_DIR = Path(__file__).resolve().parent / "data"
 #: Built-in vocabulary names accepted by :func:`load_vocabulary`.
 BUILTIN = {"default": "default_vocabulary.txt.gz"}
 

@@ -100,7 +100,7 @@ def _short(err: BaseException) -> str:
 
 
 def _apply(fn: Callable[[Any], Any], item: Any, fault: tuple | None = None) -> Any:
-    # the fault-injection hook (curate.faults) follows the driver's environment at submit
+    # the fault-injection hook (curate.core.faults) follows the driver's environment at submit
     # time, so tests can inject faults into a Ray instance that started before them
     if fault:
         os.environ["CURATE_FAULT"], os.environ["CURATE_DRIVER_PID"] = fault
@@ -168,7 +168,7 @@ def map_items(
     pending = list(range(len(items)))[::-1]  # pop() takes the lowest index first
     running: dict[Any, tuple[int, float, Any]] = {}
 
-    from curate.progress import bar
+    from curate.core.progress import bar
 
     with bar(desc or getattr(fn, "__name__", "work"), total=len(items)) as advance:
         def submit(i: int) -> None:

@@ -34,6 +34,13 @@ from PIL import Image, UnidentifiedImageError
 
 from curate.errors import InputError
 
+#: open_clip model JSONs shipped as package data; a pipeline names one by its file stem
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.json"))
+
 if TYPE_CHECKING:
     import torch
 
@@ -292,8 +299,12 @@ def _register_model_config(path_str: str, open_clip) -> str:
     """Validate the JSON first: open_clip keeps every added path and re-reads them all on each
     add, so one broken file registered would break every later registration."""
     path = Path(path_str).expanduser()
+    bundled = BUNDLED_CONFIGS / f"{path_str}.json"
+    if not path.is_file() and bundled.is_file():  # a bundled config named by its stem
+        path = bundled
     if not path.is_file():
-        raise InputError(f"score.model_config: {path} does not exist (an open_clip model JSON)")
+        raise InputError(f"score.model_config: {path} does not exist (an open_clip model JSON "
+                         f"or a bundled name: {', '.join(bundled_configs())})")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from curate.errors import CurateError
-from curate.loopback import LoopbackServer, Route
+from curate.media.loopback import LoopbackServer, Route
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 210),
            "yellow": (240, 210, 40), "orange": (245, 140, 20), "purple": (130, 50, 170),
@@ -144,9 +144,9 @@ def write_if_changed(path: Path, table: pa.Table) -> None:
 
 
 def run_example(out: str, pipeline: str, overrides: list[str]) -> dict:
+    from curate.app.summary import print_summary
     from curate.config import load_config
-    from curate.pipeline import run_pipeline
-    from curate.summary import print_summary
+    from curate.driver import run_pipeline
 
     port = int(os.environ.get("CURATE_EXAMPLE_PORT", "18765"))
     rows, routes = make_pool()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from curate.io import is_local
-from curate.run import DECIDING, REASON_DETAIL, RunDir
+from curate.core.io import is_local
+from curate.core.rundir import DECIDING, REASON_DETAIL, RunDir
 
 #: view name -> (folder, file glob)
 VIEWS = {

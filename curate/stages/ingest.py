@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import faults
 from curate.config import PoolConfig
+from curate.core import faults
+from curate.core.io import shard_name, url_to_fs, write_parquet_atomic
+from curate.core.rundir import RunDir
 from curate.errors import InputError
-from curate.io import shard_name, url_to_fs, write_parquet_atomic
-from curate.run import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from curate.core.rundir import RunDir
 from curate.errors import CurateError
-from curate.run import RunDir
 
 
 class _Shards:
@@ -30,8 +30,8 @@ class _Shards:
 
 
 def plan_run(run: str, target: int | None, png: str | None) -> dict[str, Any]:
-    from curate.balancing import expected_size, t_for_target
-    from curate.io import read_table
+    from curate.algorithms.balancing import expected_size, t_for_target
+    from curate.core.io import read_table
 
     rd = RunDir(run)
     cfg = rd.config()
@@ -76,7 +76,7 @@ def _plot(rd: RunDir, ts, expected, target, t_target, t_now, png) -> str:
     fig.tight_layout()
     import io
 
-    from curate.io import write_bytes_atomic
+    from curate.core.io import write_bytes_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -22,8 +22,7 @@ import pyarrow.compute as pc
 
 from curate import __version__
 from curate.config import PipelineConfig, parse_config
-from curate.errors import RunDirError
-from curate.io import (
+from curate.core.io import (
     is_local,
     join,
     list_shards,
@@ -31,6 +30,7 @@ from curate.io import (
     url_to_fs,
     write_bytes_atomic,
 )
+from curate.errors import RunDirError
 
 log = logging.getLogger(__name__)
 
