@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 # runs a real pool (default pipeline: pipelines/default.yaml, default OUT: runs/<pool name>).
 curate: install
 ifeq ($(strip $(POOL)),)
-	$(BIN)/curate example --out $(or $(OUT),runs/example) --pipeline $(or $(PIPELINE),pipelines/example.yaml) $(foreach s,$(SET),--set $(s))
+	$(BIN)/curate example --out $(or $(OUT),runs/example) $(if $(PIPELINE),--pipeline $(PIPELINE)) $(foreach s,$(SET),--set $(s))
 else
 	$(BIN)/curate run --pool $(POOL) --pipeline $(or $(PIPELINE),pipelines/default.yaml) --out $(or $(OUT),runs/$(basename $(notdir $(POOL)))) $(foreach s,$(SET),--set $(s))
 endif

@@ -99,8 +99,8 @@ def download(
              extra={"download": {"retry_failed": True}} if retry_failed else None)
 
 
-def _stage_command(stage: str, doc: str) -> None:
-    """``curate <stage> RUN``: (re)run one stage of an existing run directory."""
+def _stage_command(kind: str, doc: str) -> None:
+    """``curate <kind> RUN``: (re)run every stage of that kind in an existing run directory."""
 
     @handled
     def command(
@@ -108,48 +108,71 @@ def _stage_command(stage: str, doc: str) -> None:
         set_: Sets = None,
         verbose: Verbose = False,
     ) -> None:
-        _run_one(run_dir, stage, set_, verbose)
+        _run_one(run_dir, kind, set_, verbose)
 
-    command.__doc__ = doc
-    app.command(stage)(command)
+    command.__doc__ = f"Run (or resume) the {kind} stage(s) of RUN: {doc}"
+    app.command(kind)(command)
 
 
-for _stage, _doc in (
-    ("score", "Run (or resume) the score stage: CLIP embeddings, scores and score filters."),
-    ("match", "Run (or resume) the match stage: MetaCLIP substring matching of captions."),
-    ("balance", "Run (or resume) MetaCLIP balancing: entry counts, then the seeded draws."),
-    ("prune", "Run (or resume) concept-cluster pruning: k-means, SemDeDup, DBP."),
-    ("emit", "Run (or rewrite) the curated shards (Parquet, WebDataset on request)."),
-    ("report", "Run (or rewrite) the reports: concept frequencies, stage summary, HTML."),
-):
-    _stage_command(_stage, _doc)
+def _register_stage_commands() -> None:
+    from curate.stages.registry import builtin_kinds
+
+    for kind, cls in builtin_kinds().items():
+        if kind != "download":  # download has its own command (--retry-failed)
+            _stage_command(kind, cls.help)
+
+
+_register_stage_commands()
+
+
+@app.command("stage")
+@handled
+def stage_cmd(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="stage instances")],
+    set_: Sets = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run (or resume) named stage instances of RUN (any kind, plugins included)."""
+    _run_one(run_dir, names, set_, verbose)
 
 
 def _recorded_config(run_dir: str, set_: list[str] | None):
     """The config recorded in RUN/run.json, with ``--set`` overrides applied."""
-    from curate.config import apply_override, parse_config
-    from curate.core.rundir import RunDir
+    from curate.config import apply_override
+    from curate.stages.registry import parse_pipeline, recorded_pipeline
 
-    cfg = RunDir(run_dir).config()
+    cfg = recorded_pipeline(run_dir)
     if not set_:
         return cfg
-    data = cfg.model_dump(mode="json", by_alias=True)
+    data = cfg.dump()
     for s in set_:
         apply_override(data, s)
-    return parse_config(data, "--set")
+    return parse_pipeline(data, "--set")
 
 
-def _run_one(run_dir: str, stage: str, set_: list[str] | None, verbose: bool,
+def _run_one(run_dir: str, which: str | list[str], set_: list[str] | None, verbose: bool,
              extra: dict | None = None) -> None:
+    """Run the named instances, or (``which`` a kind) every instance of that kind."""
     from curate.app.summary import print_summary
     from curate.driver import run_pipeline
 
     _setup_logging(verbose)
     cfg = _recorded_config(run_dir, set_)
-    if stage not in cfg.stages:
-        raise CurateError(f"{run_dir}: its pipeline has no '{stage}' stage "
-                          f"(stages: {', '.join(cfg.stages)})")
-    manifest = run_pipeline(cfg, run_dir, only=[stage], extra=extra)
+    if isinstance(which, str):
+        names = cfg.instances_of(which)
+        if not names:
+            raise CurateError(f"{run_dir}: its pipeline has no {which} stage "
+                              f"(stages: {', '.join(cfg.stages)})")
+    else:
+        names = which
+        unknown = [n for n in names if n not in cfg.stages]
+        if unknown:
+            raise CurateError(f"{run_dir}: its pipeline has no stage {unknown[0]!r} "
+                              f"(stages: {', '.join(cfg.stages)})")
+    options = {n: v for n in names for v in ((extra or {}).get(which if isinstance(
+        which, str) else n),) if v}
+    manifest = run_pipeline(cfg, run_dir, only=names, options=options)
     print_summary(run_dir, manifest)
 
 
@@ -355,7 +378,8 @@ def plan(
 @handled
 def example(
     out: Annotated[str, typer.Option(help="run directory")] = "runs/example",
-    pipeline: Annotated[str, typer.Option(help="pipeline YAML")] = "pipelines/example.yaml",
+    pipeline: Annotated[str | None, typer.Option(
+        help="pipeline YAML (default: the bundled curate/app/example.yaml)")] = None,
     set_: Sets = None,
     verbose: Verbose = False,
 ) -> None:

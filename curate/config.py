@@ -1,14 +1,16 @@
-"""Pipeline configuration: pydantic models of the YAML a user writes.
+"""Pipeline configuration: the pipeline-wide sections and the YAML/override plumbing.
 
-One model per stage section, all with ``extra="forbid"`` so a typo is an error that names the
-key instead of a silently ignored setting. ``load_config`` applies ``--set a.b=v`` overrides
-before validation, so overrides get the same checks as the file.
+Every section model has ``extra="forbid"``, so a typo is an error that names the key instead
+of a silently ignored setting. Stage sections are declared by their stage modules (each
+kind's ``Config``) and validated by the registry; ``--set a.b=v`` overrides are applied to
+the raw data before validation, so overrides get the same checks as the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,12 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from curate.errors import ConfigError
 
-STAGE_ORDER = ("download", "score", "match", "balance", "prune", "emit", "report")
-StageName = Literal["download", "score", "match", "balance", "prune", "emit", "report"]
+STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors that name the key."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_Section = Section
 
 
 class PoolConfig(_Section):
@@ -50,113 +56,6 @@ class PoolConfig(_Section):
         return self
 
 
-class ResizeConfig(_Section):
-    image_size: int = Field(256, ge=8)
-    resize_mode: Literal["keep_ratio", "center_crop", "border", "keep_ratio_largest"] = (
-        "keep_ratio"
-    )
-    resize_only_if_bigger: bool = True
-    encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = Field(95, ge=0, le=100)
-
-
-class DownloadConfig(_Section):
-    """img2dataset settings; the limits guard workers against hostile servers."""
-
-    threads: int = Field(32, ge=1, le=1024, description="fetch threads per shard task")
-    processes: int | None = Field(
-        None, ge=1, description="shard tasks at once (default: one per CPU of the Ray cluster)"
-    )
-    timeout: float = Field(10, gt=0, le=600)
-    retries: int = Field(0, ge=0, le=10)
-    max_image_bytes: int = Field(20_000_000, ge=1)
-    max_image_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit")
-    allow_private_addresses: bool = False
-    user_agent_token: str | None = None
-    disallowed_header_directives: list[str] = Field(
-        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
-    )
-    resize: ResizeConfig | None = None
-
-
-class BasicFilterConfig(_Section):
-    """DataComp's basic filtering, applied before the model runs."""
-
-    min_caption_words: int = Field(0, ge=0)
-    min_caption_chars: int = Field(0, ge=0)
-    min_image_side: int = Field(0, ge=0)
-    max_aspect_ratio: float | None = Field(None, ge=1)
-
-
-class ScoreFilterConfig(_Section):
-    min_score: float | None = Field(None, ge=-1, le=1)
-    top_fraction: float | None = Field(None, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _one_of(self) -> ScoreFilterConfig:
-        if self.min_score is not None and self.top_fraction is not None:
-            raise ValueError("score.filter: set min_score or top_fraction, not both")
-        return self
-
-
-class ScoreConfig(_Section):
-    model: str | None = Field(None, description="default ViT-B-32, or the model_config's name")
-    pretrained: str = "datacomp_xl_s13b_b90k"
-    model_config_path: str | None = Field(None, alias="model_config")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    batch_size: int = Field(256, ge=1, le=65_536)
-    num_actors: int | None = Field(None, ge=1)
-    basic: BasicFilterConfig = Field(default_factory=BasicFilterConfig)
-    filter: ScoreFilterConfig = Field(default_factory=ScoreFilterConfig)
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
-
-
-class MatchConfig(_Section):
-    metadata: str = "default"
-    boundary: Literal["metaclip1", "metaclip2"] = "metaclip1"
-
-
-class BalanceConfig(_Section):
-    t: int = Field(20_000, gt=0)
-    seed: int = Field(0, ge=0)
-
-
-class PruneConfig(_Section):
-    k: int = Field(1000, ge=1)
-    niter: int = Field(20, ge=1, le=1000)
-    seed: int = Field(0, ge=0)
-    sample_size: int | None = Field(None, ge=1)
-    max_points_per_centroid: int = Field(256, ge=1)
-    dedup_eps: float | None = Field(None, gt=0, lt=1)
-    dbp: bool = False
-    tau: float = Field(0.5, gt=0)
-    n_neighbors: int = Field(20, ge=1)
-    target_fraction: float | None = Field(None, gt=0, le=1)
-    target_size: int | None = Field(None, ge=1)
-    keep: Literal["hard", "easy", "random"] = "hard"
-    min_per_cluster: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _target(self) -> PruneConfig:
-        if self.target_fraction is not None and self.target_size is not None:
-            raise ValueError("prune: set target_fraction or target_size, not both")
-        if self.dbp and self.target_fraction is None and self.target_size is None:
-            raise ValueError("prune.dbp: needs prune.target_fraction or prune.target_size")
-        return self
-
-
-class EmitConfig(_Section):
-    rows_per_shard: int = Field(10_000, ge=1)
-    webdataset: bool = False
-    include_embeddings: bool = False
-
-
-class ReportConfig(_Section):
-    top_n: int = Field(30, ge=1)
-
-
 class RunConfig(_Section):
     """How the engine runs shards: retries, time limits, failure budget."""
 
@@ -166,18 +65,18 @@ class RunConfig(_Section):
     num_cpus: int | None = Field(None, ge=1, description="local Ray only")
 
 
-class PipelineConfig(_Section):
-    """A whole pipeline: which stages run, in what order, and each stage's settings."""
+class PipelineConfig(BaseModel):
+    """The pipeline-wide part of a pipeline YAML: the stage list, ``pool`` and ``run``.
 
-    stages: list[StageName] = Field(default_factory=lambda: ["download"])
+    Every other top-level key is a stage section, kept raw here and validated by the stage
+    registry (:mod:`curate.stages.registry`) against the ``Config`` model its stage kind
+    declares; this module sits below the stages and does not know them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    stages: list[str] = Field(default_factory=lambda: ["download"])
     pool: PoolConfig = Field(default_factory=PoolConfig)
-    download: DownloadConfig = Field(default_factory=DownloadConfig)
-    score: ScoreConfig = Field(default_factory=ScoreConfig)
-    match: MatchConfig = Field(default_factory=MatchConfig)
-    balance: BalanceConfig = Field(default_factory=BalanceConfig)
-    prune: PruneConfig = Field(default_factory=PruneConfig)
-    emit: EmitConfig = Field(default_factory=EmitConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
@@ -186,20 +85,21 @@ class PipelineConfig(_Section):
             raise ValueError("stages: the pipeline lists no stage")
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages: a stage is listed twice: {self.stages}")
-        if "balance" in self.stages and "match" not in self.stages:
-            raise ValueError("stages: balance needs match before it")
-        if "balance" in self.stages and self.stages.index("balance") < self.stages.index("match"):
-            raise ValueError("stages: match must come before balance")
+        for name in self.stages:
+            if not STAGE_NAME.fullmatch(name):
+                raise ValueError(f"stages: {name!r} is not a valid stage name (letters, "
+                                 "digits and _; it names a folder, a section and a SQL view)")
         return self
 
-    def section(self, stage: str) -> dict[str, Any]:
-        """The config a stage's fingerprint depends on (JSON-ready)."""
-        return getattr(self, stage).model_dump(mode="json", by_alias=True)
+    def sections(self) -> dict[str, Any]:
+        """The raw stage sections (everything but stages, pool and run)."""
+        return dict(self.model_extra or {})
 
-    def fingerprint(self, stage: str, upstream: str = "") -> str:
-        payload = json.dumps({"stage": stage, "cfg": self.section(stage), "up": upstream},
-                             sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+def fingerprint(payload: Any) -> str:
+    """A short stable digest of a JSON-able payload (config sections, upstream digests)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -235,13 +135,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def parse_config(data: Any, source: str = "config") -> PipelineConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+def validate(model: type[BaseModel], data: Any, source: str) -> Any:
+    """``model.model_validate(data)`` with a pydantic error turned into one ConfigError line."""
     try:
-        return PipelineConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
 
@@ -266,9 +163,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a pipeline YAML (or the defaults when ``path`` is None) and apply overrides."""
+def read_config_data(path: str | Path | None, overrides: list[str] | None = None
+                     ) -> dict[str, Any]:
+    """A pipeline YAML as data (``{}`` when ``path`` is None) with ``--set`` overrides applied;
+    :func:`curate.stages.registry.load_pipeline` validates it."""
     data = read_yaml(path) if path is not None else {}
     for assignment in overrides or []:
         apply_override(data, assignment)
-    return parse_config(data, str(path) if path is not None else "config")
+    return data

@@ -1,90 +1,134 @@
-"""Run a pipeline: ingest the pool, then each stage in order, recording it all in run.json.
+"""Run a pipeline: ingest the pool, then every stage's steps in order, recorded in run.json.
 
-This is the driver. It holds the run's lock, decides what is stale (stage fingerprints),
-runs global steps itself and hands per-shard work to the engine. A shard that fails (after
-the engine's retries) is recorded and left out of later stages; the run ends with exit 3
-when failed shards exceed ``run.max_failed_fraction``, and a rerun retries them.
+This is the driver. It holds the run's lock, decides what is stale (fingerprints, resume
+keys) and runs every step the same way (docs/ARCHITECTURE.md, "The driver"):
+
+- a shard step is one engine call over the pool shards that reach the stage; a shard that
+  fails after the engine's retries is recorded and left out of later stages, and the run
+  ends with exit 3 when failed shards exceed ``run.max_failed_fraction``;
+- a global step is plan (here) -> one engine call -> fold (here, as results arrive) ->
+  commit (here); any failure in it, or a shard failure before it in the same stage, leaves
+  the stage *incomplete*: no later stage runs (none ever reads provisional decisions), and
+  the run ends with exit 3 and one line. A rerun of the same command resumes.
+
+Resume keys: a shard step's is each shard file's footer; a global step's is its record in
+run.json, keyed by the stage fingerprint, the identity of the stage's input (the output ids
+of the stages before it and the shards it sees) and what earlier steps committed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from functools import partial
 from typing import Any
 
-from curate.config import PipelineConfig
-from curate.core import engine
-from curate.core.rundir import RunDir, now, pool_fingerprint, stage_fingerprints, versions
-from curate.errors import FailedShardsError, InputError, RunDirError
-from curate.stages.base import StageSpec, run_shard, stage_class
+from curate.core import engine, faults
+from curate.core.rundir import RunDir, now, versions
+from curate.errors import CurateError, FailedShardsError, InputError, RunDirError
+from curate.stages.base import GlobalStep, ShardStep, StageSpec, run_map, run_shard
 from curate.stages.ingest import ingest
+from curate.stages.registry import Pipeline
 
 log = logging.getLogger(__name__)
 
 
-def _clear_stage(rd: RunDir, stage: str) -> None:
-    d = rd.stage_dir(stage)
+class StageIncomplete(FailedShardsError):
+    """A stage could not finish a step; later stages wait for it (exit 3, resumable)."""
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
+
+
+def _clear_stage(rd: RunDir, folder: str, name: str) -> None:
+    d = rd.stage_dir(folder)
     if rd.fs.exists(d):
-        log.info("%s: config changed, discarding its previous outputs", stage)
+        log.info("%s: config changed, discarding its previous outputs", name)
         rd.fs.rm(d, recursive=True)
 
 
 def run_pipeline(
-    cfg: PipelineConfig,
+    cfg: Pipeline,
     out: str,
     pool: str | None = None,
     only: list[str] | None = None,
-    extra: dict[str, dict[str, Any]] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` into the run directory ``out``; returns the manifest.
 
-    ``only`` restricts to some of the pipeline's stages (``curate download RUN``); ``extra``
-    passes per-stage options to workers (``{"download": {"retry_failed": True}}``).
+    ``only`` restricts to some of the pipeline's stages (``curate download RUN``); the stages
+    before them must then be complete. ``options`` passes per-stage options to workers
+    (``{"download": {"retry_failed": True}}``).
     """
     rd = RunDir(out)
     with rd:
         manifest = rd.load_manifest()
-        pfp = pool_fingerprint(cfg)
+        pfp = cfg.pool_fingerprint()
         if manifest and manifest.get("pool_fingerprint") not in (None, pfp):
             raise RunDirError(
                 f"{out}: created with different pool settings (pool.columns/shard_size/...); "
                 "use a new --out, or the pool settings recorded in its run.json")
         if not manifest:
             manifest = {"created": now(), "stages": {}}
-        manifest.update(pool_fingerprint=pfp, config=cfg.model_dump(mode="json", by_alias=True),
-                        versions=versions())
+        manifest.update(pool_fingerprint=pfp, config=cfg.dump(), versions=versions())
         spec = pool or manifest.get("pool", {}).get("spec")
         if spec is None:
             raise InputError(f"{out}: no pool given and none recorded; pass --pool")
         t0 = time.monotonic()
         ingest(rd, spec, cfg.pool, manifest, save=rd.save_manifest)
         manifest.setdefault("timings", {})["ingest"] = round(time.monotonic() - t0, 3)
+        manifest.pop("finished", None)
         rd.save_manifest(manifest)
 
         engine.init(cfg.run.num_cpus)
-        fps = stage_fingerprints(cfg, pfp)
+        fps = cfg.fingerprints()
         shards = rd.pool_shards()
-        blocked: set[str] = set()  # shards a previous stage failed on
+        blocked: set[str] = set()  # shards an earlier stage failed on
         failed_any: set[str] = set()
-        for stage in cfg.stages:
-            st = manifest["stages"].setdefault(stage, {})
-            if only is not None and stage not in only:
-                # not run now; later stages may still depend on it
+        upstream: list[str] = []  # output ids of the stages so far
+        for name in cfg.stages:
+            ref = cfg.ref(name)
+            st = manifest["stages"].setdefault(name, {})
+            if only is not None and name not in only:
+                if (st.get("fingerprint") != fps[name]
+                        or st.get("status") not in ("done", "failed")):
+                    if any(cfg.stages.index(o) > cfg.stages.index(name) for o in only):
+                        raise StageIncomplete(
+                            f"{out}: {name} is not done with the current config; run the "
+                            "whole pipeline (`curate run --out RUN`) first")
                 blocked |= set(st.get("failed_shards", []))
+                upstream.append(st.get("output_id", ""))
                 continue
-            if st.get("fingerprint") != fps[stage]:
-                _clear_stage(rd, stage)
+            if st.get("fingerprint") != fps[name]:
+                _clear_stage(rd, ref.folder, name)
                 st.clear()
             # recorded before any shard runs: a crash mid-stage must not look like a
             # config change (which would discard the shards that did finish)
-            st.update(fingerprint=fps[stage], status="running", started=now())
+            st.update(fingerprint=fps[name], status="running", started=now(), kind=ref.kind,
+                      folder=ref.folder)
+            st.pop("error", None)
             rd.save_manifest(manifest)
-            failed = _run_stage(rd, cfg, stage, fps[stage], shards, blocked, st,
-                                (extra or {}).get(stage, {}))
+            todo = [s for s in shards if s not in blocked]
+            input_id = _digest(upstream, todo)
+            try:
+                failed = _run_stage(rd, cfg, name, fps[name], todo, len(shards), input_id, st,
+                                    (options or {}).get(name, {}), manifest)
+            except CurateError as err:
+                if not isinstance(err, FailedShardsError):
+                    st.update(status="failed", error=str(err), finished=now())
+                    rd.save_manifest(manifest)
+                    raise
+                _block_after(manifest, cfg, name, str(err))
+                rd.save_manifest(manifest)
+                raise
             rd.save_manifest(manifest)
             blocked |= failed
             failed_any |= failed
+            upstream.append(st["output_id"])
         manifest["finished"] = now()
         rd.save_manifest(manifest)
         total = max(1, len(shards))
@@ -96,49 +140,152 @@ def run_pipeline(
         return manifest
 
 
-def _run_stage(rd: RunDir, cfg: PipelineConfig, stage: str, fingerprint: str,
-               shards: list[str], blocked: set[str], st: dict[str, Any],
-               extra: dict[str, Any]) -> set[str]:
-    """Run one stage; fills its manifest entry ``st``; returns the shards that failed."""
-    cls = stage_class(stage)
-    spec = StageSpec(stage, rd.url, cfg.model_dump(mode="json", by_alias=True), fingerprint,
-                     dict(extra))
-    driver_stage = cls(spec)
-    todo = [s for s in shards if s not in blocked]
-    st.update(shards_total=len(shards))
+def _block_after(manifest: dict[str, Any], cfg: Pipeline, name: str, why: str) -> None:
+    """Mark the failed stage and every later one: nothing after it ran on provisional data."""
+    st = manifest["stages"][name]
+    st.update(status="incomplete", error=why, finished=now())
+    for later in cfg.stages[cfg.stages.index(name) + 1:]:
+        lst = manifest["stages"].setdefault(later, {})
+        if lst.get("status") != "done":
+            lst["status"] = "blocked"
+        lst["blocked_by"] = name
+
+
+def _engine_opts(cfg: Pipeline) -> dict[str, Any]:
+    return {"max_retries": cfg.run.max_retries, "timeout_s": cfg.run.shard_timeout_s}
+
+
+def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: list[str],
+               n_shards: int, input_id: str, st: dict[str, Any], options: dict[str, Any],
+               manifest: dict[str, Any]) -> set[str]:
+    """Run one stage's steps; fills its manifest entry ``st``; returns the failed shards."""
+    cls = cfg.stage_class(name)
+    conf = cfg.dump()
+    state: dict[str, Any] = {}
+    stage = cls(StageSpec(name, rd.url, conf, fingerprint, dict(options), state))
+    stage.shards = list(todo)
+    steps = stage.steps()
+    records = st.setdefault("steps", {})
+    st.update(shards_total=n_shards)
     t0 = time.monotonic()
-    log.info("%s: %d shards", stage, len(todo))
-    if not cls.per_shard:
-        info = driver_stage.run_global(todo)
-        st.update(status="done", finished=now(), seconds=round(time.monotonic() - t0, 3),
-                  shards_done=len(todo), failed_shards=[], **info)
-        return set()
-    global_info = driver_stage.prepare(todo)
-    spec = StageSpec(stage, rd.url, spec.config, fingerprint, {**extra, **global_info})
-    driver_stage.spec = spec  # finalize sees what prepare found
-    outcomes = engine.map_items(
-        partial(run_shard, spec), todo, resources=driver_stage.resources(),
-        max_retries=cfg.run.max_retries, timeout_s=cfg.run.shard_timeout_s,
-        max_in_flight=driver_stage.max_in_flight(), num_actors=driver_stage.num_actors(),
-        desc=stage)
-    failed = {o.item for o in outcomes if not o.ok}
-    ok = [o.value for o in outcomes if o.ok]
-    dropped: dict[str, int] = {}
-    for c in ok:
-        for k, v in c.get("dropped", {}).items():
-            dropped[k] = dropped.get(k, 0) + v
-    st.update(
-        shards_done=len(ok), shards_skipped=sum(1 for c in ok if c.get("skipped")),
-        rows_in=sum(c.get("rows_in", 0) for c in ok), kept=sum(c.get("kept", 0) for c in ok),
-        dropped=dropped, failed_shards=sorted(failed),
-        errors={o.item: o.error for o in outcomes if not o.ok},
-    )
-    st["global"] = {k: v for k, v in global_info.items() if not isinstance(v, list | dict)
-                     or len(str(v)) < 2000}
-    if not failed:
-        info = driver_stage.finalize(todo)
-        st["global"].update(info.pop("global", {}))
-        st.update(info)
-    st.update(status="failed" if failed else "done", finished=now(),
-              seconds=round(time.monotonic() - t0, 3))
+    failed: set[str] = set()
+    produced = ""  # fold of the shard outputs (order-independent)
+    counts: dict[str, Any] = {}
+    log.info("%s: %d shards", name, len(todo))
+    for i, step in enumerate(steps):
+        spec = StageSpec(name, rd.url, conf, fingerprint, dict(options), dict(state))
+        stage.spec, stage.state = spec, spec.state
+        if isinstance(step, ShardStep):
+            outcomes = engine.map_items(
+                partial(run_shard, spec, cls), todo, resources=stage.resources(),
+                max_in_flight=stage.max_in_flight(), num_actors=stage.num_actors(),
+                desc=name, **_engine_opts(cfg))
+            failed = {o.item for o in outcomes if not o.ok}
+            ok = [o for o in outcomes if o.ok]
+            dropped: dict[str, int] = {}
+            for o in ok:
+                for k, v in o.value.get("dropped", {}).items():
+                    dropped[k] = dropped.get(k, 0) + v
+            counts = {"rows_in": sum(o.value.get("rows_in", 0) for o in ok),
+                      "kept": sum(o.value.get("kept", 0) for o in ok), "dropped": dropped}
+            st.update(shards_done=len(ok), shards_skipped=sum(
+                1 for o in ok if o.value.get("skipped")), failed_shards=sorted(failed),
+                errors={o.item: o.error for o in outcomes if not o.ok}, **counts)
+            produced = _digest(sorted((o.item, o.value.get("output")) for o in ok))
+            if failed and any(isinstance(s, GlobalStep) for s in steps[i + 1:]):
+                later = next(s.name for s in steps[i + 1:] if isinstance(s, GlobalStep))
+                raise StageIncomplete(
+                    f"{name}: {len(failed)} of {len(todo)} shards failed (e.g. "
+                    f"{sorted(failed)[0]}: {st['errors'][sorted(failed)[0]]}); its global "
+                    f"step '{later}' needs every shard, so later stages wait; rerun the "
+                    "same command to retry")
+            continue
+        key = _digest(fingerprint, step.name, input_id, produced, state)
+        rec = records.get(step.name)
+        if rec and rec.get("key") == key and not cls.always_rerun:
+            log.info("%s.%s: done before, reusing it", name, step.name)
+            info = rec.get("info", {})
+        else:
+            info = _run_global(stage, spec, cls, step, cfg)
+            records[step.name] = {"key": key, "info": info, "finished": now()}
+            manifest["updated"] = now()
+            rd.save_manifest(manifest)
+        state[step.name] = info
+        if isinstance(info, dict) and "counts" in info:
+            counts = info["counts"]
+            st.update(**counts)
+    st["global"] = {k: v for step_info in state.values() if isinstance(step_info, dict)
+                    for k, v in step_info.items() if k not in ("counts", "outputs")
+                    and (not isinstance(v, list | dict) or len(str(v)) < 2000)}
+    outputs = {k: v for info in state.values() if isinstance(info, dict)
+               for k, v in (info.get("outputs") or {}).items()}
+    if outputs:
+        st["outputs"] = outputs
+    if not any(isinstance(s, ShardStep) for s in steps):
+        st.update(shards_done=len(todo), failed_shards=[], errors={})
+    st.update(status="done" if not failed else "failed", finished=now(),
+              seconds=round(time.monotonic() - t0, 3),
+              output_id=_digest(fingerprint, input_id, produced,
+                                {k: r.get("key") for k, r in records.items()}))
     return failed
+
+
+def _run_global(stage: Any, spec: StageSpec, cls: type, step: GlobalStep, cfg: Pipeline
+                ) -> dict[str, Any]:
+    """plan -> map -> fold -> commit, with one failure path: exit 3 and one line."""
+    where = f"{spec.name}.{step.name}"
+    try:
+        items = step.plan()
+    except CurateError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of a step is resumable work
+        log.exception("%s: plan failed", where)
+        raise StageIncomplete(f"{where}: planning failed: {_one_line(err)}") from None
+    acc = step.start()
+    errors: list[tuple[Any, str]] = []
+
+    def fold(outcome: engine.Outcome) -> None:
+        nonlocal acc
+        if not outcome.ok:
+            errors.append((outcome.item, outcome.error or "failed"))
+            return
+        acc = (step.fold or _append)(acc, outcome.item, outcome.value)
+        outcome.value = None  # the driver keeps only the fold
+
+    try:
+        engine.map_items(partial(run_map, spec, cls, step.name), items,
+                         resources=step.resources, on_done=fold, desc=where,
+                         **_engine_opts(cfg))
+    except CurateError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the engine or a fold broke: resumable
+        log.exception("%s: map failed", where)
+        raise StageIncomplete(f"{where}: {_one_line(err)}; rerun the same command to "
+                              "retry") from None
+    if errors:
+        item, err = errors[0]
+        raise StageIncomplete(f"{where}: {len(errors)} of {len(items)} items failed (e.g. "
+                              f"{_item_label(item)}: {err}); rerun the same command to retry")
+    try:
+        faults.maybe_fail(where, "commit")
+        return step.commit(acc) or {}
+    except CurateError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        log.exception("%s: commit failed", where)
+        raise StageIncomplete(f"{where}: commit failed: {_one_line(err)}; rerun the same "
+                              "command to retry") from None
+
+
+def _append(acc: list, item: Any, result: Any) -> list:
+    acc.append((item, result))
+    return acc
+
+
+def _item_label(item: Any) -> str:
+    return str(item.get("name", item)) if isinstance(item, dict) else str(item)
+
+
+def _one_line(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()
+    return text[0][:300] if text else type(err).__name__

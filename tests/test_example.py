@@ -26,7 +26,7 @@ def example_run(tmp_path_factory, ray_session):
     out = tmp_path_factory.mktemp("example") / "run"
     os.environ["CURATE_EXAMPLE_PORT"] = str(_free_port())
     try:
-        manifest = run_example(str(out), "pipelines/example.yaml", [])
+        manifest = run_example(str(out), None, [])
     finally:
         os.environ.pop("CURATE_EXAMPLE_PORT")
     return out, manifest

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -154,10 +156,14 @@ def test_uid_parsing():
     assert v.tolist() == [0x0123456789ABCDEF, 0xFEDCBA9876543210, 0xFF]
     assert km.uid_to_u64(np.array([5, 7], dtype=np.uint64)).tolist() == [5, 7]
     assert km.uid_to_u64([]).shape == (0,)
-    with pytest.raises(ValueError, match="row 1"):
-        km.uid_to_u64(["0123456789abcdef", "0123456789abcdeg"])
-    with pytest.raises(ValueError, match="16 hex"):
-        km.uid_to_u64(["abc"])
+    # uids that do not start with 16 hex digits: the first 8 bytes of their sha256
+    def sha(u: str) -> int:
+        return int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big")
+
+    v = km.uid_to_u64(["0123456789abcdef", "0123456789abcdeg", "abc", ""])
+    assert v.tolist() == [0x0123456789ABCDEF, sha("0123456789abcdeg"), sha("abc"), sha("")]
+    with pytest.raises(ValueError, match="null"):
+        km.uid_to_u64(["0123456789abcdef", None])
 
 
 def test_sample_mask_deterministic_uniform_and_split_independent():
@@ -183,3 +189,31 @@ def test_sample_mask_deterministic_uniform_and_split_independent():
     with pytest.raises(ValueError):
         km.sample_mask(uids, 1.5, seed=0)
     assert km.sample_fraction(100, k=10) == 1.0
+
+
+def test_sample_mask_with_non_hex_uids():
+    # numeric, prefixed, path-like and unicode uids are legal: hashed with sha256
+    n = 20000
+    uids = np.array(
+        [[f"{i:09d}", f"img-{i:06d}", f"a/b/{i}.jpg", f"é-{i}"][i % 4] for i in range(n)],
+        dtype=object,
+    )
+    m = km.sample_mask(uids, 0.2, seed=3)
+    assert abs(m.sum() - 0.2 * n) < 5 * np.sqrt(0.2 * 0.8 * n)
+    cuts = [0, 1, 777, 15000, n]
+    parts = [km.sample_mask(uids[a:b], 0.2, seed=3) for a, b in zip(cuts, cuts[1:])]
+    np.testing.assert_array_equal(np.concatenate(parts), m)
+    np.testing.assert_array_equal(km.sample_mask(pa.array(list(uids)), 0.2, seed=3), m)
+    np.testing.assert_array_equal(km.sample_mask(list(uids), 0.2, seed=3), m)
+    # the draw is splitmix64(key ^ splitmix64(seed)) with key = sha256 prefix (pure Python)
+    def smix(x: int) -> int:
+        z = (x + 0x9E3779B97F4A7C15) % 2**64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+        return z ^ (z >> 31)
+
+    for i in range(40):
+        key = int.from_bytes(hashlib.sha256(uids[i].encode()).digest()[:8], "big")
+        assert m[i] == ((smix(key ^ smix(3)) >> 11) * 2.0**-53 < 0.2)
+    for every in range(4):  # each uid shape is sampled at about the fraction
+        assert abs(m[every::4].mean() - 0.2) < 0.03

@@ -15,7 +15,6 @@ shards, so a caller accumulates them and no whole-pool array is ever needed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -23,12 +22,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.algorithms.uids import GOLDEN as _GOLDEN
+from curate.algorithms.uids import M64 as _M64
+from curate.algorithms.uids import mix64 as _mix64
+from curate.algorithms.uids import mix64_int as _mix64_int
+from curate.algorithms.uids import uid_key, uid_keys
+
 logger = logging.getLogger(__name__)
 
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
+#: uid_key and uid_keys are re-exported: they define the draws (see :func:`draw_u`).
+__all__ = [
+    "count_entries",
+    "draw_kept",
+    "draw_u",
+    "expected_size",
+    "keep_prob",
+    "per_language_t",
+    "t_for_target",
+    "tail_share",
+    "uid_key",
+    "uid_keys",
+]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -109,27 +123,6 @@ def _keep_prob_flat(parent, ids, n, probs) -> np.ndarray:
 # --------------------------------------------------------------------------- draws
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
-    return z ^ (z >> np.uint64(31))
-
-
-def _mix64_int(z: int) -> int:
-    z = ((z ^ (z >> 30)) * _MIX1) & _M64
-    z = ((z ^ (z >> 27)) * _MIX2) & _M64
-    return z ^ (z >> 31)
-
-
-def uid_key(uid: str) -> int:
-    """The 64-bit key of a uid (see :func:`draw_u`)."""
-    head = uid[:16]
-    if len(head) == 16 and all(c in "0123456789abcdefABCDEF" for c in head):
-        return int(head, 16)
-    return int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "big")
-
-
 def draw_u(seed: int, uid: str, entry_id: int) -> float:
     """The uniform draw of entry ``entry_id`` for pair ``uid``, in [0, 1). Reference version.
 
@@ -154,44 +147,6 @@ def draw_u(seed: int, uid: str, entry_id: int) -> float:
     a = _mix64_int(uid_key(uid) ^ s)
     h = _mix64_int((a + (entry_id + 1) * _GOLDEN) & _M64)
     return (h >> 11) / float(1 << 53)
-
-
-_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX_VALUE[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX_VALUE[_c] = 10 + _i
-
-
-def uid_keys(uids) -> np.ndarray:
-    """Vectorised :func:`uid_key` over an Arrow/Python sequence of uid strings (uint64)."""
-    if isinstance(uids, pa.ChunkedArray):
-        uids = uids.combine_chunks() if uids.num_chunks else pa.array([], pa.string())
-    if not isinstance(uids, pa.Array):
-        uids = pa.array(uids, pa.string())
-    if uids.null_count:
-        raise ValueError("uids contains nulls")
-    n = len(uids)
-    keys = np.zeros(n, dtype=np.uint64)
-    if n == 0:
-        return keys
-    head = pc.utf8_slice_codeunits(uids.cast(pa.large_string()), 0, 16)
-    lengths = pc.binary_length(head).to_numpy()
-    ok = lengths == 16
-    nib = np.full((n, 16), 255, dtype=np.uint8)
-    if ok.any():
-        full = head.filter(pa.array(ok))
-        offsets = np.frombuffer(full.buffers()[1], np.int64)[full.offset:]
-        raw = np.frombuffer(full.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[len(full)]]
-        nib[ok] = _HEX_VALUE[raw.reshape(-1, 16)]  # every kept head is exactly 16 bytes
-    hexa = ok & (nib < 16).all(axis=1)
-    packed = (nib[hexa, 0::2] << 4) | nib[hexa, 1::2]  # 8 bytes per uid, most significant first
-    keys[hexa] = np.ascontiguousarray(packed).view(">u8").ravel()
-    other = np.flatnonzero(~hexa)
-    if other.size:  # uids that do not start with 16 hex digits: sha256, one by one
-        strings = uids.take(pa.array(other)).to_pylist()
-        keys[other] = np.array([uid_key(u) for u in strings], dtype=np.uint64)
-    return keys
 
 
 def _draws(keys_per_pair: np.ndarray, ids: np.ndarray, seed: int) -> np.ndarray:

@@ -42,6 +42,22 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from curate.algorithms.uids import splitmix64, uid_keys
+
+__all__ = [  # splitmix64 is re-exported: tests and benches import it from here
+    "KMeansModel",
+    "gpu_count",
+    "kmeans_plusplus",
+    "resolve_device",
+    "sample_fraction",
+    "sample_mask",
+    "splitmix64",
+    "train_kmeans",
+    "uid_hash",
+    "uid_to_u64",
+    "uid_uniform",
+]
+
 logger = logging.getLogger(__name__)
 
 Device = Literal["cpu", "gpu"]
@@ -99,57 +115,20 @@ def _ip_index(d: int, device: Device) -> tuple[Any, Any]:
 
 # --------------------------------------------------------------------------- sampling
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_HEX_LUT = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX_LUT[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX_LUT[_c] = 10 + _i
-_SHIFTS = np.arange(60, -1, -4, dtype=np.uint64)  # nibble 0 is the most significant
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser (Steele et al. 2014) on a uint64 array, wrapping mod 2^64.
-
-    ``z = x + 0x9E3779B97F4A7C15; z = (z ^ z >> 30) * 0xBF58476D1CE4E5B9;
-    z = (z ^ z >> 27) * 0x94D049BB133111EB; return z ^ z >> 31``. A bijection on uint64
-    whose outputs pass BigCrush as a counter-based generator, so it turns structured keys
-    (uids, counters) into independent-looking uniform bits.
-    """
-    z = np.asarray(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = z + _GAMMA
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
 
 def uid_to_u64(uids: Any) -> np.ndarray:
-    """The first 16 hex characters of each uid as a uint64 (vectorised).
+    """The 64-bit key of each uid (uint64): :func:`curate.algorithms.uids.uid_keys`.
 
-    ``uids``: a sequence/array of hex strings (str or bytes, at least 16 hex characters;
-    DESIGN.md section 3 uids have 32) or an integer array, which is taken as is.
-    Raises ``ValueError`` naming the first uid that is not hex.
+    Hex-prefixed uids (DESIGN.md section 3 uids are 32 hex digits) map to their first 16
+    hex digits, any other uid to the first 8 bytes of its sha256. An integer array is
+    taken as is (already keys).
     """
-    a = np.asarray(uids)
-    if a.dtype.kind in "ui":
-        return a.astype(np.uint64, copy=False)
-    if a.size == 0:
-        return np.zeros(0, dtype=np.uint64)
-    try:
-        b = a.astype("S16")  # truncates to 16 bytes, pads shorter ones with NUL
-    except (UnicodeEncodeError, TypeError, ValueError) as e:
-        raise ValueError(f"uids must be ASCII hex strings: {e}") from None
-    nib = _HEX_LUT[np.frombuffer(b.tobytes(), dtype=np.uint8).reshape(-1, 16)]
-    bad = (nib == 255).any(axis=1)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"uid at row {first} ({a.ravel()[first]!r}) does not start with 16 hex characters"
-        )
-    return np.bitwise_or.reduce(nib.astype(np.uint64) << _SHIFTS, axis=1)
+    if isinstance(uids, np.ndarray):
+        if uids.dtype.kind in "ui":
+            return uids.astype(np.uint64, copy=False)
+        if uids.size == 0:
+            return np.zeros(0, dtype=np.uint64)
+    return uid_keys(uids)
 
 
 def uid_hash(uids: Any, seed: int) -> np.ndarray:
@@ -178,6 +157,7 @@ def sample_fraction(n_total: int, k: int, max_points_per_centroid: int = 256) ->
 def sample_mask(uids: Any, fraction: float, seed: int) -> np.ndarray:
     """Rows of one shard that belong to the k-means training sample.
 
+    ``uids``: any uid strings (see :func:`uid_to_u64`), as a list, NumPy or Arrow array.
     A row is taken when ``uid_uniform(uid, seed) < fraction``: each row independently with
     probability ``fraction``, so the sample is uniform over the pool, deterministic by seed,
     and the same whichever way the pool is split into shards (a reservoir would depend on
@@ -187,7 +167,7 @@ def sample_mask(uids: Any, fraction: float, seed: int) -> np.ndarray:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     if fraction >= 1.0:
-        return np.ones(len(np.asarray(uids)), dtype=bool)
+        return np.ones(len(uids), dtype=bool)
     return uid_uniform(uids, seed) < fraction
 
 

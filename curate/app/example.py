@@ -143,10 +143,14 @@ def write_if_changed(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
 
 
-def run_example(out: str, pipeline: str, overrides: list[str]) -> dict:
+#: the example's pipeline ships with the package, so `curate example` works from anywhere
+EXAMPLE_PIPELINE = Path(__file__).resolve().parent / "example.yaml"
+
+
+def run_example(out: str, pipeline: str | None, overrides: list[str]) -> dict:
     from curate.app.summary import print_summary
-    from curate.config import load_config
     from curate.driver import run_pipeline
+    from curate.stages.registry import load_pipeline
 
     port = int(os.environ.get("CURATE_EXAMPLE_PORT", "18765"))
     rows, routes = make_pool()
@@ -159,7 +163,7 @@ def run_example(out: str, pipeline: str, overrides: list[str]) -> dict:
     table = pa.table({"url": [server.url(r["path"]) for r in rows],
                       "caption": [r["caption"] for r in rows]})
     write_if_changed(pool_path, table)
-    cfg = load_config(pipeline, overrides)
+    cfg = load_pipeline(pipeline or EXAMPLE_PIPELINE, overrides)
     with server:
         manifest = run_pipeline(cfg, out, pool=str(pool_path))
     print_summary(out, manifest)

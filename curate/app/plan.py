@@ -19,29 +19,36 @@ from curate.errors import CurateError
 class _Shards:
     """Re-iterable over the run's matched entry_ids, one shard at a time."""
 
-    def __init__(self, rd: RunDir, before: list[str], shards: list[str]):
-        self.rd, self.before, self.shards = rd, before, shards
+    def __init__(self, rd: RunDir, deciding: list[str], match: str, shards: list[str]):
+        self.rd, self.deciding, self.match, self.shards = rd, deciding, match, shards
 
     def __iter__(self):
         from curate.stages.balance import matched
 
         for s in self.shards:
-            yield matched(self.rd, self.before, s)["entry_ids"].combine_chunks()
+            yield matched(self.rd, self.deciding, self.match, s)["entry_ids"].combine_chunks()
 
 
 def plan_run(run: str, target: int | None, png: str | None) -> dict[str, Any]:
     from curate.algorithms.balancing import expected_size, t_for_target
     from curate.core.io import read_table
+    from curate.stages.registry import recorded_pipeline
 
     rd = RunDir(run)
-    cfg = rd.config()
-    counts_path = rd.path("balance", "entry_counts.parquet")
-    if "balance" not in cfg.stages or not rd.fs.exists(counts_path):
+    cfg = recorded_pipeline(run)
+    balances = cfg.instances_of("balance")
+    if not balances:
+        raise CurateError(f"{run}: plan needs a run whose pipeline ran match and balance")
+    bal = cfg.ref(balances[0])
+    counts_path = rd.path(bal.folder, "entry_counts.parquet")
+    if not rd.fs.exists(counts_path):
         raise CurateError(f"{run}: plan needs a run whose pipeline ran match and balance")
     counts = read_table(rd.fs, counts_path, ["count"])["count"].to_numpy()
-    before = cfg.stages[: cfg.stages.index("balance")]
-    shards = [s for s in rd.pool_shards() if rd.fs.exists(rd.shard_path("match", s))]
-    data = _Shards(rd, before, shards)
+    before = [cfg.ref(n) for n in cfg.stages[: cfg.stages.index(bal.name)]]
+    match = [r for r in before if r.kind == "match"][-1]
+    deciding = [r.folder for r in before if r.decides]
+    shards = [s for s in rd.pool_shards() if rd.fs.exists(rd.shard_path(match.folder, s))]
+    data = _Shards(rd, deciding, match.folder, shards)
     hi = max(int(counts.max(initial=1)), 1)
     ts = np.unique(np.round(np.geomspace(1, hi, 25)))
     expected = np.zeros(ts.size)
@@ -53,7 +60,8 @@ def plan_run(run: str, target: int | None, png: str | None) -> dict[str, Any]:
             out["t_for_target"] = t_for_target(data, counts, target)
         except ValueError as err:
             raise CurateError(f"plan --target {target}: {err}") from None
-    out["png"] = _plot(rd, ts, expected, target, out.get("t_for_target"), cfg.balance.t, png)
+    out["png"] = _plot(rd, ts, expected, target, out.get("t_for_target"),
+                       cfg.section(bal.name).t, png)
     return out
 
 

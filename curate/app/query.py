@@ -2,8 +2,11 @@
 
 Every stage writes plain Parquet, so these views are conveniences, not a database: the same
 files read with ``duckdb -c "SELECT ... FROM 'RUN/curated/*.parquet'"``, polars or pyarrow.
-``decisions`` is the view people ask for most: for every pool uid, kept or not, and which
-stage dropped it and why.
+The views come from the stage registry: each stage instance's per-shard output is a view
+named as its kind declares (``scores``, ``matches``, ...; a second instance of a kind is
+named after the instance), and each extra file a kind declares (``entry_counts``,
+``clusters``, ``concepts``) is one too. ``decisions`` is the view people ask for most: for
+every pool uid, kept or not, which stage dropped it, the reason code and its detail.
 """
 
 from __future__ import annotations
@@ -11,25 +14,36 @@ from __future__ import annotations
 from typing import Any
 
 from curate.core.io import is_local
-from curate.core.rundir import DECIDING, REASON_DETAIL, RunDir
+from curate.core.rundir import RunDir
 
-#: view name -> (folder, file glob)
-VIEWS = {
-    "pool": ("pool", "part-*.parquet"),
-    "images": ("images", "part-*.parquet"),
-    "scores": ("scores", "part-*.parquet"),
-    "matches": ("match", "part-*.parquet"),
-    "entry_counts": ("balance", "entry_counts.parquet"),
-    "balance": ("balance", "part-*.parquet"),
-    "clusters": ("prune", "clusters.parquet"),
-    "prune": ("prune", "part-*.parquet"),
-    "curated": ("curated", "part-*.parquet"),
-    "concepts": ("reports", "concept_frequency.parquet"),
-}
+#: views whose files do not come from a stage
+BASE_VIEWS = {"pool": ("pool", "part-*.parquet")}
+
+
+def views_of(pipeline: Any) -> dict[str, tuple[str, str]]:
+    """view name -> (folder, glob) for every output of the pipeline's stages."""
+    out = dict(BASE_VIEWS)
+    for ref in pipeline.refs():
+        cls = pipeline.stage_class(ref.name)
+        if getattr(cls, "per_shard", True) or ref.kind == "emit":
+            out[ref.view] = (ref.folder, "part-*.parquet")
+        for file, view in cls.views.items():
+            name = view if ref.name == ref.kind else f"{ref.name}_{view}"
+            out[name] = (ref.folder, file)
+    return out
 
 
 def _q(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
+
+
+def _pipeline(rd: RunDir) -> Any:
+    from curate.stages.registry import recorded_pipeline
+
+    try:
+        return recorded_pipeline(rd.url)
+    except Exception:  # noqa: BLE001 - a bare pool folder still gets its views
+        return None
 
 
 def connect(run: str, database: str = ":memory:") -> Any:
@@ -43,47 +57,50 @@ def connect(run: str, database: str = ":memory:") -> Any:
     if not local:
         con.register_filesystem(rd.fs)
     prefix = rd.root if local else rd.url.split("://", 1)[0] + "://" + rd.root
+    pipeline = _pipeline(rd)
+    views = views_of(pipeline) if pipeline is not None else dict(BASE_VIEWS)
     present: set[str] = set()
-    for view, (folder, pattern) in VIEWS.items():
+    for view, (folder, pattern) in views.items():
         if not rd.fs.glob(rd.path(folder, pattern)):
             continue
         src = f"{prefix}/{folder}/{pattern}"
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({_q(src)}, "
+        con.execute(f'CREATE VIEW "{view}" AS SELECT * FROM read_parquet({_q(src)}, '
                     "union_by_name=true)")
         present.add(view)
     if "pool" in present:
-        con.execute(decisions_sql(rd, present))
+        con.execute(decisions_sql(pipeline, present))
     return con
 
 
-def decisions_sql(rd: RunDir, present: set[str]) -> str:
-    """One row per pool uid: kept, the stage that dropped it and the reason."""
-    try:
-        stages = rd.config().stages
-    except Exception:  # noqa: BLE001 - a bare pool folder still gets a decisions view
-        stages = []
-    view_of = {"download": "images", "score": "scores", "balance": "balance", "prune": "prune"}
-    deciding = [s for s in stages if s in DECIDING and view_of[s] in present]
-    joins, cases_stage, cases_reason = [], [], []
-    for i, s in enumerate(deciding):
+def decisions_sql(pipeline: Any, present: set[str]) -> str:
+    """One row per pool uid: kept, the stage that dropped it, its reason code and detail.
+
+    ``why`` is the same as ``reason`` (codes need no parsing); kept for queries written
+    when reasons were free text.
+    """
+    refs = [r for r in pipeline.refs() if r.decides] if pipeline is not None else []
+    deciding = [r for r in refs if r.view in present]
+    joins, cases_stage, cases_reason, cases_detail = [], [], [], []
+    for i, r in enumerate(deciding):
         a = f"d{i}"
-        joins.append(f"LEFT JOIN (SELECT uid, kept, reason FROM {view_of[s]}) {a} USING (uid)")
-        cases_stage.append(f"WHEN {a}.kept = false THEN '{s}'")
+        joins.append(f'LEFT JOIN (SELECT uid, kept, reason, detail FROM "{r.view}") {a} '
+                     "USING (uid)")
+        cases_stage.append(f"WHEN {a}.kept = false THEN {_q(r.name)}")
         cases_reason.append(f"WHEN {a}.kept = false THEN {a}.reason")
-    pending = [s for s in stages if s in DECIDING]
+        cases_detail.append(f"WHEN {a}.kept = false THEN {a}.detail")
     if deciding:
         last = f"d{len(deciding) - 1}"
-        kept = f"coalesce({last}.kept, false)" if len(deciding) == len(pending) else "NULL"
+        kept = f"coalesce({last}.kept, false)" if len(deciding) == len(refs) else "NULL"
         stage_expr = (f"CASE {' '.join(cases_stage)} WHEN {last}.kept IS NULL "
                       "THEN 'not processed' END")
         reason_expr = (f"CASE {' '.join(cases_reason)} WHEN {last}.kept IS NULL "
+                       "THEN 'not_processed' END")
+        detail_expr = (f"CASE {' '.join(cases_detail)} WHEN {last}.kept IS NULL "
                        "THEN 'shard not processed (failed or not run yet)' END")
     else:
-        kept, stage_expr, reason_expr = "true", "NULL", "NULL"
-    # ``why``: the reason without its details (the error text, the uid it duplicates), for
-    # GROUP BY; the same stems as the stage counts in run.json
-    return (f"CREATE VIEW decisions AS SELECT uid, kept, dropped_by, reason, "
-            f"regexp_replace(reason, {_q(REASON_DETAIL)}, '') AS why FROM ("
-            f"SELECT p.uid, {kept} AS kept, {stage_expr} AS dropped_by, {reason_expr} AS reason "
+        kept, stage_expr, reason_expr, detail_expr = "true", "NULL", "NULL", "NULL"
+    return (f"CREATE VIEW decisions AS SELECT uid, kept, dropped_by, reason, detail, "
+            f"reason AS why FROM ("
+            f"SELECT p.uid, {kept} AS kept, {stage_expr} AS dropped_by, "
+            f"{reason_expr} AS reason, {detail_expr} AS detail "
             f"FROM (SELECT uid FROM pool) p {' '.join(joins)})")
-

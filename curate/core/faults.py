@@ -1,7 +1,9 @@
 """Fault injection for crash-safety tests: ``CURATE_FAULT`` kills or breaks a chosen point.
 
-Format: ``STAGE:SHARD:ACTION[,...]`` where SHARD is a shard file name (``part-00002.parquet``),
-its number (``2``) or ``*``; ACTION is ``raise`` (the shard fails, and is retried), ``hang``
+Format: ``STAGE:SHARD:ACTION[,...]`` where STAGE is a stage instance (``score``), a global
+step of one (``prune.assign``; ``commit`` as SHARD is the step's commit on the driver) or
+``ingest``, and SHARD is a shard file name (``part-00002.parquet``), its number (``2``), an
+item's number (a bucket) or ``*``; ACTION is ``raise`` (the shard fails, and is retried), ``hang``
 (the worker never returns, until the engine's time limit cancels it), ``kill``
 (the worker process dies with SIGKILL) or ``kill-driver`` (the whole run dies; resumable).
 ``after`` as a 4th field fires after the shard's output is written. Unset in normal use:
@@ -27,7 +29,9 @@ def _matches(rule: list[str], stage: str, shard: str, after_write: bool) -> bool
     if want == "*":
         return True
     if want.isdigit():
-        return shard.startswith("part-") and int(shard[5:10]) == int(want)
+        if shard.startswith("part-"):
+            return int(shard[5:10]) == int(want)
+        return shard.isdigit() and int(shard) == int(want)
     return want == shard
 
 

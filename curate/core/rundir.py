@@ -1,7 +1,9 @@
 """The run directory: manifest, lock, stage fingerprints and which pairs survive so far.
 
-Layout (DESIGN §3): ``run.json`` plus one folder per stage holding ``part-NNNNN.parquet``
-files, shard N of every stage matching pool shard N. The driver is the only writer of
+Layout (docs/ARCHITECTURE.md, "Run directory"): ``run.json`` plus one folder per stage
+instance holding ``part-NNNNN.parquet`` files, shard N of every stage matching pool shard N.
+Which folder belongs to which stage is the registry's business (curate.stages.registry);
+this module only knows folders. The driver is the only writer of
 ``run.json``; workers only write shard files (atomically), so a crash at any point leaves
 a directory that a rerun of the same command resumes.
 """
@@ -21,7 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import __version__
-from curate.config import PipelineConfig, parse_config
 from curate.core.io import (
     is_local,
     join,
@@ -33,23 +34,6 @@ from curate.core.io import (
 from curate.errors import RunDirError
 
 log = logging.getLogger(__name__)
-
-#: stage name -> output folder (DESIGN §3)
-STAGE_DIRS = {
-    "download": "images",
-    "score": "scores",
-    "match": "match",
-    "balance": "balance",
-    "prune": "prune",
-    "emit": "curated",
-    "report": "reports",
-}
-#: stages whose per-shard output carries a ``kept``/``reason`` decision per uid
-DECIDING = {"download", "score", "balance", "prune"}
-#: the details of a drop reason (the error text after ": ", the uid a pair duplicates);
-#: removing them gives the reason's stem, used for counts (run.json) and SQL (``why``)
-REASON_DETAIL = r"(: .*| of [0-9a-f]{32})$"
-
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -68,13 +52,23 @@ def versions() -> dict[str, str]:
 
 
 def uid_digest(uids: pa.Array | pa.ChunkedArray) -> str:
-    """Order-independent digest of a set of uids: what a shard's input *is*."""
-    arr = pc.sort_indices(uids)
-    ordered = pc.take(uids, arr)
-    h = hashlib.sha256()
-    for chunk in (ordered.chunks if isinstance(ordered, pa.ChunkedArray) else [ordered]):
-        h.update(b"\n".join(x.encode() for x in chunk.to_pylist()))
-        h.update(b"\n")
+    """Order-independent digest of a set of uids: what a shard's input *is*.
+
+    Hashes the sorted array's offsets and bytes (no Python objects per uid).
+    """
+    if isinstance(uids, pa.ChunkedArray):
+        uids = (uids.combine_chunks() if uids.num_chunks
+                else pa.array([], uids.type))
+    arr = pc.take(uids.cast(pa.large_string()), pc.sort_indices(uids))
+    h = hashlib.sha256(str(len(arr)).encode())
+    _, offsets, data = arr.buffers()
+    if len(arr):
+        import numpy as np
+
+        off = np.frombuffer(offsets, np.int64, len(arr) + 1)
+        h.update(off.tobytes())
+        if data is not None:
+            h.update(memoryview(data)[: int(off[-1])])
     return h.hexdigest()[:32]
 
 
@@ -91,11 +85,11 @@ class RunDir:
     def path(self, *parts: str) -> str:
         return join(self.root, *parts)
 
-    def stage_dir(self, stage: str) -> str:
-        return self.path(STAGE_DIRS.get(stage, stage))
+    def stage_dir(self, folder: str) -> str:
+        return self.path(folder)
 
-    def shard_path(self, stage_or_dir: str, shard: str) -> str:
-        return join(self.stage_dir(stage_or_dir), shard)
+    def shard_path(self, folder: str, shard: str) -> str:
+        return join(self.path(folder), shard)
 
     def pool_shards(self) -> list[str]:
         return list_shards(self.fs, self.path("pool"))
@@ -118,13 +112,6 @@ class RunDir:
         manifest["updated"] = now()
         data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
         write_bytes_atomic(self.fs, self.path("run.json"), data)
-
-    def config(self) -> PipelineConfig:
-        m = self.load_manifest()
-        if not m:
-            raise RunDirError(f"{self.url}: not a run directory (no run.json); start one with "
-                              "`curate run --pool P --out RUN`")
-        return parse_config(m.get("config"), f"{self.url}/run.json config")
 
     # ---------------------------------------------------------------- lock
     def lock(self) -> None:
@@ -184,47 +171,29 @@ class RunDir:
         self.unlock()
 
     # ---------------------------------------------------------------- pairs so far
-    def read(self, stage_or_dir: str, shard: str, columns: list[str] | None = None) -> pa.Table:
-        return read_table(self.fs, self.shard_path(stage_or_dir, shard), columns)
+    def read(self, folder: str, shard: str, columns: list[str] | None = None) -> pa.Table:
+        return read_table(self.fs, self.shard_path(folder, shard), columns)
 
-    def kept_uids(self, stage: str, shard: str) -> pa.Array:
-        t = self.read(stage, shard, ["uid", "kept"])
-        return t.filter(t["kept"])["uid"].combine_chunks()
+    def kept_uids(self, folder: str, shard: str) -> pa.Array:
+        t = self.read(folder, shard, ["uid", "kept"])
+        return t.filter(pc.fill_null(t["kept"], False))["uid"].combine_chunks()
 
-    def survivors(self, stages_before: list[str], shard: str,
+    def survivors(self, deciding: list[str], shard: str,
                   columns: list[str] | None = None) -> pa.Table:
         """Pool rows of ``shard`` that every earlier deciding stage kept.
 
-        Each stage only sees what the stages before it kept, so the last deciding stage's
-        ``kept`` uids are exactly the survivors.
+        ``deciding``: the folders of the deciding stages before, in order. Each stage only
+        sees what the stages before it kept, so the last one's ``kept`` uids are exactly the
+        survivors.
         """
         pool = self.read("pool", shard, columns)
-        deciding = [s for s in stages_before if s in DECIDING]
         if not deciding:
             return pool
         kept = self.kept_uids(deciding[-1], shard)
         return pool.filter(pc.is_in(pool["uid"], value_set=kept))
 
 
-def count_survivors(run_url: str, before: list[str], shard: str) -> tuple[int, str]:
-    """How many pairs of ``shard`` reach a stage, and a digest of them in pool order.
-
-    An engine task of the global stages: their plan (output ranges, k-means scratch) is
-    valid exactly as long as every shard's digest is unchanged.
-    """
-    uids = RunDir(run_url).survivors(before, shard, ["uid"])["uid"]
+def count_survivors(run_url: str, deciding: list[str], shard: str) -> tuple[int, str]:
+    """How many pairs of ``shard`` reach a stage, and a digest of them in pool order."""
+    uids = RunDir(run_url).survivors(deciding, shard, ["uid"])["uid"]
     return len(uids), hashlib.sha256("\n".join(uids.to_pylist()).encode()).hexdigest()[:16]
-
-
-def stage_fingerprints(cfg: PipelineConfig, pool_fp: str) -> dict[str, str]:
-    """Chain of fingerprints: a stage's depends on its config and every stage before it."""
-    out: dict[str, str] = {}
-    up = pool_fp
-    for stage in cfg.stages:
-        up = cfg.fingerprint(stage, up)
-        out[stage] = up
-    return out
-
-
-def pool_fingerprint(cfg: PipelineConfig) -> str:
-    return cfg.fingerprint("pool")

@@ -1,95 +1,154 @@
-"""The stage protocol and the one per-shard loop every stage shares.
+"""The stage contract (docs/ARCHITECTURE.md, "Stages"): a stage declares itself in one module.
 
-A stage is a small class: ``setup()`` once per worker process (load a model, build an
-automaton), ``process(shard, inputs) -> Table`` per shard, and optional driver-side global
-steps ``prepare()`` (before the shards, e.g. entry counts) and ``finalize()`` (after).
-``run_shard`` owns resume: a shard whose output footer carries the current fingerprint and
-input digest is not processed again; anything else is (re)computed and written atomically.
+A stage kind is a :class:`Stage` subclass whose class attributes say what it is — ``kind``,
+output ``folder``, whether it ``decides`` (writes ``kept``/``reason``/``detail`` per uid), its
+``Config`` model, output ``schema``, the ``reasons`` codes it may write, the columns it
+``joins`` into curated rows and the extra files it publishes as SQL ``views`` — and whose
+``steps()`` list what the driver runs, in order. There are two kinds of step:
+
+- :class:`ShardStep`: ``process(shard, inputs) -> table`` once per pool shard, in workers.
+  Resume is the shard file's footer: a shard whose footer carries the stage fingerprint and
+  the digest of its input is not processed again.
+- :class:`GlobalStep`: ``plan() -> items`` on the driver, ``map(item) -> result`` in workers
+  (one engine call), ``fold(acc, result)`` as results arrive (so the driver keeps O(1)
+  state), ``commit(acc) -> info`` on the driver. Resume is the step's record in run.json.
+
+The driver (:mod:`curate.driver`) runs every step the same way; stages never call the
+engine themselves. What a stage's earlier global steps committed (``self.state``) reaches
+its workers with the :class:`StageSpec`, so a map or a shard sees e.g. the entry-count
+digest or the k-means scratch folder.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel
 
-from curate.config import PipelineConfig
+from curate.config import Section
 from curate.core import faults
 from curate.core.engine import Resources
 from curate.core.io import read_shard_meta, write_parquet_atomic
-from curate.core.rundir import DECIDING, REASON_DETAIL, RunDir, uid_digest
+from curate.core.rundir import RunDir, uid_digest
 
-log = logging.getLogger(__name__)
+#: the decision columns every deciding stage's shard output ends with
+DECISION_FIELDS = [pa.field("kept", pa.bool_()), pa.field("reason", pa.string()),
+                   pa.field("detail", pa.string())]
 
-REGISTRY = {
-    "download": "curate.stages.download:DownloadStage",
-    "score": "curate.stages.score:ScoreStage",
-    "match": "curate.stages.match:MatchStage",
-    "balance": "curate.stages.balance:BalanceStage",
-    "prune": "curate.stages.prune:PruneStage",
-    "emit": "curate.stages.emit:EmitStage",
-    "report": "curate.stages.report:ReportStage",
-}
+
+@dataclass(frozen=True)
+class StageRef:
+    """What other code needs to know of a stage instance without building it."""
+
+    name: str
+    kind: str
+    folder: str
+    decides: bool
+    view: str
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Everything a worker needs to rebuild a stage: picklable, small."""
+    """Everything a worker needs to rebuild a stage instance: picklable, small."""
 
-    stage: str
+    name: str
     run_url: str
+    #: the whole pipeline, as recorded in run.json (sections by instance name)
     config: dict[str, Any]
     fingerprint: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: per-invocation options (e.g. download's retry_failed)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: what this stage's earlier global steps committed, by step name
+    state: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> str:
-        payload = json.dumps([self.stage, self.run_url, self.fingerprint, self.extra],
-                             sort_keys=True, default=str)
+        payload = json.dumps([self.name, self.run_url, self.fingerprint, self.options,
+                              self.state], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class Stage:
-    """Base class; subclasses set ``name`` and implement ``process`` (or ``run_global``)."""
+@dataclass
+class ShardStep:
+    """The per-shard step: ``Stage.process`` over every pool shard that reaches the stage."""
 
-    name: ClassVar[str]
+    name: str = "shards"
+
+
+@dataclass
+class GlobalStep:
+    """plan (driver) -> map (workers, one engine call) -> fold (driver) -> commit (driver)."""
+
+    name: str
+    plan: Callable[[], list[Any]]
+    map: Callable[[Any], Any]
+    commit: Callable[[Any], dict[str, Any]]
+    fold: Callable[[Any, Any, Any], Any] | None = None
+    start: Callable[[], Any] = list
+    resources: Resources | None = None
+
+
+def append(acc: list, item: Any, result: Any) -> list:
+    """The default fold: keep every (small) result, in completion order."""
+    acc.append((item, result))
+    return acc
+
+
+class Stage:
+    """Base class of every stage kind; see the module docstring for the contract."""
+
+    kind: ClassVar[str]
+    #: output folder in the run directory (an instance named otherwise uses its own name)
+    folder: ClassVar[str]
+    #: SQL view over the per-shard output (an instance named otherwise uses its own name)
+    view: ClassVar[str | None] = None
+    decides: ClassVar[bool] = False
+    #: whether it writes one output file per pool shard (emit and report do not)
     per_shard: ClassVar[bool] = True
-    #: pool columns the stage reads (None: all)
+    #: skip no global step on a rerun (the report describes the run as it is now)
+    always_rerun: ClassVar[bool] = False
+    #: kinds that must come earlier in the pipeline (balance needs match)
+    requires: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[BaseModel]] = Section
+    #: the per-shard output's schema, decision columns included (None: no per-shard output)
+    schema: ClassVar[pa.Schema | None] = None
+    #: drop reason code -> what it means (docs, report); codes are stable
+    reasons: ClassVar[dict[str, str]] = {}
+    #: columns of the per-shard output that emit joins into curated rows
+    joins: ClassVar[tuple[str, ...]] = ()
+    #: extra files in the folder -> SQL view name
+    views: ClassVar[dict[str, str]] = {}
+    #: pool columns the per-shard step reads (None: all)
     pool_columns: ClassVar[list[str] | None] = None
+    #: one line for the CLI (`curate <kind> RUN`) and the docs
+    help: ClassVar[str] = ""
 
     def __init__(self, spec: StageSpec):
+        from curate.stages.registry import parse_pipeline
+
         self.spec = spec
-        self.cfg = PipelineConfig.model_validate(spec.config)
+        self.name = spec.name
+        self.pipeline = parse_pipeline(spec.config, "run config")
+        self.cfg = self.pipeline  # pipeline-wide sections: cfg.run, cfg.pool
+        self.section = self.pipeline.section(spec.name)
         self.rd = RunDir(spec.run_url)
-        self.section = getattr(self.cfg, self.name)
-        i = self.cfg.stages.index(self.name)
-        self.before: list[str] = list(self.cfg.stages[:i])
+        i = self.pipeline.stages.index(spec.name)
+        #: the instances before this one, in order
+        self.before: list[StageRef] = [self.pipeline.ref(n) for n in self.pipeline.stages[:i]]
+        self.state = spec.state
+        #: the pool shards this run of the stage covers (set by the driver, for plans)
+        self.shards: list[str] = []
 
-    # -- worker side
-    def setup(self) -> None:
-        """Once per worker process, before the first shard."""
+    # ----------------------------------------------------------------- declaration
+    def steps(self) -> list[ShardStep | GlobalStep]:
+        return [ShardStep()]
 
-    def inputs(self, shard: str) -> pa.Table:
-        return self.rd.survivors(self.before, shard, self.pool_columns)
-
-    def input_digest(self, shard: str, inputs: pa.Table) -> str:
-        extra = json.dumps(self.spec.extra, sort_keys=True, default=str)
-        return uid_digest(inputs["uid"]) + hashlib.sha256(extra.encode()).hexdigest()[:8]
-
-    def needs_rerun(self, meta: dict[str, Any]) -> bool:
-        """Process a shard again although its output is current (e.g. retry failures)."""
-        return False
-
-    def process(self, shard: str, inputs: pa.Table) -> pa.Table:
-        raise NotImplementedError
-
-    # -- driver side
     def resources(self) -> Resources:
         return Resources(num_cpus=1)
 
@@ -100,52 +159,63 @@ class Stage:
         """Run shards on this many long-lived actors instead of tasks (a model per actor)."""
         return None
 
-    def prepare(self, shards: list[str]) -> dict[str, Any]:
-        """Global step before the shards; what it returns reaches every worker (``extra``)."""
-        return {}
+    # ----------------------------------------------------------------- helpers
+    def deciding_before(self) -> list[str]:
+        return [r.folder for r in self.before if r.decides]
 
-    def finalize(self, shards: list[str]) -> dict[str, Any]:
-        """Global step after the shards; what it returns is recorded in the manifest."""
-        return {}
+    def previous(self, kind: str) -> StageRef | None:
+        """The nearest earlier instance of ``kind`` (balance finds its match, ...)."""
+        for ref in reversed(self.before):
+            if ref.kind == kind:
+                return ref
+        return None
 
-    def run_global(self, shards: list[str]) -> dict[str, Any]:
-        """For stages that are not per shard (emit, report)."""
+    def survivors(self, shard: str, columns: list[str] | None = None) -> pa.Table:
+        return self.rd.survivors(self.deciding_before(), shard, columns)
+
+    # ----------------------------------------------------------------- per-shard step
+    def setup(self) -> None:
+        """Once per worker process, before the first shard."""
+
+    def inputs(self, shard: str) -> pa.Table:
+        return self.survivors(shard, self.pool_columns)
+
+    def input_digest(self, shard: str, inputs: pa.Table) -> str:
+        state = json.dumps(self.state, sort_keys=True, default=str)
+        return uid_digest(inputs["uid"]) + hashlib.sha256(state.encode()).hexdigest()[:8]
+
+    def needs_rerun(self, meta: dict[str, Any]) -> bool:
+        """Process a shard again although its output is current (e.g. retry failures)."""
+        return False
+
+    def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         raise NotImplementedError
 
 
-def stage_class(name: str) -> type[Stage]:
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+def decisions(kept: Any, reason: Any, detail: Any = None) -> dict[str, pa.Array]:
+    """The three decision columns from a kept mask and reason codes (null where kept)."""
+    kept = pa.array(kept, pa.bool_()) if not isinstance(kept, pa.Array | pa.ChunkedArray) \
+        else kept
+    null = pa.scalar(None, pa.string())
+    reason = pc.if_else(kept, null, reason if isinstance(reason, pa.Array | pa.ChunkedArray)
+                        else pa.array(reason, pa.string()))
+    if detail is None:
+        detail = pa.nulls(len(kept), pa.string())
+    elif not isinstance(detail, pa.Array | pa.ChunkedArray):
+        detail = pa.array(detail, pa.string())
+    return {"kept": kept, "reason": reason, "detail": pc.if_else(kept, null, detail)}
 
 
-_CACHE: dict[str, Stage] = {}
-
-
-def get_stage(spec: StageSpec) -> Stage:
-    """The stage for ``spec``, built and set up once per worker process."""
-    key = spec.key()
-    stage = _CACHE.get(key)
-    if stage is None:
-        if len(_CACHE) > 4:
-            _CACHE.clear()
-        stage = stage_class(spec.stage)(spec)
-        stage.setup()
-        _CACHE[key] = stage
-    return stage
-
-
-def summarize(stage: str, table: pa.Table, rows_in: int) -> dict[str, Any]:
-    """Counts for one shard: pairs in, kept, and dropped per reason."""
+def summarize(decides: bool, table: pa.Table, rows_in: int) -> dict[str, Any]:
+    """Counts for one shard: pairs in, kept, and dropped per reason code."""
     counts: dict[str, Any] = {"rows_in": rows_in, "rows_out": table.num_rows}
-    if stage in DECIDING and "kept" in table.column_names:
-        kept = table["kept"]
+    if decides and "kept" in table.column_names:
+        kept = pc.fill_null(table["kept"], False)
         counts["kept"] = int(pc.sum(kept).as_py() or 0)
         dropped = table.filter(pc.invert(kept))
         reasons: dict[str, int] = {}
         if dropped.num_rows:
-            # group long reasons ("semantic duplicate of <uid>") by their stem
-            stems = pc.replace_substring_regex(dropped["reason"], REASON_DETAIL, "")
-            vc = pc.value_counts(stems.combine_chunks())
+            vc = pc.value_counts(pc.fill_null(dropped["reason"], "unknown").combine_chunks())
             for item in vc.to_pylist():
                 reasons[str(item["values"])] = int(item["counts"])
         counts["dropped"] = reasons
@@ -155,24 +225,72 @@ def summarize(stage: str, table: pa.Table, rows_in: int) -> dict[str, Any]:
     return counts
 
 
-def run_shard(spec: StageSpec, shard: str) -> dict[str, Any]:
+def output_digest(table: pa.Table) -> str:
+    """What a shard's decisions are (kept uids): later stages' resume keys depend on it."""
+    if "kept" in table.column_names:
+        table = table.filter(pc.fill_null(table["kept"], False))
+    return uid_digest(table["uid"])
+
+
+# --------------------------------------------------------------------------- workers
+
+_CACHE: dict[str, Stage] = {}
+
+
+def get_stage(spec: StageSpec, cls: type[Stage] | None = None) -> Stage:
+    """The stage for ``spec``, built and set up once per worker process."""
+    from curate.stages.registry import parse_pipeline
+
+    key = spec.key()
+    stage = _CACHE.get(key)
+    if stage is None:
+        if len(_CACHE) > 4:
+            _CACHE.clear()
+        if cls is None:
+            cls = parse_pipeline(spec.config, "run config").stage_class(spec.name)
+        stage = cls(spec)
+        stage.setup()
+        _CACHE[key] = stage
+    return stage
+
+
+def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
     """Process one shard of a stage unless its output is already current. Runs in a worker."""
-    stage = get_stage(spec)
+    stage = get_stage(spec, cls)
     rd = stage.rd
     inputs = stage.inputs(shard)
     digest = stage.input_digest(shard, inputs)
-    out = rd.shard_path(spec.stage, shard)
+    out = rd.shard_path(stage.pipeline.ref(spec.name).folder, shard)
     meta = read_shard_meta(rd.fs, out)
     if (meta and meta.get("fingerprint") == spec.fingerprint and meta.get("input") == digest
-            and not stage.needs_rerun(meta)):
-        return {**meta.get("counts", {}), "skipped": True}
-    faults.maybe_fail(spec.stage, shard)
+            and "output" in meta and not stage.needs_rerun(meta)):
+        return {**meta.get("counts", {}), "output": meta["output"], "skipped": True}
+    faults.maybe_fail(spec.name, shard)
     t0 = time.monotonic()
     table = stage.process(shard, inputs)
-    counts = summarize(spec.stage, table, inputs.num_rows)
+    if stage.schema is not None:
+        table = table.select(stage.schema.names).cast(stage.schema)
+    counts = summarize(stage.decides, table, inputs.num_rows)
     counts["seconds"] = round(time.monotonic() - t0, 3)
+    produced = output_digest(table)
     write_parquet_atomic(rd.fs, out, table, meta={
-        "stage": spec.stage, "fingerprint": spec.fingerprint, "input": digest, "counts": counts})
-    faults.trace(spec.stage, shard)
-    faults.maybe_fail(spec.stage, shard, after_write=True)
-    return {**counts, "skipped": False}
+        "stage": spec.name, "fingerprint": spec.fingerprint, "input": digest,
+        "output": produced, "counts": counts})
+    faults.trace(spec.name, shard)
+    faults.maybe_fail(spec.name, shard, after_write=True)
+    return {**counts, "output": produced, "skipped": False}
+
+
+def run_map(spec: StageSpec, cls: type[Stage], step: str, item: Any) -> Any:
+    """One item of a global step's map. Runs in a worker."""
+    stage = get_stage(spec, cls)
+    faults.maybe_fail(f"{spec.name}.{step}", _label(item))
+    fn = next(s for s in stage.steps() if s.name == step)
+    return fn.map(item)
+
+
+def _label(item: Any) -> str:
+    """How fault rules and logs name a work item: a shard name, a bucket number, ..."""
+    if isinstance(item, dict):
+        return str(item.get("name", item))
+    return str(item)

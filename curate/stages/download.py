@@ -4,7 +4,8 @@ img2dataset does the fetching (its ``Downloader``: thread pool, timeouts, retrie
 X-Robots-Tag opt-out handling); curate decides what it may fetch (netguard), guards it
 against hostile bytes (imagecheck, run inside img2dataset's resize hook so nothing is decoded
 before the checks), and turns its output into ``images/part-NNNNN.parquet``:
-uid, image, format, width, height, sha256, status ('ok'|'failed'), error, kept, reason.
+uid, image, format, width, height, sha256, status ('ok'|'failed'), error, kept, reason
+(``download_failed``), detail (the error).
 Every input row comes out, failures included. Rows whose pool already carries image bytes
 are checked and passed through without a fetch.
 """
@@ -17,25 +18,57 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
+from pydantic import Field
 
+from curate.config import Section
 from curate.core.engine import Resources
 from curate.media import imagecheck, netguard
-from curate.stages.base import Stage
+from curate.stages.base import DECISION_FIELDS, Stage
 
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
     ("uid", pa.string()), ("image", pa.binary()), ("format", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("kept", pa.bool_()),
-    ("reason", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), *DECISION_FIELDS,
 ])
+
+
+class ResizeConfig(Section):
+    image_size: int = Field(256, ge=8)
+    resize_mode: Literal["keep_ratio", "center_crop", "border", "keep_ratio_largest"] = (
+        "keep_ratio"
+    )
+    resize_only_if_bigger: bool = True
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=0, le=100)
+
+
+class DownloadConfig(Section):
+    """img2dataset settings; the limits guard workers against hostile servers."""
+
+    threads: int = Field(32, ge=1, le=1024, description="fetch threads per shard task")
+    processes: int | None = Field(
+        None, ge=1, description="shard tasks at once (default: one per CPU of the Ray cluster)"
+    )
+    timeout: float = Field(10, gt=0, le=600)
+    retries: int = Field(0, ge=0, le=10)
+    max_image_bytes: int = Field(20_000_000, ge=1)
+    max_image_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit")
+    allow_private_addresses: bool = False
+    user_agent_token: str | None = None
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+    resize: ResizeConfig | None = None
+
+
 
 
 class GuardedResizer:
@@ -108,8 +141,17 @@ def fetch(uids: list[str], urls: list[str], cfg: Any, scratch: str) -> dict[str,
 
 
 class DownloadStage(Stage):
-    name = "download"
+    kind = "download"
+    folder = "images"
+    view = "images"
+    decides = True
+    Config = DownloadConfig
+    schema = SCHEMA
+    reasons = {"download_failed": "the image could not be fetched or failed its checks "
+                                  "(detail: the error)"}
+    joins = ("image", "format", "width", "height", "sha256")
     pool_columns = None
+    help = "Fetch each shard's images with img2dataset (URL guard, header checks)."
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1)
@@ -118,7 +160,7 @@ class DownloadStage(Stage):
         return self.section.processes
 
     def inputs(self, shard: str) -> pa.Table:
-        t = self.rd.survivors(self.before, shard)
+        t = self.survivors(shard)
         cols = [c for c in ("uid", "url", "image") if c in t.column_names]
         return t.select(cols)
 
@@ -130,16 +172,16 @@ class DownloadStage(Stage):
     def input_digest(self, shard: str, inputs: pa.Table) -> str:
         from curate.core.rundir import uid_digest
 
-        return uid_digest(inputs["uid"])
+        return uid_digest(inputs["uid"])  # never the state: a rerun reuses every success
 
     def _previous_successes(self, shard: str) -> dict[str, bytes]:
         from curate.core.io import read_shard_meta
 
-        path = self.rd.shard_path("download", shard)
+        path = self.rd.shard_path(self.pipeline.ref(self.name).folder, shard)
         meta = read_shard_meta(self.rd.fs, path)
         if not meta or meta.get("fingerprint") != self.spec.fingerprint:
             return {}
-        t = self.rd.read("download", shard, ["uid", "image", "kept"])
+        t = self.rd.read(self.pipeline.ref(self.name).folder, shard, ["uid", "image", "kept"])
         t = t.filter(t["kept"])
         return dict(zip(t["uid"].to_pylist(), t["image"].to_pylist()))
 
@@ -217,6 +259,5 @@ def build_table(uids: list[str], images: list[bytes | None], errors: list[str | 
         pa.array(uids, pa.string()), pa.array(images, pa.binary()), pa.array(fmts, pa.string()),
         pa.array(ws, pa.int32()), pa.array(hs, pa.int32()), pa.array(shas, pa.string()),
         pc.if_else(ok, "ok", "failed"), error_arr, ok,
-        pc.if_else(ok, pa.scalar(None, pa.string()),
-                   pc.binary_join_element_wise("download failed: ", error_arr, "")),
+        pc.if_else(ok, pa.scalar(None, pa.string()), "download_failed"), error_arr,
     ], schema=SCHEMA)

@@ -15,58 +15,75 @@ import hashlib
 import io
 import json
 import tarfile
-from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
-from curate.core import engine, faults
+from curate.algorithms.uids import wds_keys
+from curate.config import Section
+from curate.core import faults
 from curate.core.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
 from curate.core.rundir import RunDir, count_survivors
-from curate.stages.base import Stage
-
-#: stage -> (folder, columns it contributes to a curated row)
-JOINS = {
-    "download": ("images", ["image", "format", "width", "height", "sha256"]),
-    "score": ("scores", ["clip_score"]),
-    "match": ("match", ["entry_ids"]),
-    "prune": ("prune", ["cluster_id"]),
-}
+from curate.errors import InputError
+from curate.stages.base import GlobalStep, Stage
 
 
-def gather(rd: RunDir, stages_before: list[str], shard: str, embeddings: bool) -> pa.Table:
-    """Every column of the kept pairs of one pool shard, in pool order."""
-    table = rd.survivors(stages_before, shard)
-    uids = table["uid"].combine_chunks()
-    for stage in stages_before:
-        if stage not in JOINS:
+class EmitConfig(Section):
+    rows_per_shard: int = Field(10_000, ge=1)
+    webdataset: bool = False
+    include_embeddings: bool = False
+
+
+def joins(refs: list[Any], classes: dict[str, Any], embeddings: bool
+          ) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(folder, [(column, name in the curated row)]) for every earlier stage that joins
+    columns into curated rows; a column a previous stage already gave is prefixed with the
+    instance name (two score stages: ``clip_score`` and ``score_l14_clip_score``)."""
+    seen: set[str] = set()
+    out = []
+    for ref in refs:
+        cols = list(classes[ref.name].joins)
+        if ref.kind == "score" and embeddings:
+            cols += ["image_emb", "text_emb"]
+        if not cols:
             continue
-        folder, cols = JOINS[stage]
-        if stage == "score" and embeddings:
-            cols = cols + ["image_emb", "text_emb"]
-        other = rd.read(folder, shard, ["uid", *cols])
-        idx = pc.index_in(uids, value_set=other["uid"].combine_chunks())
+        named = []
         for c in cols:
-            if c in other.column_names and c not in table.column_names:
-                table = table.append_column(c, pc.take(other[c].combine_chunks(), idx))
+            name = c if c not in seen else f"{ref.name}_{c}"
+            seen.add(name)
+            named.append((c, name))
+        out.append((ref.folder, named))
+    return out
+
+
+def gather(rd: RunDir, deciding: list[str], sources: list, shard: str) -> pa.Table:
+    """Every column of the kept pairs of one pool shard, in pool order."""
+    table = rd.survivors(deciding, shard)
+    uids = table["uid"].combine_chunks()
+    for folder, cols in sources:
+        other = rd.read(folder, shard, ["uid", *[c for c, _ in cols]])
+        idx = pc.index_in(uids, value_set=other["uid"].combine_chunks())
+        for c, name in cols:
+            if c in other.column_names and name not in table.column_names:
+                table = table.append_column(name, pc.take(other[c].combine_chunks(), idx))
     return table
 
 
-def write_output(run_url: str, before: list[str], embeddings: bool, webdataset: bool,
-                 job: dict[str, Any]) -> dict[str, Any]:
+def write_output(run_url: str, folder: str, deciding: list[str], sources: list,
+                 webdataset: bool, job: dict[str, Any]) -> dict[str, Any]:
     """One output shard: gather its slices of pool shards, write Parquet (+ tar)."""
     rd = RunDir(run_url)
     name = job["name"]
-    path = rd.path("curated", name)
+    path = rd.path(folder, name)
     meta = read_shard_meta(rd.fs, path)
-    tar_path = rd.path("curated", "wds", name.replace("part-", "").replace(".parquet", ".tar"))
+    tar_path = rd.path(folder, "wds", name.replace("part-", "").replace(".parquet", ".tar"))
     if meta and meta.get("input") == job["digest"] and (
             not webdataset or rd.fs.exists(tar_path)):
         return {"name": name, "rows": meta["counts"]["rows"], "skipped": True}
-    faults.maybe_fail("emit", name)
-    parts = [gather(rd, before, s, embeddings).slice(lo, hi - lo)
+    parts = [gather(rd, deciding, sources, s).slice(lo, hi - lo)
              for s, lo, hi in job["slices"]]
     table = pa.concat_tables(parts, promote_options="permissive")
     write_parquet_atomic(rd.fs, path, table,
@@ -79,9 +96,13 @@ def write_output(run_url: str, before: list[str], embeddings: bool, webdataset: 
 
 
 def to_tar(table: pa.Table) -> bytes:
-    """WebDataset layout: ``{uid}.{ext}``, ``{uid}.txt``, ``{uid}.json`` per pair.
+    """WebDataset layout: ``{key}.{ext}``, ``{key}.txt``, ``{key}.json`` per pair.
 
-    Deterministic bytes (fixed mtime, owner and order), so emit is idempotent.
+    ``key`` is :func:`curate.algorithms.uids.wds_key` of the uid: the uid itself when it is
+    1-64 characters of ``[A-Za-z0-9_-]``, else a sanitised prefix plus a hash, so a member
+    name never holds ``/``, ``..``, a leading or second ``.``, and always fits USTAR; the true
+    uid is in ``{key}.json`` and in the Parquet. Deterministic bytes (fixed mtime, owner and
+    order), so emit is idempotent.
     """
     buf = io.BytesIO()
     skip = {"image", "image_emb", "text_emb"}
@@ -90,8 +111,12 @@ def to_tar(table: pa.Table) -> bytes:
         rows = table.select(rest_cols).to_pylist()
         images = (table["image"].to_pylist() if "image" in table.column_names
                   else [None] * table.num_rows)
-        for row, img in zip(rows, images):
-            key = row["uid"]
+        keys = wds_keys(table["uid"])
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise InputError(f"emit: two uids of one output shard map to the WebDataset key "
+                             f"{dup!r}; make the pool's uids distinct after sanitising")
+        for key, row, img in zip(keys, rows, images):
             members = []
             if img is not None:
                 members.append((f"{key}.{row.get('format') or 'jpg'}", img))
@@ -126,44 +151,69 @@ def plan_outputs(shards: list[str], counts: list[int], digests: list[str], rows_
 
 
 class EmitStage(Stage):
-    name = "emit"
+    kind = "emit"
+    folder = "curated"
+    view = "curated"
     per_shard = False
+    Config = EmitConfig
+    help = "Write the curated set: resharded Parquet, WebDataset on request."
 
-    def run_global(self, shards: list[str]) -> dict[str, Any]:
-        section = self.section
-        before = self.before  # with no deciding stage before it, the whole pool is emitted
-        outs = engine.map_items(partial(count_survivors, self.rd.url, before), shards,
-                                max_retries=self.cfg.run.max_retries,
-                                timeout_s=self.cfg.run.shard_timeout_s, desc="emit: count")
-        failed = [o for o in outs if not o.ok]
-        if failed:
-            raise RuntimeError(f"emit: counting failed on {failed[0].item}: {failed[0].error}")
-        counts = [o.value[0] for o in outs]
-        digests = [o.value[1] for o in outs]
+    def steps(self) -> list:
+        return [GlobalStep("count", plan=lambda: list(self.shards), map=self._count,
+                           commit=self._plan),
+                GlobalStep("write", plan=self._jobs, map=self._write, commit=self._written)]
+
+    def _out(self) -> str:
+        return self.pipeline.ref(self.name).folder
+
+    def _count(self, shard: str) -> tuple[int, str]:
+        return count_survivors(self.rd.url, self.deciding_before(), shard)
+
+    def _plan(self, results: list) -> dict[str, Any]:
+        """Cut the kept rows into output shards; the plan is a file (O(shards) in size)."""
+        order = {s: i for i, s in enumerate(self.shards)}
+        results.sort(key=lambda r: order[r[0]])
+        shards = [s for s, _ in results]
+        counts = [c for _, (c, _) in results]
+        digests = [d for _, (_, d) in results]
         # the configuration of the output is part of every output shard's identity
-        salt = json.dumps([section.model_dump(), before, self.spec.fingerprint])
-        jobs = plan_outputs(shards, counts, digests, section.rows_per_shard)
+        salt = json.dumps([self.section.model_dump(), [r.name for r in self.before],
+                           self.spec.fingerprint])
+        jobs = plan_outputs(shards, counts, digests, self.section.rows_per_shard)
         for job in jobs:
             job["digest"] = hashlib.sha256((job["digest"] + salt).encode()).hexdigest()[:32]
-        results = engine.map_items(
-            partial(write_output, self.rd.url, before, section.include_embeddings,
-                    section.webdataset), jobs,
-            max_retries=self.cfg.run.max_retries, timeout_s=self.cfg.run.shard_timeout_s,
-            desc="emit")
-        bad = [o for o in results if not o.ok]
-        if bad:
-            raise RuntimeError(f"emit: writing {bad[0].item['name']} failed: {bad[0].error}")
+        path = self.rd.path(self._out(), "_plan.json")
+        write_bytes_atomic(self.rd.fs, path, json.dumps(jobs).encode())
+        return {"rows": int(sum(counts)), "outputs_planned": len(jobs),
+                "plan_digest": hashlib.sha256(json.dumps(jobs).encode()).hexdigest()[:16]}
+
+    def _jobs(self) -> list[dict[str, Any]]:
+        with self.rd.fs.open(self.rd.path(self._out(), "_plan.json"), "rb") as f:
+            return json.loads(f.read())
+
+    def _write(self, job: dict[str, Any]) -> dict[str, Any]:
+        classes = {r.name: self.pipeline.stage_class(r.name) for r in self.before}
+        sources = joins(self.before, classes, self.section.include_embeddings)
+        return write_output(self.rd.url, self._out(), self.deciding_before(), sources,
+                            self.section.webdataset, job)
+
+    def _written(self, results: list) -> dict[str, Any]:
+        out = self._out()
+        jobs = self._jobs()
         names = {j["name"] for j in jobs}
         # a pool that shrank its kept set leaves fewer output shards: drop the stale ones
-        for stale in set(list_shards(self.rd.fs, self.rd.path("curated"))) - names:
-            self.rd.fs.rm(self.rd.path("curated", stale))
-            tar = self.rd.path("curated", "wds", stale[5:10] + ".tar")
+        for stale in set(list_shards(self.rd.fs, self.rd.path(out))) - names:
+            self.rd.fs.rm(self.rd.path(out, stale))
+            tar = self.rd.path(out, "wds", stale[5:10] + ".tar")
             if self.rd.fs.exists(tar):
                 self.rd.fs.rm(tar)
-        stats = {"rows": int(sum(counts)), "shards": [
-            {"name": o.value["name"], "rows": o.value["rows"]} for o in results],
-            "webdataset": section.webdataset}
-        write_bytes_atomic(self.rd.fs, self.rd.path("curated", "stats.json"),
+        rows = {r["name"]: r["rows"] for _, r in results}
+        total = int(sum(rows.values()))
+        stats = {"rows": total, "shards": [{"name": j["name"], "rows": rows[j["name"]]}
+                                           for j in jobs],
+                 "webdataset": self.section.webdataset}
+        write_bytes_atomic(self.rd.fs, self.rd.path(out, "stats.json"),
                            json.dumps(stats, indent=2).encode())
-        return {"rows_in": int(sum(counts)), "kept": int(sum(counts)), "dropped": {},
-                "outputs": {"curated shards": f"{self.rd.url}/curated"}}
+        faults.trace(self.name, "stats.json")
+        return {"counts": {"rows_in": total, "kept": total, "dropped": {}},
+                "outputs": {"curated shards": f"{self.rd.url}/{out}"}}

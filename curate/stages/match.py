@@ -7,9 +7,12 @@ Matching decides nothing: pairs matching no entry are dropped by balance, with t
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyarrow as pa
 
-from curate.stages.base import Stage
+from curate.config import Section
+from curate.stages.base import GlobalStep, ShardStep, Stage
 
 _MATCHERS: dict[tuple[str, str], object] = {}
 
@@ -27,21 +30,39 @@ def get_matcher(metadata: str, boundary: str):
     return _MATCHERS[key]
 
 
+class MatchConfig(Section):
+    metadata: str = "default"
+    boundary: Literal["metaclip1", "metaclip2"] = "metaclip1"
+
+
 class MatchStage(Stage):
-    name = "match"
+    kind = "match"
+    folder = "match"
+    view = "matches"
+    Config = MatchConfig
+    schema = pa.schema([("uid", pa.string()), ("entry_ids", pa.list_(pa.int32()))])
+    joins = ("entry_ids",)
     pool_columns = ["uid", "caption"]
+    help = "MetaCLIP substring matching of each surviving caption against the vocabulary."
+
+    def steps(self) -> list:
+        # fail on a bad vocabulary once, on the driver, before any worker starts
+        return [GlobalStep("vocabulary", plan=list, map=_no_map, commit=self._check),
+                ShardStep()]
 
     def setup(self) -> None:
         get_matcher(self.section.metadata, self.section.boundary)
 
-    def prepare(self, shards: list[str]) -> dict:
-        # fail on a bad vocabulary once, on the driver, before any worker starts
+    def _check(self, _: object) -> dict:
         from curate.vocab import load_vocabulary
 
-        entries = load_vocabulary(self.section.metadata)
-        return {"entries": len(entries)}
+        return {"entries": len(load_vocabulary(self.section.metadata))}
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         matcher, _ = get_matcher(self.section.metadata, self.section.boundary)
         ids = matcher.match(inputs["caption"].combine_chunks())
         return pa.table({"uid": inputs["uid"].combine_chunks(), "entry_ids": ids})
+
+
+def _no_map(item: object) -> None:
+    return None

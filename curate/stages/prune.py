@@ -1,183 +1,71 @@
 """prune: concept clusters on image embeddings; semantic dedup and density-based pruning.
 
-The global work happens in ``prepare`` on the driver, each step an engine map so it runs
-in parallel and never holds the pool:
+Global steps, each one engine call that never holds the pool on the driver
+(worker side in :mod:`curate.stages._prune_work`):
 
-1. count the pairs that reach prune, per shard;
-2. draw the k-means sample: rows whose uid hashes below a fraction (algorithms.kmeans), so the
-   sample does not depend on sharding; train FAISS spherical k-means (GPU when present);
-3. assign every embedding, shard by shard; each shard's rows are also written to one of B
-   bucket files by ``cluster_id % B`` (a shuffle, so a cluster's items end up together);
-4. SemDeDup inside each cluster, bucket by bucket (rows sorted by uid, so the result does
-   not depend on sharding); 5. DBP quotas from cluster complexity, and the selection of the
-   kept items of each cluster, bucket by bucket.
+1. ``count``: the pairs that reach prune, per shard (and a digest of them);
+2. ``train``: draw the k-means sample — rows whose uid hashes below a fraction
+   (algorithms.kmeans), so it does not depend on sharding — and train FAISS spherical
+   k-means (GPU when the driver has one) in the commit;
+3. ``assign``: every embedding to its centroid, shard by shard; each shard's rows are also
+   written to one of B bucket files by ``cluster_id % B`` (a shuffle: a cluster's rows end
+   up together);
+4. ``dedup``: SemDeDup inside each cluster, bucket by bucket (rows sorted by uid, so the
+   result does not depend on sharding);
+5. ``clusters``: cluster statistics and DBP quotas, written to ``prune/clusters.parquet``;
+6. ``select``: DBP's kept items of each cluster, bucket by bucket.
 
-Scratch lives in ``prune/_work/<key>/`` where the key hashes the stage fingerprint and the
-digests of every shard's input, so a crash mid-prune resumes the finished steps of the same
-input and a different input never reuses them. The per-shard ``process`` then writes
-``prune/part-NNNNN.parquet`` (uid, cluster_id, dist_to_centroid, duplicate_of, kept,
-reason). The bucket copies of the embeddings are deleted as soon as they are used; the small
-per-row scratch stays so a rerun on the same input redoes nothing.
+Then the shard step writes ``prune/part-NNNNN.parquet`` (uid, cluster_id, dist_to_centroid,
+duplicate_of, kept, reason ``semantic_duplicate`` | ``over_cluster_quota``, detail).
+Scratch lives in ``prune/_work/<key>/``, the key hashing the stage fingerprint and the
+digest of its input, so a different input never reuses it; ``cleanup`` removes the scratch
+of inputs that no longer exist and the bucket copies of the embeddings.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field, model_validator
 
-from curate.core import engine, faults
-from curate.core.io import list_shards, read_table, write_bytes_atomic, write_parquet_atomic
-from curate.core.rundir import RunDir, count_survivors
+from curate.config import Section, fingerprint
+from curate.core import engine
+from curate.core.io import read_table, write_parquet_atomic
+from curate.core.rundir import count_survivors
 from curate.errors import InputError
-from curate.stages.base import Stage
+from curate.stages import _prune_work as work
+from curate.stages.base import DECISION_FIELDS, GlobalStep, ShardStep, Stage, decisions
 
 log = logging.getLogger(__name__)
 
-# ----------------------------------------------------------------- worker-side steps
-def load_embeddings(rd: RunDir, before: list[str], shard: str) -> tuple[pa.Array, np.ndarray]:
-    """uids and float32 L2-normalised image embeddings of the pairs reaching prune."""
-    from curate.stages.score import as_matrix
 
-    surv = rd.survivors(before, shard, ["uid"] if "score" in before else None)
-    uids = surv["uid"].combine_chunks()
-    if "score" in before:
-        s = rd.read("score", shard, ["uid", "image_emb"])
-        idx = pc.index_in(uids, value_set=s["uid"].combine_chunks())
-        col = pc.take(s["image_emb"].combine_chunks(), idx)
-    elif "image_emb" in surv.column_names:
-        col = surv["image_emb"].combine_chunks()
-    else:
-        raise InputError("prune: needs image embeddings: run the score stage before it, or "
-                         "bring an image_emb column in the pool (pool.columns.image_emb)")
-    if col.null_count:
-        raise InputError(f"prune: {shard}: {col.null_count} pairs have no image embedding")
-    x = as_matrix(col)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return uids, x / np.where(norms == 0, 1, norms)
+class PruneConfig(Section):
+    k: int = Field(1000, ge=1)
+    niter: int = Field(20, ge=1, le=1000)
+    seed: int = Field(0, ge=0)
+    sample_size: int | None = Field(None, ge=1)
+    max_points_per_centroid: int = Field(256, ge=1)
+    dedup_eps: float | None = Field(None, gt=0, lt=1)
+    dbp: bool = False
+    tau: float = Field(0.5, gt=0)
+    n_neighbors: int = Field(20, ge=1)
+    target_fraction: float | None = Field(None, gt=0, le=1)
+    target_size: int | None = Field(None, ge=1)
+    keep: Literal["hard", "easy", "random"] = "hard"
+    min_per_cluster: int = Field(0, ge=0)
 
-
-def sample_shard(run_url: str, before: list[str], fraction: float, seed: int,
-                 shard: str) -> np.ndarray:
-    from curate.algorithms.kmeans import sample_mask
-
-    uids, x = load_embeddings(RunDir(run_url), before, shard)
-    return x[sample_mask(uids.to_numpy(zero_copy_only=False), fraction, seed)].astype(
-        np.float16)
-
-
-def assign_shard(run_url: str, before: list[str], work: str, model: Any, buckets: int,
-                 shard: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and distances of one shard, written to assign/ and to the bucket files."""
-    from curate.algorithms.dbp import accumulate
-    from curate.stages.score import fp16_list
-
-    faults.maybe_fail("prune-assign", shard)
-    rd = RunDir(run_url)
-    uids, x = load_embeddings(rd, before, shard)
-    labels, sims = model.assign(x)
-    dist = (1.0 - sims).astype(np.float32)
-    table = pa.table({"uid": uids, "cluster_id": pa.array(labels, pa.int32()),
-                      "dist_to_centroid": pa.array(dist, pa.float32())})
-    write_parquet_atomic(rd.fs, f"{work}/assign/{shard}", table)
-    if buckets:
-        b = labels % buckets
-        shard_no = pa.array(np.full(len(uids), int(shard[5:10]), np.int32))
-        tagged = table.append_column("shard", shard_no)
-        for j in np.unique(b):
-            rows = np.flatnonzero(b == j)
-            part = tagged.take(pa.array(rows)).append_column("emb", fp16_list(x[rows]))
-            write_parquet_atomic(rd.fs, f"{work}/bucket-{j:05d}/{shard}", part)
-    return accumulate(labels, dist, model.k)
-
-
-def _bucket(rd: RunDir, work: str, j: int, columns: list[str] | None = None
-            ) -> pa.Table | None:
-    folder = f"{work}/bucket-{j:05d}"
-    files = list_shards(rd.fs, folder)
-    if not files:
-        return None
-    t = pa.concat_tables([read_table(rd.fs, f"{folder}/{f}", columns) for f in files])
-    return t.take(pc.sort_indices(t["uid"]))  # a fixed order, whatever the sharding
-
-
-def _write_decisions(rd: RunDir, path: str, table: pa.Table) -> None:
-    """Decisions sorted by source shard in small row groups, so ``process(shard)`` reads
-    only its own rows (row-group statistics), never the whole pool's decisions."""
-    table = table.take(pc.sort_indices(table, sort_keys=[("shard", "ascending")]))
-    write_parquet_atomic(rd.fs, path, table, row_group_size=4096)
-
-
-def _read_decisions(rd: RunDir, folder: str, shard: str) -> pa.Table | None:
-    import pyarrow.dataset as ds
-
-    if not rd.fs.exists(folder) or not rd.fs.ls(folder):
-        return None
-    dataset = ds.dataset(folder, filesystem=rd.fs, format="parquet")
-    return dataset.to_table(filter=ds.field("shard") == int(shard[5:10]))
-
-
-def dedup_bucket(run_url: str, work: str, eps: float, keep: str, seed: int, k: int,
-                 j: int) -> tuple[np.ndarray, np.ndarray]:
-    """SemDeDup over the clusters of one bucket; returns per-cluster (count, sum_dist) after."""
-    from curate.algorithms.dbp import accumulate
-    from curate.algorithms.semdedup import dedup_by_cluster
-    from curate.stages.score import as_matrix
-
-    rd = RunDir(run_url)
-    t = _bucket(rd, work, j)
-    if t is None:
-        return np.zeros(k, np.int64), np.zeros(k)
-    shard_no = t["shard"].to_numpy()
-    labels = t["cluster_id"].to_numpy()
-    dist = t["dist_to_centroid"].to_numpy()
-    dup = dedup_by_cluster(as_matrix(t["emb"]), labels, dist, eps, keep=keep, seed=seed,
-                           block=2048)  # ~16 MB similarity blocks, not 64 MB
-    uids = t["uid"].to_numpy(zero_copy_only=False)
-    is_dup = dup >= 0
-    _write_decisions(rd, f"{work}/dedup/part-{j:05d}.parquet", pa.table({
-        "shard": pa.array(shard_no[is_dup], pa.int32()),
-        "uid": pa.array(uids[is_dup], pa.string()),
-        "duplicate_of": pa.array(uids[dup[is_dup]], pa.string())}))
-    return accumulate(labels[~is_dup], dist[~is_dup], k)
-
-
-def select_bucket(run_url: str, work: str, quotas: np.ndarray, keep: str, seed: int,
-                  j: int) -> int:
-    """DBP selection inside each cluster of one bucket; writes the uids over quota."""
-    from curate.algorithms.dbp import select_in_cluster
-
-    rd = RunDir(run_url)
-    t = _bucket(rd, work, j, ["uid", "cluster_id", "dist_to_centroid", "shard"])
-    if t is None:
-        return 0
-    dup_file = f"{work}/dedup/part-{j:05d}.parquet"
-    if rd.fs.exists(dup_file):  # this bucket's duplicates are all in its own file
-        dups = read_table(rd.fs, dup_file, ["uid"])["uid"].combine_chunks()
-        t = t.filter(pc.invert(pc.is_in(t["uid"], value_set=dups)))
-    labels = t["cluster_id"].to_numpy()
-    dist = t["dist_to_centroid"].to_numpy()
-    uids = t["uid"].to_numpy(zero_copy_only=False)
-    shard_no = t["shard"].to_numpy()
-    over = []
-    order = np.argsort(labels, kind="stable")
-    cuts = np.flatnonzero(np.diff(labels[order])) + 1
-    for rows in np.split(order, cuts) if len(order) else []:
-        c = int(labels[rows[0]])
-        mask = select_in_cluster(dist[rows], int(quotas[c]), keep=keep, seed=(seed, c),
-                                 tiebreak=uids[rows])
-        over.append(rows[~mask])
-    dropped = np.concatenate(over) if over else np.zeros(0, np.int64)
-    _write_decisions(rd, f"{work}/select/part-{j:05d}.parquet", pa.table({
-        "shard": pa.array(shard_no[dropped], pa.int32()),
-        "uid": pa.array(uids[dropped], pa.string())}))
-    return len(dropped)
+    @model_validator(mode="after")
+    def _target(self) -> PruneConfig:
+        if self.target_fraction is not None and self.target_size is not None:
+            raise ValueError("prune: set target_fraction or target_size, not both")
+        if self.dbp and self.target_fraction is None and self.target_size is None:
+            raise ValueError("prune.dbp: needs prune.target_fraction or prune.target_size")
+        return self
 
 
 def n_buckets(k: int, n_total: int, d: int, cpus: int, budget: int = 32 << 20) -> int:
@@ -193,84 +81,147 @@ def n_buckets(k: int, n_total: int, d: int, cpus: int, budget: int = 32 << 20) -
     return int(min(k, want))
 
 
-# ----------------------------------------------------------------- the stage
 class PruneStage(Stage):
-    name = "prune"
+    kind = "prune"
+    folder = "prune"
+    decides = True
+    Config = PruneConfig
+    schema = pa.schema([("uid", pa.string()), ("cluster_id", pa.int32()),
+                        ("dist_to_centroid", pa.float32()), ("duplicate_of", pa.string()),
+                        *DECISION_FIELDS])
+    reasons = {"semantic_duplicate": "SemDeDup: within prune.dedup_eps of a kept pair of its "
+                                     "cluster (detail: that pair's uid)",
+               "over_cluster_quota": "DBP: beyond its cluster's quota"}
+    joins = ("cluster_id",)
+    views = {"clusters.parquet": "clusters"}
     pool_columns = ["uid"]
+    help = "Concept-cluster pruning: FAISS k-means, SemDeDup, density-based pruning."
 
-    def _map(self, fn, items, desc):
-        outs = engine.map_items(fn, items, max_retries=self.cfg.run.max_retries,
-                                timeout_s=self.cfg.run.shard_timeout_s, desc=desc)
-        bad = [o for o in outs if not o.ok]
-        if bad:
-            raise RuntimeError(f"{desc}: {bad[0].item} failed: {bad[0].error}")
-        return [o.value for o in outs]
+    def steps(self) -> list:
+        s = self.section
+        steps = [
+            GlobalStep("count", plan=self._all, map=self._count, start=_count0, fold=_count_add,
+                       commit=self._counted),
+            GlobalStep("train", plan=self._all, map=self._sample, commit=self._train),
+            GlobalStep("assign", plan=self._all, map=self._assign, start=self._sums0,
+                       fold=_sum_add, commit=partial(self._save_sums, "assigned")),
+        ]
+        if s.dedup_eps:
+            steps.append(GlobalStep("dedup", plan=self._buckets, map=self._dedup,
+                                    start=self._sums0, fold=_sum_add,
+                                    commit=partial(self._save_sums, "deduplicated")))
+        steps.append(GlobalStep("clusters", plan=list, map=_none, commit=self._clusters))
+        if s.dbp:
+            steps.append(GlobalStep("select", plan=self._buckets, map=self._select,
+                                    start=int, fold=lambda a, i, r: a + r,
+                                    commit=lambda n: {"over_quota": n}))
+        steps += [ShardStep(), GlobalStep("cleanup", plan=list, map=_none,
+                                          commit=self._cleanup)]
+        return steps
 
-    def prepare(self, shards: list[str]) -> dict[str, Any]:
-        from curate.algorithms import dbp
-        from curate.algorithms.kmeans import sample_fraction, train_kmeans
+    # ------------------------------------------------------------------ where things are
+    def _where(self) -> work.Where:
+        score = self.previous("score")
+        w = self.state.get("count", {}).get("work", "")
+        return work.Where(self.rd.url, tuple(self.deciding_before()),
+                          score.folder if score else None, w)
+
+    def _all(self) -> list[str]:
+        return list(self.shards)
+
+    def _buckets(self) -> list[int]:
+        return list(range(self.state["train"]["buckets"]))
+
+    # ------------------------------------------------------------------ count
+    def _count(self, shard: str) -> tuple[int, str]:
+        return count_survivors(self.rd.url, self.deciding_before(), shard)
+
+    def _counted(self, acc: dict[str, Any]) -> dict[str, Any]:
+        s = self.section
+        if acc["n"] < s.k:
+            raise InputError(f"{self.name}.k={s.k} exceeds the {acc['n']} pairs that reach "
+                             f"{self.name}; lower {self.name}.k")
+        key = fingerprint([self.spec.fingerprint, acc["digest"]])
+        folder = self.pipeline.ref(self.name).folder
+        return {"n": acc["n"], "work": self.rd.path(folder, "_work", key)}
+
+    # ------------------------------------------------------------------ train
+    def _fraction(self) -> float:
+        from curate.algorithms.kmeans import sample_fraction
+
+        s, n = self.section, self.state["count"]["n"]
+        cap = s.sample_size or s.max_points_per_centroid * s.k
+        # a pool within a few k of its size: take it all, so the sample never falls short
+        return 1.0 if n <= 4 * s.k else sample_fraction(n, 1, cap)
+
+    def _sample(self, shard: str) -> np.ndarray:
+        return work.sample_shard(self._where(), self._fraction(), self.section.seed, shard)
+
+    def _train(self, parts: list) -> dict[str, Any]:
+        from curate.algorithms.kmeans import train_kmeans
 
         s = self.section
-        url = self.rd.url
-        counts = self._map(partial(count_survivors, url, self.before), shards, "prune: count")
-        n_total = sum(c for c, _ in counts)
-        key = hashlib.sha256(json.dumps([self.spec.fingerprint, counts]).encode()
-                             ).hexdigest()[:16]
-        work = self.rd.path("prune", "_work", key)
-        done_path = f"{work}/done.json"
-        if self.rd.fs.exists(done_path):
-            with self.rd.fs.open(done_path, "rb") as f:
-                info = json.loads(f.read())
-            log.info("prune: reusing the finished global steps in %s", work)
-            return info
-        if n_total < s.k:
-            raise InputError(f"prune.k={s.k} exceeds the {n_total} pairs that reach prune; "
-                             "lower prune.k")
-
         cap = s.sample_size or s.max_points_per_centroid * s.k
-        fraction = sample_fraction(n_total, 1, cap)
-        parts = self._map(partial(sample_shard, url, self.before, fraction, s.seed), shards,
-                          "prune: sample")
-        sample = np.concatenate(parts).astype(np.float32)
-        del parts
-        if len(sample) < s.k:  # a tiny pool: the hash sample fell short of k; take all
-            sample = np.concatenate(self._map(partial(sample_shard, url, self.before, 1.0,
-                                                      s.seed), shards, "prune: sample"))
-        model = train_kmeans(sample.astype(np.float32), s.k, niter=s.niter, seed=s.seed,
+        parts.sort(key=lambda p: p[0])  # shard order: the sample's row order is fixed
+        sample = np.concatenate([p for _, p in parts]).astype(np.float32)
+        parts.clear()
+        if len(sample) < s.k:
+            raise InputError(f"{self.name}: the k-means sample has {len(sample)} rows, fewer "
+                             f"than k={s.k}; raise {self.name}.sample_size")
+        model = train_kmeans(sample, s.k, niter=s.niter, seed=s.seed,
                              max_points_per_centroid=max(1, cap // s.k))
-        log.info("prune: k-means k=%d on %d points, device %s, objective %.2f", s.k,
+        log.info("%s: k-means k=%d on %d points, device %s, objective %.2f", self.name, s.k,
                  len(sample), model.device, model.objective)
         del sample
-        faults.maybe_fail("prune-kmeans", "driver")
-        write_parquet_atomic(self.rd.fs, self.rd.path("prune", "centroids.parquet"),
-                             pa.table({"cluster_id": pa.array(np.arange(s.k), pa.int32()),
-                                       "centroid": pa.FixedSizeListArray.from_arrays(
-                                           pa.array(model.centroids.reshape(-1)), model.d)}))
+        w = self._where()
+        work.save_model(self.rd, w.work, model)
+        folder = self.pipeline.ref(self.name).folder
+        write_parquet_atomic(self.rd.fs, self.rd.path(folder, "centroids.parquet"),
+                             read_table(self.rd.fs, f"{w.work}/centroids.parquet"))
+        buckets = (n_buckets(s.k, self.state["count"]["n"], model.d, engine.cluster_cpus())
+                   if (s.dedup_eps or s.dbp) else 0)
+        return {"kmeans_device": model.device, "k": s.k, "sample": int(model.n_train),
+                "objective": float(model.objective), "buckets": buckets}
 
-        buckets = n_buckets(s.k, n_total, model.d, engine.cluster_cpus()) \
-            if (s.dedup_eps or s.dbp) else 0
-        sums = self._map(partial(assign_shard, url, self.before, work, model, buckets), shards,
-                         "prune: assign")
-        size = np.sum([c for c, _ in sums], axis=0)
-        sum_dist = np.sum([d for _, d in sums], axis=0)
-        size_after, sum_after = size, sum_dist
-        if s.dedup_eps:
-            after = self._map(partial(dedup_bucket, url, work, s.dedup_eps, s.keep, s.seed,
-                                      s.k), range(buckets), "prune: dedup")
-            size_after = np.sum([c for c, _ in after], axis=0)
-            sum_after = np.sum([d for _, d in after], axis=0)
+    # ------------------------------------------------------------------ assign, dedup
+    def _sums0(self) -> tuple[np.ndarray, np.ndarray]:
+        k = self.section.k
+        return np.zeros(k, np.int64), np.zeros(k, np.float64)
+
+    def _assign(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
+        return work.assign_shard(self._where(), self.state["train"]["buckets"], shard)
+
+    def _dedup(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.section
+        return work.dedup_bucket(self._where(), s.dedup_eps, s.keep, s.seed, s.k, j)
+
+    def _save_sums(self, what: str, sums: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+        size, dist = sums
+        path = f"{self._where().work}/{what}.parquet"
+        write_parquet_atomic(self.rd.fs, path, pa.table({"size": size, "sum_dist": dist}))
+        return {f"{what}_path": path, f"{what}_pairs": int(size.sum())}
+
+    def _sums(self, what: str) -> tuple[np.ndarray, np.ndarray]:
+        t = read_table(self.rd.fs, f"{self._where().work}/{what}.parquet")
+        return t["size"].to_numpy(), t["sum_dist"].to_numpy()
+
+    # ------------------------------------------------------------------ clusters, select
+    def _clusters(self, _: Any) -> dict[str, Any]:
+        from curate.algorithms import dbp
+
+        s = self.section
+        model = work.load_model(self._where())
+        size, _sum = self._sums("assigned")
+        size_after, sum_after = (self._sums("deduplicated") if s.dedup_eps else (size, _sum))
         stats = dbp.cluster_stats_from_sums(model.centroids, size_after, sum_after,
                                             s.n_neighbors)
-        quota = size_after.copy()
-        target = None
+        quota, target = size_after.copy(), None
         if s.dbp:
             survivors = int(size_after.sum())
             target = (s.target_size if s.target_size is not None
                       else int(round(s.target_fraction * survivors)))
             quota = dbp.quotas(stats["complexity"], size_after, target, tau=s.tau,
                                min_per_cluster=s.min_per_cluster)
-            self._map(partial(select_bucket, url, work, quota, s.keep, s.seed),
-                      range(buckets), "prune: select")
         clusters = pa.table({
             "cluster_id": pa.array(np.arange(s.k), pa.int32()),
             "size": pa.array(size, pa.int64()),
@@ -280,23 +231,24 @@ class PruneStage(Stage):
             "complexity": pa.array(stats["complexity"], pa.float64()),
             "quota": pa.array(quota, pa.int64()),
         })
-        write_parquet_atomic(self.rd.fs, self.rd.path("prune", "clusters.parquet"), clusters)
-        for j in range(buckets):  # the embedding copies are no longer needed
-            folder = f"{work}/bucket-{j:05d}"
-            if self.rd.fs.exists(folder):
-                self.rd.fs.rm(folder, recursive=True)
-        info = {"work": work, "kmeans_device": model.device, "k": s.k, "n": n_total,
-                "sample": int(model.n_train), "objective": float(model.objective),
-                "duplicates": int(size.sum() - size_after.sum()), "target": target}
-        write_bytes_atomic(self.rd.fs, done_path, json.dumps(info).encode())
-        return info
+        folder = self.pipeline.ref(self.name).folder
+        write_parquet_atomic(self.rd.fs, self.rd.path(folder, "clusters.parquet"), clusters)
+        return {"duplicates": int(size.sum() - size_after.sum()), "target": target}
 
+    def _select(self, j: int) -> int:
+        s = self.section
+        folder = self.pipeline.ref(self.name).folder
+        quota = read_table(self.rd.fs, self.rd.path(folder, "clusters.parquet"),
+                           ["quota"])["quota"].to_numpy()
+        return work.select_bucket(self._where(), quota, s.keep, s.seed, j)
+
+    # ------------------------------------------------------------------ per shard
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
-        work = self.spec.extra["work"]
-        a = read_table(self.rd.fs, f"{work}/assign/{shard}")
+        w = self._where()
+        a = read_table(self.rd.fs, f"{w.work}/assign/{shard}")
         uids = a["uid"].combine_chunks()
-        dups = _read_decisions(self.rd, f"{work}/dedup", shard)
-        over = _read_decisions(self.rd, f"{work}/select", shard)
+        dups = work.read_decisions(self.rd, f"{w.work}/dedup", shard)
+        over = work.read_decisions(self.rd, f"{w.work}/select", shard)
         dup_of = pa.nulls(len(uids), pa.string())
         if dups is not None and dups.num_rows:
             idx = pc.index_in(uids, value_set=dups["uid"].combine_chunks())
@@ -304,21 +256,45 @@ class PruneStage(Stage):
         is_over = (pc.is_in(uids, value_set=over["uid"].combine_chunks())
                    if over is not None and over.num_rows
                    else pa.array(np.zeros(len(uids), bool)))
-        is_dup = pc.invert(pc.is_null(dup_of))
+        is_dup = pc.is_valid(dup_of)
         kept = pc.invert(pc.or_(is_dup, is_over))
-        reason = pc.if_else(is_dup, pc.binary_join_element_wise(
-            "semantic duplicate of ", dup_of, ""),
-            pc.if_else(is_over, "over cluster quota", pa.scalar(None, pa.string())))
+        reason = pc.if_else(is_dup, "semantic_duplicate", "over_cluster_quota")
         return pa.table({"uid": uids, "cluster_id": a["cluster_id"],
                          "dist_to_centroid": a["dist_to_centroid"], "duplicate_of": dup_of,
-                         "kept": kept, "reason": reason})
+                         **decisions(kept, reason, dup_of)})
 
-    def finalize(self, shards: list[str]) -> dict[str, Any]:
-        """Keep this input's small scratch (assignments, dedup and quota decisions: a rerun
-        reuses them), drop scratch of inputs that no longer exist."""
-        current = self.spec.extra["work"].rstrip("/").rsplit("/", 1)[-1]
-        folder = self.rd.path("prune", "_work")
-        for path in self.rd.fs.ls(folder, detail=False) if self.rd.fs.exists(folder) else []:
-            if path.rstrip("/").rsplit("/", 1)[-1] != current:
-                self.rd.fs.rm(path, recursive=True)
-        return {"kmeans_device": self.spec.extra.get("kmeans_device")}
+    def _cleanup(self, _: Any) -> dict[str, Any]:
+        """Keep this input's small scratch (assignments, decisions: a rerun reuses them);
+        drop the bucket copies of the embeddings and scratch of inputs that are gone."""
+        fs = self.rd.fs
+        current = self._where().work.rstrip("/")
+        for j in range(self.state["train"]["buckets"]):
+            folder = f"{current}/bucket-{j:05d}"
+            if fs.exists(folder):
+                fs.rm(folder, recursive=True)
+        parent = current.rsplit("/", 1)[0]
+        for path in fs.ls(parent, detail=False) if fs.exists(parent) else []:
+            if path.rstrip("/").rsplit("/", 1)[-1] != current.rsplit("/", 1)[-1]:
+                fs.rm(path, recursive=True)
+        return {"kmeans_device": self.state["train"]["kmeans_device"]}
+
+
+def _none(item: Any) -> None:
+    return None
+
+
+def _count0() -> dict[str, Any]:
+    return {"n": 0, "digest": 0}
+
+
+def _count_add(acc: dict[str, Any], shard: str, r: tuple[int, str]) -> dict[str, Any]:
+    """Sum the counts; combine the per-shard digests order-independently (XOR of hashes)."""
+    n, digest = r
+    acc["n"] += n
+    acc["digest"] ^= int(fingerprint([shard, digest]), 16)
+    return acc
+
+
+def _sum_add(acc: tuple[np.ndarray, np.ndarray], item: Any,
+             r: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return acc[0] + r[0], acc[1] + r[1]

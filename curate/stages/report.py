@@ -1,6 +1,6 @@
 """report: what the curation did, as three Parquet tables and one self-contained HTML page.
 
-Outputs (``reports/``, DESIGN §4):
+Outputs (``reports/``):
 
 - ``stage_summary.parquet``: stage, step, status, seconds, pairs_in, kept, dropped, reason,
   count. One total row per stage that ran (``reason`` null, ``pairs_in = kept + dropped``)
@@ -24,283 +24,118 @@ Outputs (``reports/``, DESIGN §4):
 "Final" is the set of pairs kept by the last deciding stage that ran (what emit writes);
 it is computed per pool shard, because ``curated/`` is resharded by emit and reading its
 uids back would need the whole set in memory. When ``curated/`` exists its row count is
-checked against it. Everything streams one pool shard at a time: each shard gives sparse
-per-entry counts, per-class counts, a fixed-bin clip_score histogram and per-stage drop
-counts, which the driver adds up. With Ray running (in a pipeline) the shards are counted in
-parallel through the engine; without it (tests, a notebook) in a plain loop.
+checked against it. Counting is the ``count`` global step: one engine call over the pool
+shards (:mod:`curate.stages._report_counts`), summed on the driver, then the commit writes
+the tables and the page. Stages are reported by instance, whatever their kind: a pipeline
+with two score stages gets two rows and its drops under each one's reason codes.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field
 
+from curate.config import Section
 from curate.core.io import join, list_shards, write_bytes_atomic, write_parquet_atomic
-from curate.core.rundir import DECIDING, RunDir, now
-from curate.stages.base import Stage, summarize
+from curate.core.rundir import now
+from curate.stages._report_counts import (
+    OUTPUTS,
+    SCORE_EDGES,
+    ShardPlan,
+    Totals,
+    distinct_classes,
+    imagenet_classnames,
+    shard_stats,
+)
+from curate.stages.base import GlobalStep, Stage
 
 log = logging.getLogger(__name__)
 
-#: stages whose output is one file per pool shard
-PER_SHARD = ("download", "score", "match", "balance", "prune")
-#: clip_score histogram bins: cosine similarities live in [-1, 1]; 0.005 wide
-SCORE_EDGES = np.linspace(-1.0, 1.0, 401)
 
-OUTPUTS = {
-    "report": "report.html",
-    "stage summary": "stage_summary.parquet",
-    "concept frequency": "concept_frequency.parquet",
-    "downstream coverage": "downstream_coverage.parquet",
-}
-
-
-# --------------------------------------------------------------------------- ImageNet names
-
-
-def imagenet_classnames() -> list[str]:
-    """open_clip's IMAGENET_CLASSNAMES (1000 names, in class-index order, duplicates kept).
-
-    ``open_clip/zero_shot_metadata.py`` is plain data, but importing it through the package
-    imports torch and all of open_clip (~10 s cold). The file is therefore loaded on its own
-    when open_clip is installed but not yet imported.
-    """
-    mod = sys.modules.get("open_clip.zero_shot_metadata")
-    if mod is None:
-        spec = importlib.util.find_spec("open_clip")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("open_clip is not installed")
-        path = f"{list(spec.submodule_search_locations)[0]}/zero_shot_metadata.py"
-        file_spec = importlib.util.spec_from_file_location("_curate_zero_shot_metadata", path)
-        if file_spec is None or file_spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        mod = importlib.util.module_from_spec(file_spec)
-        file_spec.loader.exec_module(mod)
-    return list(mod.IMAGENET_CLASSNAMES)
-
-
-def distinct_classes(names: list[str]) -> tuple[list[int], list[str]]:
-    """(first index, name) of each distinct class name, in index order."""
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):
-        seen.setdefault(n, i)
-    return list(seen.values()), list(seen.keys())
-
-
-_MATCHERS: dict[tuple[str, ...], Any] = {}
-
-
-def _class_matcher(names: tuple[str, ...]):
-    from curate.algorithms.matching import Matcher
-
-    if names not in _MATCHERS:
-        _MATCHERS.clear()
-        _MATCHERS[names] = Matcher(list(names))
-    return _MATCHERS[names]
-
-
-# --------------------------------------------------------------------------- per shard
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """What to count in each shard; small and picklable (it travels to workers)."""
-
-    run_url: str
-    #: per-shard stages that ran, in pipeline order; a shard lacking one is left out
-    stages: tuple[str, ...]
-    #: the deciding ones among them; the last one's kept uids are the final pairs
-    deciding: tuple[str, ...]
-    #: deciding stages after match: one count_after_<stage> column each
-    after_match: tuple[str, ...]
-    #: distinct ImageNet class names (empty: no coverage)
-    classnames: tuple[str, ...] = ()
-
-
-def _flat_ids(entry_ids: pa.Array) -> np.ndarray:
-    flat = pc.list_flatten(entry_ids)
-    if not len(flat):
-        return np.zeros(0, np.int64)
-    return flat.to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _sparse_counts(entry_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, counts) of the entries present: small to ship from a worker to the driver."""
-    c = np.bincount(_flat_ids(entry_ids))
-    nz = np.flatnonzero(c)
-    return nz.astype(np.int32), c[nz].astype(np.int64)
-
-
-def _decisions(rd: RunDir, stage: str, shard: str) -> pa.Table:
-    """uid, kept, reason of one deciding stage's shard; reason filled for every drop."""
-    path = rd.shard_path(stage, shard)
-    with rd.fs.open(path, "rb") as f:
-        names = pq.read_schema(f).names
-    t = rd.read(stage, shard, [c for c in ("uid", "kept", "reason") if c in names])
-    kept = pc.fill_null(t["kept"], False)
-    reason = t["reason"] if "reason" in names else pa.nulls(t.num_rows, pa.string())
-    reason = pc.if_else(kept, pa.scalar(None, pa.string()),
-                        pc.fill_null(reason.cast(pa.string()), "no reason recorded"))
-    return pa.table({"uid": t["uid"], "kept": kept, "reason": reason})
-
-
-def _num_rows(rd: RunDir, stage: str, shard: str) -> int:
-    with rd.fs.open(rd.shard_path(stage, shard), "rb") as f:
-        return pq.ParquetFile(f).metadata.num_rows
-
-
-def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
-    """Everything the report needs from one pool shard (runs in a worker or in a loop)."""
-    rd = RunDir(plan.run_url)
-    missing = [s for s in plan.stages if not rd.fs.exists(rd.shard_path(s, shard))]
-    if missing:
-        return {"shard": shard, "missing": missing}
-    out: dict[str, Any] = {"shard": shard, "stages": {}}
-    kept: dict[str, pa.Array] = {}
-    for s in plan.stages:
-        if s in DECIDING:
-            t = _decisions(rd, s, shard)
-            c = summarize(s, t, t.num_rows)
-            out["stages"][s] = {"rows_in": c["rows_in"], "kept": c["kept"],
-                                "dropped": c["dropped"]}
-            kept[s] = t.filter(t["kept"])["uid"].combine_chunks()
-        else:
-            n = _num_rows(rd, s, shard)
-            out["stages"][s] = {"rows_in": n, "kept": n, "dropped": {}}
-    final = kept[plan.deciding[-1]] if plan.deciding else None
-
-    pool = rd.read("pool", shard, ["uid", "caption"] if plan.classnames else ["uid"])
-    uids = pool["uid"].combine_chunks()
-    in_final = (pc.is_in(uids, value_set=final) if final is not None
-                else pa.array(np.ones(len(uids), bool)))
-    out["pool_rows"] = pool.num_rows
-    out["final"] = int(pc.sum(in_final).as_py() or 0)
-    if plan.classnames:
-        ids = _class_matcher(plan.classnames).match(pool["caption"].combine_chunks())
-        n = len(plan.classnames)
-        out["cov_pool"] = np.bincount(_flat_ids(ids), minlength=n)
-        out["cov_final"] = np.bincount(_flat_ids(ids.filter(in_final)), minlength=n)
-
-    if "match" in plan.stages:
-        m = rd.read("match", shard, ["uid", "entry_ids"])
-        ids = m["entry_ids"].combine_chunks()
-        uids = m["uid"].combine_chunks()
-        conc = {"count_pool": _sparse_counts(ids)}
-        for s in plan.after_match:
-            conc[f"count_after_{s}"] = _sparse_counts(ids.filter(pc.is_in(uids,
-                                                                           value_set=kept[s])))
-        conc["count_final"] = (_sparse_counts(ids.filter(pc.is_in(uids, value_set=final)))
-                               if final is not None else conc["count_pool"])
-        out["concepts"] = conc
-
-    if "score" in plan.stages:
-        sc = rd.read("score", shard, ["clip_score", "kept"])
-        score = sc["clip_score"].combine_chunks()
-        valid = pc.is_valid(score)
-        s_all = score.filter(valid).to_numpy(zero_copy_only=False).astype(np.float64)
-        k = pc.fill_null(sc["kept"].combine_chunks(), False).filter(valid)
-        s_kept = s_all[k.to_numpy(zero_copy_only=False)]
-        out["score"] = {
-            "all": np.histogram(np.clip(s_all, -1, 1), SCORE_EDGES)[0],
-            "kept": np.histogram(np.clip(s_kept, -1, 1), SCORE_EDGES)[0],
-            "n": int(s_all.size), "n_kept": int(s_kept.size), "sum": float(s_all.sum()),
-            "min_kept": float(s_kept.min()) if s_kept.size else None,
-        }
-    return out
-
-
-# --------------------------------------------------------------------------- driver side
-
-
-class _Totals:
-    """Sums of the per-shard results; holds only count vectors, never rows."""
-
-    def __init__(self, n_classes: int):
-        self.stages: dict[str, dict[str, Any]] = {}
-        self.concepts: dict[str, np.ndarray] = {}
-        self.cov_pool = np.zeros(n_classes, np.int64)
-        self.cov_final = np.zeros(n_classes, np.int64)
-        self.score: dict[str, Any] | None = None
-        self.final = 0
-        self.pool_rows = 0
-        self.shards: list[str] = []
-        self.missing: dict[str, list[str]] = {}
-        self.failed: dict[str, str] = {}
-
-    def add(self, shard: str, r: dict[str, Any]) -> None:
-        if r.get("missing"):
-            self.missing[shard] = r["missing"]
-            return
-        self.shards.append(shard)
-        self.final += r["final"]
-        self.pool_rows += r["pool_rows"]
-        for s, c in r["stages"].items():
-            t = self.stages.setdefault(s, {"rows_in": 0, "kept": 0, "dropped": {}})
-            t["rows_in"] += c["rows_in"]
-            t["kept"] += c["kept"]
-            for reason, n in c["dropped"].items():
-                t["dropped"][reason] = t["dropped"].get(reason, 0) + n
-        if "cov_pool" in r:
-            self.cov_pool += r["cov_pool"]
-            self.cov_final += r["cov_final"]
-        for col, (ids, counts) in r.get("concepts", {}).items():
-            arr = self.concepts.get(col, np.zeros(0, np.int64))
-            need = int(ids.max()) + 1 if ids.size else 0
-            if need > arr.size:
-                arr = np.concatenate([arr, np.zeros(need - arr.size, np.int64)])
-            np.add.at(arr, ids, counts)
-            self.concepts[col] = arr
-        if "score" in r:
-            s = r["score"]
-            if self.score is None:
-                self.score = {"all": np.zeros(len(SCORE_EDGES) - 1, np.int64),
-                              "kept": np.zeros(len(SCORE_EDGES) - 1, np.int64),
-                              "n": 0, "n_kept": 0, "sum": 0.0, "min_kept": None}
-            t = self.score
-            t["all"] += s["all"]
-            t["kept"] += s["kept"]
-            t["n"] += s["n"]
-            t["n_kept"] += s["n_kept"]
-            t["sum"] += s["sum"]
-            if s["min_kept"] is not None:
-                t["min_kept"] = s["min_kept"] if t["min_kept"] is None else min(
-                    t["min_kept"], s["min_kept"])
-
-
-def _ray_running() -> bool:
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
+class ReportConfig(Section):
+    top_n: int = Field(30, ge=1)
 
 
 class ReportStage(Stage):
     """Global stage: reads every earlier stage's outputs, writes ``reports/``."""
 
-    name = "report"
+    kind = "report"
+    folder = "reports"
     per_shard = False
+    always_rerun = True  # it describes the run as it is now (statuses, timings)
+    Config = ReportConfig
+    views = {"concept_frequency.parquet": "concepts"}
+    help = "Reports: concept frequencies, stage summary by reason code, one HTML page."
+
+    def steps(self) -> list:
+        return [GlobalStep("plan", plan=list, map=_none, commit=self._plan),
+                GlobalStep("count", plan=lambda: list(self.shards), map=self._count_shard,
+                           start=self._totals, fold=_add, commit=self._write)]
 
     # ------------------------------------------------------------------ what ran
     def _ran(self) -> dict[str, bool]:
-        ran = {}
-        for s in self.before:
-            if s in PER_SHARD:
-                ran[s] = bool(list_shards(self.rd.fs, self.rd.stage_dir(s)))
-            elif s == "emit":
-                ran[s] = bool(list_shards(self.rd.fs, self.rd.stage_dir(s)))
-            else:
-                ran[s] = False
-        return ran
+        return {r.name: bool(list_shards(self.rd.fs, self.rd.stage_dir(r.folder)))
+                for r in self.before}
+
+    def _first(self, kind: str, ran: dict[str, bool] | None = None) -> Any:
+        """The first instance of ``kind`` before the report (that ran, when ``ran``)."""
+        for r in self.before:
+            if r.kind == kind and (ran is None or ran.get(r.name)):
+                return r
+        return None
+
+    def _per_shard(self, ref: Any) -> bool:
+        return getattr(self.pipeline.stage_class(ref.name), "per_shard", True)
+
+    def _plan(self, _: Any) -> dict[str, Any]:
+        ran = self._ran()
+        per_shard = [r for r in self.before if self._per_shard(r) and ran[r.name]]
+        deciding = [r.name for r in per_shard if r.decides]
+        match = self._first("match", ran)
+        score = self._first("score", ran)
+        names = [r.name for r in self.before]
+        after_match = ([d for d in deciding if names.index(d) > names.index(match.name)]
+                       if match else [])
+        note = None
+        try:
+            all_classes = imagenet_classnames()
+            idx, classes = distinct_classes(all_classes)
+        except Exception as err:  # noqa: BLE001 - the rest of the report is still useful
+            log.warning("report: ImageNet class names unavailable (%s)", err)
+            all_classes, idx, classes = [], [], []
+            note = f"ImageNet class names unavailable ({err}); open_clip is needed."
+        return {"ran": ran, "stages": [r.name for r in per_shard],
+                "folders": [r.folder for r in per_shard], "deciding": deciding,
+                "after_match": after_match, "match": match.name if match else None,
+                "score": score.name if score else None, "class_index": idx,
+                "classnames": classes, "all_classes": len(all_classes), "coverage_note": note}
+
+    def _shard_plan(self) -> ShardPlan:
+        p = self.state["plan"]
+        return ShardPlan(self.rd.url, tuple(p["stages"]), tuple(p["folders"]),
+                         tuple(p["deciding"]), tuple(p["after_match"]), tuple(p["classnames"]),
+                         p["match"], p["score"])
+
+    def _count_shard(self, shard: str) -> dict[str, Any]:
+        try:
+            return shard_stats(self._shard_plan(), shard)
+        except Exception as err:  # noqa: BLE001 - one unreadable shard leaves the rest
+            log.exception("report: shard %s could not be read", shard)
+            return {"shard": shard, "error": f"{type(err).__name__}: {err}"}
+
+    def _totals(self) -> Totals:
+        return Totals(len(self.state["plan"]["classnames"]))
 
     def _entries(self, n: int) -> list[str]:
         """Entry strings by id: balance's entry_counts.parquet, else the vocabulary."""
-        path = self.rd.path("balance", "entry_counts.parquet")
+        bal = self._first("balance")
+        path = self.rd.path(bal.folder if bal else "balance", "entry_counts.parquet")
         names: list[str] = []
         try:
             if self.rd.fs.exists(path):
@@ -312,41 +147,16 @@ class ReportStage(Stage):
             else:
                 from curate.vocab import load_vocabulary
 
-                names = load_vocabulary(self.cfg.match.metadata)
+                names = load_vocabulary(self.pipeline.section(self._first("match").name)
+                                        .metadata)
         except Exception as err:  # noqa: BLE001 - names are cosmetic; ids still identify
             log.warning("report: cannot read the metadata entries (%s); showing ids", err)
         if len(names) < n:
             names = names + [f"#{i}" for i in range(len(names), n)]
         return names
 
-    # ------------------------------------------------------------------ counting
-    def _count(self, plan: ShardPlan, shards: list[str], totals: _Totals) -> None:
-        fn = partial(shard_stats, plan)
-        if _ray_running():
-            from curate.core import engine
-
-            def done(outcome) -> None:
-                if outcome.ok:
-                    totals.add(outcome.item, outcome.value)
-                    outcome.value = None  # keep the driver's memory flat
-                else:
-                    totals.failed[outcome.item] = outcome.error or "failed"
-
-            engine.map_items(fn, shards, max_retries=self.cfg.run.max_retries,
-                             timeout_s=self.cfg.run.shard_timeout_s, on_done=done,
-                             desc="report: count")
-            return
-        for s in shards:
-            try:
-                r = fn(s)
-            except Exception as err:  # noqa: BLE001 - one unreadable shard leaves the rest
-                log.exception("report: shard %s could not be read", s)
-                totals.failed[s] = f"{type(err).__name__}: {err}"
-                continue
-            totals.add(s, r)
-
     # ------------------------------------------------------------------ tables
-    def _stage_summary(self, manifest: dict[str, Any], totals: _Totals,
+    def _stage_summary(self, manifest: dict[str, Any], totals: Totals,
                        ran: dict[str, bool]) -> pa.Table:
         rows: list[dict[str, Any]] = []
         mstages = manifest.get("stages", {})
@@ -370,7 +180,8 @@ class ReportStage(Stage):
             n = int(pool.get("rows", 0) or 0)
             add("ingest", "done", (manifest.get("timings") or {}).get("ingest"),
                 n + sum(reasons.values()), n, reasons)
-        for s in self.before:
+        for r in self.before:
+            s = r.name
             if not ran.get(s):
                 continue
             st = mstages.get(s, {})
@@ -378,25 +189,25 @@ class ReportStage(Stage):
                 c = totals.stages[s]
                 add(s, st.get("status"), st.get("seconds"), c["rows_in"], c["kept"],
                     c["dropped"])
-            elif s == "emit":
-                emitted = self._curated_rows()
+            elif r.kind == "emit":
+                emitted = self._curated_rows(r.folder)
                 gap = totals.final - emitted
                 add(s, st.get("status"), st.get("seconds"), totals.final, emitted,
-                    {"not emitted": gap} if gap > 0 else {})
+                    {"not_emitted": gap} if gap > 0 else {})
         schema = pa.schema([("stage", pa.string()), ("step", pa.int32()), ("status", pa.string()),
                             ("seconds", pa.float64()), ("pairs_in", pa.int64()),
                             ("kept", pa.int64()), ("dropped", pa.int64()),
                             ("reason", pa.string()), ("count", pa.int64())])
         return pa.Table.from_pylist(rows, schema=schema)
 
-    def _curated_rows(self) -> int:
+    def _curated_rows(self, folder: str) -> int:
         total = 0
-        for name in list_shards(self.rd.fs, self.rd.stage_dir("emit")):
-            with self.rd.fs.open(self.rd.path("curated", name), "rb") as f:
+        for name in list_shards(self.rd.fs, self.rd.stage_dir(folder)):
+            with self.rd.fs.open(self.rd.path(folder, name), "rb") as f:
                 total += pq.ParquetFile(f).metadata.num_rows
         return total
 
-    def _concepts(self, totals: _Totals, after_match: list[str]) -> pa.Table:
+    def _concepts(self, totals: Totals, after_match: list[str]) -> pa.Table:
         cols = ["count_pool", *[f"count_after_{s}" for s in after_match], "count_final"]
         n = max([totals.concepts.get(c, np.zeros(0)).size for c in cols] + [0])
         arrays = {}
@@ -409,7 +220,8 @@ class ReportStage(Stage):
         order = np.lexsort((ids, -pool))
         rank = np.empty(ids.size, np.int64)
         rank[order] = np.arange(1, ids.size + 1)
-        t = self.cfg.balance.t
+        bal = self._first("balance")
+        t = self.pipeline.section(bal.name).t if bal else self.pipeline.balance.t
         data: dict[str, Any] = {"entry_id": pa.array(ids, pa.int32()),
                                 "entry": pa.array([names[i] for i in ids], pa.string())}
         for c in cols:
@@ -419,7 +231,7 @@ class ReportStage(Stage):
         return pa.table(data)
 
     @staticmethod
-    def _coverage(indices: list[int], names: list[str], totals: _Totals) -> pa.Table:
+    def _coverage(indices: list[int], names: list[str], totals: Totals) -> pa.Table:
         cp, cf = totals.cov_pool, totals.cov_final
         idx = np.asarray(indices, np.int64)
         order = np.lexsort((idx, -cp, -cf))
@@ -431,17 +243,18 @@ class ReportStage(Stage):
                          "count_final": pa.array(cf, pa.int64()),
                          "rank_final": pa.array(rank, pa.int32())})
 
-    def _score_data(self, totals: _Totals, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    def _score_data(self, totals: Totals, manifest: dict[str, Any]) -> dict[str, Any] | None:
         s = totals.score
-        if s is None:
+        name = self.state["plan"]["score"]
+        if s is None or name is None:
             return None
-        f = self.cfg.score.filter
+        f = self.pipeline.section(name).filter
         threshold, label = None, ""
         if f.min_score is not None:
-            threshold, label = f.min_score, f"score.filter.min_score = {f.min_score:g}"
+            threshold, label = f.min_score, f"{name}.filter.min_score = {f.min_score:g}"
         elif f.top_fraction is not None:
-            # the global quantile the score stage recorded, else the lowest kept score
-            recorded = ((manifest.get("stages", {}).get("score", {}).get("global") or {})
+            # the cut the score stage recorded (its lowest kept score)
+            recorded = ((manifest.get("stages", {}).get(name, {}).get("global") or {})
                         .get("threshold"))
             if isinstance(recorded, int | float) and np.isfinite(recorded):
                 threshold = float(recorded)
@@ -452,41 +265,19 @@ class ReportStage(Stage):
         return {**s, "edges": SCORE_EDGES, "threshold": threshold, "threshold_label": label}
 
     def _clusters(self) -> pa.Table | None:
-        path = self.rd.path("prune", "clusters.parquet")
+        prune = self._first("prune", self.state["plan"]["ran"])
+        if prune is None:
+            return None
+        path = self.rd.path(prune.folder, "clusters.parquet")
         if not self.rd.fs.exists(path):
             return None
         with self.rd.fs.open(path, "rb") as f:
             return pq.read_table(f)
 
-    # ------------------------------------------------------------------ the stage
-    def run_global(self, shards: list[str]) -> dict[str, Any]:
-        from curate.report import html as report_html
-
-        rd, cfg = self.rd, self.cfg
-        manifest = rd.load_manifest()
-        ran = self._ran()
-        per_shard = [s for s in self.before if s in PER_SHARD and ran[s]]
-        deciding = [s for s in per_shard if s in DECIDING]
-        match_ran = "match" in per_shard
-        after_match = ([s for s in deciding if self.before.index(s) > self.before.index("match")]
-                       if match_ran else [])
+    def _notes(self, totals: Totals, plan: dict[str, Any]) -> list[str]:
         notes: list[str] = []
-
-        coverage_note = None
-        try:
-            all_classes = imagenet_classnames()
-            class_idx, class_names = distinct_classes(all_classes)
-        except Exception as err:  # noqa: BLE001 - the rest of the report is still useful
-            log.warning("report: ImageNet class names unavailable (%s)", err)
-            all_classes, class_idx, class_names = [], [], []
-            coverage_note = f"ImageNet class names unavailable ({err}); open_clip is needed."
-
-        plan = ShardPlan(rd.url, tuple(per_shard), tuple(deciding), tuple(after_match),
-                         tuple(class_names))
-        totals = _Totals(len(class_names))
-        self._count(plan, shards, totals)
-
-        all_shards = rd.pool_shards()
+        ran = plan["ran"]
+        all_shards = self.rd.pool_shards()
         left_out = len(all_shards) - len(totals.shards)
         if left_out:
             why = []
@@ -495,31 +286,44 @@ class ReportStage(Stage):
                 why.append(f"{len(totals.missing)} lack output of {', '.join(stages)}")
             if totals.failed:
                 why.append(f"{len(totals.failed)} could not be read")
-            blocked = len(all_shards) - len(shards)
+            blocked = len(all_shards) - len(self.shards)
             if blocked:
                 why.append(f"{blocked} failed in an earlier stage")
             notes.append(f"{left_out:,} of {len(all_shards):,} pool shards are left out of the "
                          f"counts below ({'; '.join(why)}).")
-        not_run = [s for s in self.before if not ran.get(s)]
+        not_run = [r.name for r in self.before if not ran.get(r.name)]
         if not_run:
             notes.append(f"Configured but not run (no output): {', '.join(not_run)}. "
                          "'After curation' means after the stages that did run.")
-        if ran.get("emit"):
-            emitted = self._curated_rows()
+        emit = self._first("emit", ran)
+        if emit is not None:
+            emitted = self._curated_rows(emit.folder)
             if emitted != totals.final:
-                notes.append(f"curated/ holds {emitted:,} pairs but the last deciding stage "
-                              f"kept {totals.final:,}: emit may be stale; rerun it.")
-        if match_ran and per_shard.index("match") > 0:
+                notes.append(f"{emit.folder}/ holds {emitted:,} pairs but the last deciding "
+                              f"stage kept {totals.final:,}: {emit.name} may be stale; rerun "
+                              "it.")
+        per_shard, match = plan["stages"], plan["match"]
+        if match and per_shard.index(match) > 0:
             notes.append("Concept counts 'pool' are over the pairs that reached match "
-                         f"(after {', '.join(per_shard[:per_shard.index('match')])}).")
+                         f"(after {', '.join(per_shard[:per_shard.index(match)])}).")
+        return notes
 
-        out_dir = rd.path("reports")
+    # ------------------------------------------------------------------ the commit
+    def _write(self, totals: Totals) -> dict[str, Any]:
+        from curate.report import html as report_html
+
+        rd, cfg, plan = self.rd, self.pipeline, self.state["plan"]
+        manifest = rd.load_manifest()
+        ran = plan["ran"]
+        notes = self._notes(totals, plan)
+        out_dir = rd.path(self.pipeline.ref(self.name).folder)
         summary = self._stage_summary(manifest, totals, ran)
         write_parquet_atomic(rd.fs, join(out_dir, OUTPUTS["stage summary"]), summary)
         outputs = {"report": OUTPUTS["report"], "stage summary": OUTPUTS["stage summary"]}
 
         concepts, concept_columns = None, {}
-        if match_ran:
+        after_match = plan["after_match"]
+        if plan["match"]:
             concepts = self._concepts(totals, after_match)
             write_parquet_atomic(rd.fs, join(out_dir, OUTPUTS["concept frequency"]), concepts)
             outputs["concept frequency"] = OUTPUTS["concept frequency"]
@@ -532,39 +336,56 @@ class ReportStage(Stage):
                 concept_columns[col] = f"after {s}"
             concept_columns["count_final"] = "final"
 
-        coverage = None
+        coverage, coverage_note = None, plan["coverage_note"]
+        class_names = plan["classnames"]
         if class_names:
-            coverage = self._coverage(class_idx, class_names, totals)
+            coverage = self._coverage(plan["class_index"], class_names, totals)
             write_parquet_atomic(rd.fs, join(out_dir, OUTPUTS["downstream coverage"]), coverage)
             outputs["downstream coverage"] = OUTPUTS["downstream coverage"]
             from curate.algorithms.matching import spacing
 
             never = [n for n in class_names if spacing(n)[1:-1] != n]
             coverage_note = (
-                f"IMAGENET_CLASSNAMES lists {len(all_classes):,} "
-                f"classes but {len(class_idx):,} distinct names (one row each, at the first "
+                f"IMAGENET_CLASSNAMES lists {plan['all_classes']:,} "
+                f"classes but {len(class_names):,} distinct names (one row each, at the first "
                 "index)." + (f" Never matchable under the v1 rule (punctuation that spacing() "
                              f"separates): {', '.join(never)}." if never else ""))
 
-        recorded = (manifest.get("stages", {}).get("score", {}).get("global") or {})
-        random_weights = "score" in self.before and (
-            cfg.score.pretrained == "none" or recorded.get("random_init") is True)
+        score = plan["score"]
+        recorded = (manifest.get("stages", {}).get(score or "", {}).get("global") or {})
+        random_weights = score is not None and (
+            cfg.section(score).pretrained == "none" or recorded.get("random_init") is True)
+        bal = self._first("balance")
         data = report_html.ReportData(
-            run_url=rd.url, generated=now(), stages=list(cfg.stages), ran={**ran, "report": True},
-            # the config this report ran with, in the pipeline's section order (run.json's
-            # copy has sorted keys); the pipeline records the same one in run.json
-            stage_summary=summary, config=cfg.model_dump(mode="json", by_alias=True),
+            run_url=rd.url, generated=now(), stages=list(cfg.stages),
+            ran={**ran, self.name: True},
+            stage_summary=summary, config=cfg.dump(),
             versions=manifest.get("versions", {}), pool=manifest.get("pool", {}),
             top_n=self.section.top_n, random_weights=random_weights, notes=notes,
-            concepts=concepts, concept_columns=concept_columns, t=cfg.balance.t,
-            balance_ran=bool(ran.get("balance")), scores=self._score_data(totals, manifest),
-            clusters=self._clusters() if ran.get("prune") else None, coverage=coverage,
-            coverage_note=coverage_note, final_pairs=totals.final,
+            concepts=concepts, concept_columns=concept_columns,
+            t=cfg.section(bal.name).t if bal else cfg.balance.t,
+            balance_ran=bool(bal and ran.get(bal.name)),
+            scores=self._score_data(totals, manifest), clusters=self._clusters(),
+            coverage=coverage, coverage_note=coverage_note, final_pairs=totals.final,
+            kinds={**{r.name: r.kind for r in self.before}, self.name: self.kind},
         )
         page = report_html.render(data)
         write_bytes_atomic(rd.fs, join(out_dir, OUTPUTS["report"]), page.encode("utf-8"))
-        urls = {k: join(rd.url, "reports", v) for k, v in outputs.items()}
+        urls = {k: join(rd.url, self.pipeline.ref(self.name).folder, v)
+                for k, v in outputs.items()}
         log.info("report: %s (%d pairs after curation, %d shards counted)", urls["report"],
                  totals.final, len(totals.shards))
         return {"outputs": urls, "pairs_final": totals.final,
                 "shards_counted": len(totals.shards)}
+
+
+def _none(item: Any) -> None:
+    return None
+
+
+def _add(totals: Totals, shard: str, r: dict[str, Any]) -> Totals:
+    if "error" in r:
+        totals.failed[shard] = r["error"]
+    else:
+        totals.add(shard, r)
+    return totals

@@ -2,17 +2,18 @@
 
 Per shard, on long-lived actors (one per GPU with ``num_gpus=1``, else CPU actors sized to
 the cores) so the model loads once per actor: DataComp's basic filters first (caption
-words/characters, image side, aspect ratio; each its own drop reason, no model time spent on
+words/characters, image side, aspect ratio; each its own reason code, no model time spent on
 them), then images decode and preprocess on a thread pool inside the actor while the model
 encodes batches of ``score.batch_size``. Output ``scores/part-NNNNN.parquet``: uid,
 clip_score (float32 cosine of the normalised embeddings), image_emb and text_emb
-(``fixed_size_list<float16>[D]``), kept, reason. A pool that brings ``image_emb`` and
-``text_emb`` is scored from them without a model.
+(``fixed_size_list<float16>[D]``), kept, reason, detail. A pool that brings ``image_emb``
+and ``text_emb`` is scored from them without a model.
 
-Filters: ``min_score`` is applied per shard. ``top_fraction`` is DataComp's global quantile:
-after every shard is scored, ``finalize`` finds the k-th best score over the whole pool
-(k = round(fraction x scored pairs); ties at the boundary broken by uid, ascending, so
-exactly k pairs are kept) and rewrites each shard's ``kept`` column.
+Filters: ``min_score`` is applied per shard. ``top_fraction`` is DataComp's global cut, as
+global steps after the shards (:mod:`curate.stages._top_fraction`): exactly
+k = round(fraction x scored pairs) pairs with the highest score over the whole pool are
+kept, ties at the boundary broken by uid key, found by a distributed radix selection (the
+driver holds one histogram, never the scores).
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import ConfigDict, Field, model_validator
 
+from curate.config import Section
 from curate.core import engine
 from curate.core.engine import Resources
-from curate.core.io import read_shard_meta, write_parquet_atomic
-from curate.stages.base import Stage
+from curate.stages import _top_fraction as top
+from curate.stages.base import DECISION_FIELDS, GlobalStep, ShardStep, Stage, decisions
+from curate.stages.score_filters import BasicFilterConfig, basic_reasons
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +56,108 @@ def as_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return flat.reshape(n, -1) if n else np.zeros((0, 0), np.float32)
 
 
-def basic_reasons(captions: list[str], width: np.ndarray, height: np.ndarray,
-                  cfg: Any) -> list[str | None]:
-    """DataComp's basic filtering, one drop reason per pair (None: passes)."""
-    out: list[str | None] = []
-    for cap, w, h in zip(captions, width, height):
-        cap = cap or ""
-        if cfg.min_caption_words and len(cap.split()) < cfg.min_caption_words:
-            out.append(f"caption has fewer than {cfg.min_caption_words} words")
-        elif cfg.min_caption_chars and len(cap) < cfg.min_caption_chars:
-            out.append(f"caption has fewer than {cfg.min_caption_chars} characters")
-        elif cfg.min_image_side and w > 0 and min(w, h) < cfg.min_image_side:
-            out.append(f"image side below {cfg.min_image_side} px")
-        elif cfg.max_aspect_ratio and w > 0 and max(w, h) / max(min(w, h), 1) > \
-                cfg.max_aspect_ratio:
-            out.append(f"aspect ratio above {cfg.max_aspect_ratio:g}")
-        else:
-            out.append(None)
-    return out
+class ScoreFilterConfig(Section):
+    min_score: float | None = Field(None, ge=-1, le=1)
+    top_fraction: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScoreFilterConfig:
+        if self.min_score is not None and self.top_fraction is not None:
+            raise ValueError("score.filter: set min_score or top_fraction, not both")
+        return self
+
+
+class ScoreConfig(Section):
+    model: str | None = Field(None, description="default ViT-B-32, or the model_config's name")
+    pretrained: str = "datacomp_xl_s13b_b90k"
+    model_config_path: str | None = Field(None, alias="model_config")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    batch_size: int = Field(256, ge=1, le=65_536)
+    num_actors: int | None = Field(None, ge=1)
+    basic: BasicFilterConfig = Field(default_factory=BasicFilterConfig)
+    filter: ScoreFilterConfig = Field(default_factory=ScoreFilterConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+
+def output_schema(dim: int | None = None) -> pa.Schema:
+    """The per-shard output (the embedding width depends on the model or the pool)."""
+    emb = pa.list_(pa.float16(), dim) if dim else pa.list_(pa.float16())
+    return pa.schema([("uid", pa.string()), ("clip_score", pa.float32()),
+                      ("image_emb", emb), ("text_emb", emb), *DECISION_FIELDS])
 
 
 class ScoreStage(Stage):
-    name = "score"
+    kind = "score"
+    folder = "scores"
+    view = "scores"
+    decides = True
+    Config = ScoreConfig
+    reasons = {
+        "caption_too_few_words": "fewer words than score.basic.min_caption_words",
+        "caption_too_short": "fewer characters than score.basic.min_caption_chars",
+        "image_too_small": "shorter side below score.basic.min_image_side",
+        "aspect_ratio_too_high": "aspect ratio above score.basic.max_aspect_ratio",
+        "image_undecodable": "the image could not be decoded (detail: the error)",
+        "below_min_score": "CLIP score below score.filter.min_score (detail: the score)",
+        "below_top_fraction": "not among the top score.filter.top_fraction of scored pairs",
+    }
+    joins = ("clip_score",)
     pool_columns = None
+    help = "CLIP embeddings and scores (open_clip), DataComp's basic and score filters."
+
+    def steps(self) -> list:
+        steps: list = [ShardStep()]
+        if self._needs_model():
+            steps.insert(0, GlobalStep("model", plan=list, map=_no_map,
+                                       commit=self._check_model))
+        if self.section.filter.top_fraction is not None:
+            steps += [GlobalStep(f"select{level}", plan=partial(self._plan_level, level),
+                                 map=partial(self._histogram, level), start=top.zeros,
+                                 fold=top.add, commit=partial(self._choose, level))
+                      for level in range(top.LEVELS)]
+            steps.append(GlobalStep("apply", plan=self._plan_apply, map=self._apply,
+                                    start=top.no_counts, fold=top.add_counts,
+                                    commit=self._applied))
+        return steps
+
+    # -- the top-fraction steps (pure parts in curate.stages._top_fraction)
+    def _plan_level(self, level: int) -> list[str]:
+        prev = self.state.get(f"select{level - 1}") if level else None
+        return [] if prev is not None and prev["done"] else self._shards()
+
+    def _shards(self) -> list[str]:
+        return list(self.shards)
+
+    def _histogram(self, level: int, shard: str) -> Any:
+        prefix = self.state[f"select{level - 1}"]["prefix"] if level else []
+        return top.shard_histogram(self.rd, self.pipeline.ref(self.name).folder, shard, prefix)
+
+    def _choose(self, level: int, hist: Any) -> dict[str, Any]:
+        prev = self.state.get(f"select{level - 1}") if level else None
+        if prev is not None and prev["done"]:
+            return prev
+        return top.choose(hist, prev, self.section.filter.top_fraction)
+
+    def _plan_apply(self) -> list[str]:
+        return self._shards()
+
+    def _apply(self, shard: str) -> dict[str, Any]:
+        return top.apply(self.rd, self.pipeline.ref(self.name).folder, shard,
+                         self.state[f"select{top.LEVELS - 1}"])
+
+    def _applied(self, counts: dict[str, Any]) -> dict[str, Any]:
+        sel = self.state[f"select{top.LEVELS - 1}"]
+        return {"top_fraction": self.section.filter.top_fraction, "scored": sel["n"],
+                "kept_top": counts["kept_top"], "threshold": counts["min_kept"],
+                "counts": {k: counts[k] for k in ("rows_in", "kept", "dropped")}}
 
     # -- driver side
+    def _needs_model(self) -> bool:
+        """A pool that brings both embeddings is scored without a model."""
+        return True
+
     def _gpus(self) -> int:
         if self.section.device == "cpu":
             return 0
@@ -96,10 +177,10 @@ class ScoreStage(Stage):
             return gpus
         return self.section.num_actors or max(1, min(engine.cluster_cpus(), 4) // 2)
 
-    def prepare(self, shards: list[str]) -> dict[str, Any]:
-        """Fail fast on weights that cannot be had, on the driver, before any actor starts."""
-        # loading on the driver proves the weights exist (cached) and fit the model, and
-        # fails in seconds with one line when they cannot be had, before any actor starts
+    def _check_model(self, _: Any) -> dict[str, Any]:
+        """Fail fast on weights that cannot be had, on the driver, before any actor starts:
+        loading proves the weights exist (cached) and fit the model, or fails in seconds with
+        one line."""
         _load(self._spec(device="cpu"))
         return {"random_init": self.section.pretrained == "none"}
 
@@ -127,9 +208,10 @@ class ScoreStage(Stage):
         return _MODEL[key]
 
     def inputs(self, shard: str) -> pa.Table:
-        t = self.rd.survivors(self.before, shard)
-        if "download" in self.before:
-            img = self.rd.read("download", shard, ["uid", "image", "width", "height"])
+        t = self.survivors(shard)
+        dl = self.previous("download")
+        if dl is not None:
+            img = self.rd.read(dl.folder, shard, ["uid", "image", "width", "height"])
             idx = pc.index_in(t["uid"].combine_chunks(), value_set=img["uid"].combine_chunks())
             for c in ("image", "width", "height"):
                 if c in t.column_names:
@@ -142,12 +224,12 @@ class ScoreStage(Stage):
         n = inputs.num_rows
         uids = inputs["uid"].combine_chunks()
         captions = inputs["caption"].to_pylist()
-        w = (inputs["width"].to_numpy(zero_copy_only=False) if "width" in inputs.column_names
-             else np.zeros(n))
-        h = (inputs["height"].to_numpy(zero_copy_only=False) if "height" in inputs.column_names
-             else np.zeros(n))
-        reasons = basic_reasons(captions, np.nan_to_num(w), np.nan_to_num(h), s.basic)
-        todo = np.array([r is None for r in reasons], bool)
+        w = (pc.fill_null(inputs["width"], 0).to_numpy(zero_copy_only=False)
+             if "width" in inputs.column_names else np.zeros(n))
+        h = (pc.fill_null(inputs["height"], 0).to_numpy(zero_copy_only=False)
+             if "height" in inputs.column_names else np.zeros(n))
+        codes, details = basic_reasons(inputs["caption"], w, h, s.basic)
+        todo = np.array([c is None for c in codes], bool)
         scores = np.full(n, np.nan, np.float32)
         img_emb: np.ndarray | None = None
         txt_emb: np.ndarray | None = None
@@ -160,13 +242,13 @@ class ScoreStage(Stage):
             img_emb, txt_emb, scores, errs = self._encode(inputs, todo, captions)
             for i, e in enumerate(errs):
                 if e is not None:
-                    reasons[i] = e
+                    codes[i], details[i] = "image_undecodable", e
         if s.filter.min_score is not None:
             for i in np.flatnonzero(scores < s.filter.min_score):
-                if reasons[i] is None:
-                    reasons[i] = (f"below score threshold: {scores[i]:.4f} < "
-                                  f"{s.filter.min_score:g}")
-        kept = np.array([r is None for r in reasons], bool)
+                if codes[i] is None:
+                    codes[i] = "below_min_score"
+                    details[i] = f"{scores[i]:.4f} < {s.filter.min_score:g}"
+        kept = np.array([c is None for c in codes], bool)
         d = img_emb.shape[1] if img_emb is not None else self._embed_dim()
         if img_emb is None:
             img_emb = txt_emb = np.zeros((n, d), np.float32)
@@ -176,8 +258,7 @@ class ScoreStage(Stage):
             "clip_score": pa.array(scores, pa.float32(), mask=~scored),
             "image_emb": _with_nulls(fp16_list(img_emb), scored),
             "text_emb": _with_nulls(fp16_list(txt_emb), scored),
-            "kept": pa.array(kept),
-            "reason": pa.array(reasons, pa.string()),
+            **decisions(kept, codes, details),
         })
 
     def _embed_dim(self) -> int:
@@ -232,77 +313,9 @@ class ScoreStage(Stage):
                 img_emb[good], txt_emb[good], scores[good] = ie, te, sc
         return img_emb, txt_emb, scores, errs
 
-    # -- global filter
-    def finalize(self, shards: list[str]) -> dict[str, Any]:
-        frac = self.section.filter.top_fraction
-        if frac is None:
-            return {}
-        outs = engine.map_items(partial(_shard_scores, self.rd.url), shards,
-                                max_retries=self.cfg.run.max_retries, desc="score: quantile")
-        scores = np.concatenate([o.value[0] for o in outs]) if outs else np.zeros(0)
-        uids = [u for o in outs for u in o.value[1]]
-        n = len(scores)
-        k = int(round(frac * n))
-        if k == 0:
-            threshold, ties = math.inf, []
-        else:
-            threshold = float(np.partition(scores, n - k)[n - k])
-            above = int((scores > threshold).sum())
-            tie_uids = sorted(u for u, sc in zip(uids, scores) if sc == threshold)
-            ties = tie_uids[: k - above]
-        info = {"top_fraction": frac, "scored": n, "kept_top": k, "threshold": threshold}
-        outs = engine.map_items(partial(_apply_top, self.rd.url, threshold, ties, frac),
-                                shards, max_retries=self.cfg.run.max_retries,
-                                desc="score: top fraction")
-        dropped: dict[str, int] = {}
-        for o in outs:
-            for reason, count in (o.value or {}).items():
-                dropped[reason] = dropped.get(reason, 0) + count
-        return {"global": info, "kept": k, "dropped": dropped}
 
-
-def _shard_scores(run_url: str, shard: str) -> tuple[np.ndarray, list[str]]:
-    """Scores (and uids) of one shard's pairs that passed everything before the filter."""
-    from curate.core.rundir import RunDir
-
-    t = RunDir(run_url).read("score", shard, ["uid", "clip_score", "reason"])
-    eligible = pc.and_kleene(pc.invert(pc.is_null(t["clip_score"])),
-                             pc.or_kleene(pc.is_null(t["reason"]),
-                                          pc.starts_with(t["reason"], "below top")))
-    t = t.filter(eligible)
-    return t["clip_score"].to_numpy(zero_copy_only=False), t["uid"].to_pylist()
-
-
-def _apply_top(run_url: str, threshold: float, ties: list[str], frac: float,
-               shard: str) -> dict[str, int]:
-    """Rewrite a shard's kept/reason for the global threshold (idempotent); returns the
-    shard's drop counts by reason, which its footer records too."""
-    from curate.core.rundir import RunDir
-    from curate.stages.base import summarize
-
-    rd = RunDir(run_url)
-    path = rd.shard_path("score", shard)
-    meta = read_shard_meta(rd.fs, path)
-    t = rd.read("score", shard)
-    sc = t["clip_score"].to_numpy(zero_copy_only=False)
-    reasons = t["reason"].to_pylist()
-    uids = t["uid"].to_pylist()
-    tie = set(ties)
-    label = f"below top score fraction: {frac:g} (threshold {threshold:.4f})"
-    for i in range(t.num_rows):
-        if reasons[i] is not None and not reasons[i].startswith("below top"):
-            continue
-        if np.isnan(sc[i]):
-            continue
-        keep = sc[i] > threshold or (sc[i] == threshold and uids[i] in tie)
-        reasons[i] = None if keep else label
-    kept = pa.array([r is None for r in reasons])
-    t = t.set_column(t.column_names.index("kept"), "kept", kept)
-    t = t.set_column(t.column_names.index("reason"), "reason", pa.array(reasons, pa.string()))
-    counts = summarize("score", t, (meta or {}).get("counts", {}).get("rows_in", t.num_rows))
-    meta = {**(meta or {}), "counts": {**(meta or {}).get("counts", {}), **counts}}
-    write_parquet_atomic(rd.fs, path, t, meta=meta)
-    return counts["dropped"]
+def _no_map(item: Any) -> None:
+    return None
 
 
 def _load(spec: Any) -> Any:

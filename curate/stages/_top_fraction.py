@@ -1,0 +1,128 @@
+"""The score stage's ``top_fraction`` cut as global steps: a distributed radix selection.
+
+Goal: keep exactly k = round(fraction x n) of the n scored pairs (those that passed every
+earlier rule of the stage), the ones with the highest CLIP score over the whole pool, ties at
+the boundary broken by uid key ascending (curate.algorithms.uids), without the driver ever
+holding a score. Each pair has a 96-bit key ordered (score descending, uid key ascending);
+the selection narrows a key prefix 16 bits per pass (``select0`` .. ``select5``): every shard
+returns a histogram of the next digit among the rows that share the prefix, the driver
+picks the digit where the k-th key falls. It stops as soon as that digit's whole bin is
+kept (usually after two passes: the score's 32 bits); the ``apply`` step then rewrites each
+shard's decisions. Keys equal in all 96 bits are kept together (k may be exceeded only by
+pairs with equal scores and colliding 64-bit uid keys).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.algorithms import select
+from curate.core.io import read_shard_meta, write_parquet_atomic
+from curate.core.rundir import RunDir
+from curate.stages.base import output_digest, summarize
+
+LEVELS = 6
+BINS = 1 << 16
+REASON = "below_top_fraction"
+
+
+def zeros() -> np.ndarray:
+    return np.zeros(BINS, np.int64)
+
+
+def add(acc: np.ndarray, item: Any, sparse: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    idx, counts = sparse
+    acc[idx] += counts
+    return acc
+
+
+def _eligible(t: pa.Table) -> pa.Array:
+    """Scored pairs no earlier rule of the stage dropped (the cut's own drops included)."""
+    score = t["clip_score"]
+    scored = pc.and_(pc.is_valid(score), pc.invert(pc.fill_null(pc.is_nan(score), True)))
+    return pc.and_(scored, pc.fill_null(
+        pc.or_kleene(pc.is_null(t["reason"]), pc.equal(t["reason"], REASON)), False))
+
+
+def _keys(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    scores = t["clip_score"].to_numpy(zero_copy_only=False).astype(np.float32)
+    return select.sort_keys(scores, t["uid"].combine_chunks())
+
+
+def shard_histogram(rd: RunDir, folder: str, shard: str, prefix: list[int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The next digit's histogram in one shard, sparse (small to ship)."""
+    t = rd.read(folder, shard, ["uid", "clip_score", "reason"])
+    t = t.filter(_eligible(t))
+    hi, lo = _keys(t)
+    h = select.digit_histogram(hi, lo, tuple(prefix))
+    nz = np.flatnonzero(h)
+    return nz.astype(np.int32), h[nz]
+
+
+def choose(hist: np.ndarray, prev: dict[str, Any] | None, fraction: float) -> dict[str, Any]:
+    """Extend the prefix by the digit holding the k-th key (driver; O(1) in pairs)."""
+    if prev is None:
+        n = int(hist.sum())
+        k = int(round(fraction * n))
+        base = {"n": n, "k": k, "prefix": []}
+        if k == 0:
+            return {**base, "mode": "none", "need": 0, "done": True}
+        if k >= n:
+            return {**base, "mode": "all", "need": 0, "done": True}
+        need = k
+    else:
+        base, need = {k: prev[k] for k in ("n", "k", "prefix")}, prev["need"]
+    digit, need_after, count = select.next_prefix(hist, need)
+    prefix = [*base["prefix"], int(digit)]
+    done = int(count) == int(need_after) or len(prefix) == LEVELS
+    return {**base, "prefix": prefix, "need": int(need_after), "done": done, "mode": "prefix"}
+
+
+def apply(rd: RunDir, folder: str, shard: str, sel: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite one shard's decisions for the chosen cut (idempotent); returns its counts."""
+    path = rd.shard_path(folder, shard)
+    meta = read_shard_meta(rd.fs, path) or {}
+    t = rd.read(folder, shard)
+    eligible = _eligible(t).to_numpy(zero_copy_only=False)
+    keep = np.zeros(t.num_rows, bool)
+    if sel["mode"] == "all":
+        keep = eligible.copy()
+    elif sel["mode"] == "prefix":
+        rows = np.flatnonzero(eligible)
+        hi, lo = _keys(t.take(pa.array(rows)))
+        keep[rows] = select.keep_mask(hi, lo, tuple(sel["prefix"]))
+    cut = eligible & ~keep
+    null = pa.scalar(None, pa.string())
+    kept = pc.or_(pc.and_(pc.fill_null(t["kept"], False), pa.array(~eligible)), pa.array(keep))
+    reason = pc.if_else(pa.array(eligible), pc.if_else(pa.array(cut), REASON, null),
+                        t["reason"])
+    detail = pc.if_else(pa.array(eligible), null, t["detail"])
+    for name, col in (("kept", kept), ("reason", reason), ("detail", detail)):
+        t = t.set_column(t.column_names.index(name), name, col)
+    counts = summarize(True, t, meta.get("counts", {}).get("rows_in", t.num_rows))
+    write_parquet_atomic(rd.fs, path, t, meta={
+        **meta, "counts": {**meta.get("counts", {}), **counts}, "decided": output_digest(t)})
+    scores = t["clip_score"].to_numpy(zero_copy_only=False)
+    return {"rows_in": counts["rows_in"], "kept": counts["kept"],
+            "dropped": counts["dropped"], "kept_top": int(keep.sum()),
+            "min_kept": float(scores[keep].min()) if keep.any() else None}
+
+
+def no_counts() -> dict[str, Any]:
+    return {"rows_in": 0, "kept": 0, "dropped": {}, "kept_top": 0, "min_kept": None}
+
+
+def add_counts(acc: dict[str, Any], item: Any, c: dict[str, Any]) -> dict[str, Any]:
+    for k in ("rows_in", "kept", "kept_top"):
+        acc[k] += c[k]
+    for r, v in c["dropped"].items():
+        acc["dropped"][r] = acc["dropped"].get(r, 0) + v
+    if c["min_kept"] is not None:
+        acc["min_kept"] = (c["min_kept"] if acc["min_kept"] is None
+                           else min(acc["min_kept"], c["min_kept"]))
+    return acc
