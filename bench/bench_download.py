@@ -39,7 +39,7 @@ def make_routes(n: int):
 
 
 def run_ours(pool: str, work: str, args) -> float:
-    from curate.config import parse_config
+    from curate.stages.registry import parse_pipeline as parse_config
     from curate.driver import run_pipeline
 
     cfg = parse_config({

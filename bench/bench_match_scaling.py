@@ -24,7 +24,7 @@ SHARED = ROOT.parent / "shared" / "data"
 CHILD = """
 import json, sys, time
 from curate.core import engine
-from curate.config import parse_config
+from curate.stages.registry import parse_pipeline as parse_config
 from curate.driver import run_pipeline
 engine.init(num_cpus=int(sys.argv[3]))
 cfg = parse_config({"stages": ["match"], "pool": {"shard_size": 10000},

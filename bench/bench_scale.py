@@ -309,7 +309,7 @@ def child(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sampler = Sampler(args.interval)
     sampler.start()
-    from curate.config import parse_config
+    from curate.stages.registry import parse_pipeline as parse_config
     from curate.core import engine
     from curate.driver import run_pipeline
 

@@ -94,7 +94,7 @@ def model_only(images, ckpt, args) -> float:
 
 
 def ours(pool: str, work: str, ckpt: str, args) -> tuple[float, float]:
-    from curate.config import parse_config
+    from curate.stages.registry import parse_pipeline as parse_config
     from curate.driver import run_pipeline
 
     out = f"{work}/run"
@@ -145,7 +145,7 @@ def main() -> None:
     t_model = model_only(images, ckpt, args)
     actors = max(1, engine.cluster_gpus()) if args.device == "cuda" else None
     if actors is None:
-        from curate.config import ScoreConfig  # the CPU actor count the stage uses
+        from curate.stages.score import ScoreConfig  # the CPU actor count the stage uses
 
         actors = ScoreConfig().num_actors or max(1, min(engine.cluster_cpus(), 4) // 2)
     shutil.rmtree(work, ignore_errors=True)

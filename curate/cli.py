@@ -73,14 +73,14 @@ def run(
 ) -> None:
     """Run a pipeline over a pool into a run directory (resumes when it exists)."""
     from curate.app.summary import print_summary
-    from curate.config import load_config
     from curate.driver import run_pipeline
+    from curate.stages.registry import load_pipeline
 
     _setup_logging(verbose)
     if pipeline is None and os.path.isfile(os.path.join(out, "run.json")):
         cfg = _recorded_config(out, set_)
     else:
-        cfg = load_config(pipeline, set_)
+        cfg = load_pipeline(pipeline, set_)
     manifest = run_pipeline(cfg, out, pool=pool)
     print_summary(out, manifest)
 

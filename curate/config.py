@@ -102,9 +102,9 @@ def fingerprint(payload: Any) -> str:
                           ).hexdigest()[:16]
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def _format_error(err: ValidationError, source: str, section: str = "") -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = ".".join([section] * bool(section) + [str(p) for p in first["loc"]]) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -135,12 +135,13 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def validate(model: type[BaseModel], data: Any, source: str) -> Any:
-    """``model.model_validate(data)`` with a pydantic error turned into one ConfigError line."""
+def validate(model: type[BaseModel], data: Any, source: str, section: str = "") -> Any:
+    """``model.model_validate(data)`` with a pydantic error turned into one ConfigError line
+    naming the key (``section.key``)."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(_format_error(err, source, section)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

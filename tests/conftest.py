@@ -106,7 +106,7 @@ def write_pool(path, rows: list[dict], columns: dict[str, str] | None = None) ->
 
 
 def base_config(**sections):
-    from curate.config import parse_config
+    from curate.stages.registry import parse_pipeline as parse_config
 
     data = {
         "stages": ["download"],

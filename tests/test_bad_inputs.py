@@ -119,7 +119,7 @@ CASES = [
          ("pool.shard_size", "greater than or equal to 1")),
     Case("balance without match", lambda t: run_args(t, good_pool(t), None,
                                                      "stages=[balance]"),
-         ("balance needs match",)),
+         ("balance needs a match stage before it",)),
     Case("dbp without a target", lambda t: run_args(t, good_pool(t), None, "stages=[prune]",
                                                     "prune.dbp=true"),
          ("prune.dbp", "target_fraction")),
@@ -166,7 +166,7 @@ def test_bad_input(tmp_path, case):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished text-only run whose files must survive every bad rerun below."""
-    from curate.config import load_config
+    from curate.stages.registry import load_pipeline as load_config
     from curate.driver import run_pipeline
 
     tmp = tmp_path_factory.mktemp("finished")

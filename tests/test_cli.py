@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.config import load_config
+from curate.stages.registry import load_pipeline as load_config
 from curate.core.rundir import RunDir
 from curate.errors import ConfigError
 
@@ -114,11 +114,9 @@ def test_overrides_apply():
 
 
 def test_fingerprint_chain_changes_only_downstream():
-    from curate.core.rundir import stage_fingerprints
-
     a = load_config(None, ["stages=[download, match, balance]"])
     b = load_config(None, ["stages=[download, match, balance]", "balance.t=5"])
-    fa, fb = stage_fingerprints(a, "p"), stage_fingerprints(b, "p")
+    fa, fb = a.fingerprints(), b.fingerprints()
     assert fa["download"] == fb["download"] and fa["match"] == fb["match"]
     assert fa["balance"] != fb["balance"]
 
@@ -145,7 +143,7 @@ def test_run_status_query(tmp_path, image_server, ray_session, yaml_cfg):
     r = _run("status", out, "--json")
     st = json.loads(r.output)
     assert st["stages"]["download"]["kept"] == 1
-    assert st["stages"]["download"]["dropped"] == {"download failed": 1}
+    assert st["stages"]["download"]["dropped"] == {"download_failed": 1}
     r = _run("query", out, "SELECT dropped_by, count(*) AS n FROM decisions GROUP BY 1 "
              "ORDER BY 1", "--format", "csv")
     assert r.exit_code == 0, r.output

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     cluster.add_node(num_cpus=1)
     os.environ["RAY_ADDRESS"] = cluster.address
     import ray
-    from curate.config import parse_config
+    from curate.stages.registry import parse_pipeline as parse_config
     from curate.driver import run_pipeline
 
     cfg = parse_config(json.loads(sys.argv[1]))

@@ -47,7 +47,7 @@ def test_download_end_to_end(tmp_path, image_server, ray_session):
         else:
             assert r["status"] == "failed" and r["image"] is None and not r["kept"]
             assert EXPECTED_ERRORS[path].lower() in r["error"].lower(), (path, r["error"])
-            assert r["reason"].startswith("download failed: ")
+            assert r["reason"] == "download_failed" and r["detail"] == r["error"]
     st = manifest["stages"]["download"]
     assert st["status"] == "done"
     assert st["rows_in"] == len(rows)
@@ -125,7 +125,8 @@ def test_retry_failed_refetches_only_failures(tmp_path, image_server, ray_sessio
     image_server.routes["/flaky.jpg"] = image_server.routes["/ok/1.png"]
     run_pipeline(cfg, str(out), pool=pool)  # plain rerun: finished shard, nothing fetched
     assert sorted(_images(out)["status"].to_pylist()) == ["failed", "ok"]
-    run_pipeline(cfg, str(out), only=["download"], extra={"download": {"retry_failed": True}})
+    run_pipeline(cfg, str(out), only=["download"],
+                 options={"download": {"retry_failed": True}})
     assert _images(out)["status"].to_pylist() == ["ok", "ok"]
     assert image_server.hits["/ok/1.png"] == ok_hits  # the success was not fetched again
 

@@ -30,12 +30,20 @@ KILLS = [
     "download:1:kill-driver",
     "score:2:kill-driver",
     "match:0:kill-driver",
-    "balance-count:1:kill-driver",            # the global entry counts
+    "balance.count:1:kill-driver",            # a global step's map
+    "balance.count:commit:kill",              # ... and its commit, on the driver
     "balance:2:kill-driver",
-    "prune-kmeans:driver:kill",               # the driver, right after k-means
-    "prune-assign:1:kill-driver",
+    "prune.count:0:kill-driver",
+    "prune.train:commit:kill",                # the driver, right after k-means
+    "prune.assign:1:kill-driver",
+    "prune.dedup:0:kill-driver",
+    "prune.clusters:commit:kill",
+    "prune.select:1:kill-driver",
     "prune:0:kill-driver",
-    "emit:part-00000.parquet:kill-driver",
+    "prune.cleanup:commit:kill",
+    "emit.count:0:kill-driver",
+    "emit.write:part-00000.parquet:kill-driver",
+    "emit.write:commit:kill",
 ]
 
 

@@ -57,7 +57,7 @@ def test_text_first_kept_set_independent_of_sharding(tmp_path, ray_session):
         reasons = dict(zip(b["uid"].to_pylist(), b["reason"].to_pylist()))
         none_uid = pq.read_table(out / "pool").filter(
             pc.equal(pq.read_table(out / "pool")["caption"], caps[5]))["uid"][0].as_py()
-        assert reasons[none_uid] == "no metadata match"
+        assert reasons[none_uid] == "no_metadata_match"
     assert kept[0] == kept[1]
     assert 0 < len(kept[0]) < 600
 

@@ -57,11 +57,12 @@ def test_clusters_dedup_and_shard_independence(tmp_path, ray_session):
     assert adjusted_rand_score(truth, labels) >= 0.99
     dropped = a.filter(pc.invert(a["kept"]))
     assert dropped.num_rows == len(src)  # exactly the planted near-duplicates
-    assert all(r.startswith("semantic duplicate of ") for r in dropped["reason"].to_pylist())
+    assert set(dropped["reason"].to_pylist()) == {"semantic_duplicate"}
+    assert dropped["detail"].equals(dropped["duplicate_of"])
     clusters = pq.read_table(out / "prune" / "clusters.parquet")
     assert clusters["size"].to_numpy().sum() == len(x)
     assert clusters["size_after_dedup"].to_numpy().sum() == len(x) - len(src)
-    assert m["stages"]["prune"]["kmeans_device"] == "cpu"
+    assert m["stages"]["prune"]["global"]["kmeans_device"] == "cpu"
 
 
 def test_dbp_target_fraction(tmp_path, ray_session):
@@ -82,4 +83,4 @@ def test_dbp_target_fraction(tmp_path, ray_session):
         gone = rows.filter(pc.invert(rows["kept"]))["dist_to_centroid"].to_numpy()
         if len(kept) and len(gone):
             assert kept.min() >= gone.max()
-    assert set(t.filter(pc.invert(t["kept"]))["reason"].to_pylist()) == {"over cluster quota"}
+    assert set(t.filter(pc.invert(t["kept"]))["reason"].to_pylist()) == {"over_cluster_quota"}

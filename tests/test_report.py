@@ -20,7 +20,7 @@ import pytest
 from curate.algorithms.matching import Matcher, spacing
 from curate.config import PipelineConfig
 from curate.report.html import SECTIONS, esc
-from curate.stages.base import StageSpec
+from curate.stages.base import StageSpec, run_inline
 from curate.stages.report import ReportStage, distinct_classes, imagenet_classnames
 
 WORDS = ["goldfish", "tabby cat", "dog", "red car", "tree", "house", "sky", "kite", "umbrella",
@@ -76,15 +76,15 @@ def make_run(tmp_path, stages: list[str], rows_per_shard=(120, 90, 75)) -> dict:
             _write(tmp_path / "images" / shard, pa.table({
                 "uid": uids, "status": ["ok" if k else "failed" for k in ok],
                 "error": [None if k else "404 Not Found" for k in ok], "kept": ok,
-                "reason": [None if k else rng.choice(["download failed: 404",
-                                                      "not an image: truncated"]) for k in ok]}))
+                "reason": [None if k else "download_failed" for k in ok],
+                "detail": [None if k else rng.choice(["404", "truncated"]) for k in ok]}))
             alive = pa.array([u for u, k in zip(uids, ok) if k])
         if "score" in stages:
             s = np.array([rng.uniform(0.05, 0.4) for _ in range(len(alive))], np.float32)
             kept = s >= 0.2
             _write(tmp_path / "scores" / shard, pa.table({
                 "uid": alive, "clip_score": s, "kept": kept,
-                "reason": [None if k else "clip_score below 0.2" for k in kept]}))
+                "reason": [None if k else "below_min_score" for k in kept]}))
             alive = alive.filter(pa.array(kept))
         if "match" in stages:
             by_uid = dict(zip(uids, caps))
@@ -95,14 +95,14 @@ def make_run(tmp_path, stages: list[str], rows_per_shard=(120, 90, 75)) -> dict:
             kept = np.array([h and rng.random() < 0.6 for h in has])
             _write(tmp_path / "balance" / shard, pa.table({
                 "uid": alive, "keep_prob": np.full(len(alive), 0.6, np.float32), "kept": kept,
-                "reason": [None if k else ("not sampled by balancing" if h else
-                                           "no metadata match") for k, h in zip(kept, has)]}))
+                "reason": [None if k else ("not_sampled" if h else
+                                           "no_metadata_match") for k, h in zip(kept, has)]}))
             alive = alive.filter(pa.array(kept))
         if "prune" in stages:
             m = len(alive)
             kept = np.array([rng.random() < 0.7 for _ in range(m)])
-            reason = [None if k else rng.choice([f"semantic duplicate of {alive[0]}",
-                                                 "pruned: over cluster quota"]) for k in kept]
+            reason = [None if k else rng.choice(["semantic_duplicate", "over_cluster_quota"])
+                      for k in kept]
             _write(tmp_path / "prune" / shard, pa.table({
                 "uid": alive, "cluster_id": pa.array([rng.randrange(6) for _ in range(m)],
                                                      pa.int32()),
@@ -131,9 +131,9 @@ def make_run(tmp_path, stages: list[str], rows_per_shard=(120, 90, 75)) -> dict:
     return cfg
 
 
-def _report(tmp_path, cfg) -> dict:
+def _report(tmp_path, cfg, mapper=None) -> dict:
     stage = ReportStage(StageSpec("report", str(tmp_path), cfg, "fp"))
-    return stage.run_global(list(SHARDS))
+    return run_inline(stage, list(SHARDS), mapper)
 
 
 def _parts(folder) -> pa.Table:
@@ -219,10 +219,10 @@ def test_stage_summary_balances(full_run):
     assert by["match"]["pairs_in"] == by["match"]["kept"] == by["score"]["kept"]
     assert by["prune"]["kept"] == len(_kept(tmp, "prune"))
     prune_reasons = {x["reason"] for x in s if x["stage"] == "prune" and x["reason"]}
-    # "semantic duplicate of <uid>" grouped by its stem, as in run.json
-    assert prune_reasons <= {"semantic duplicate", "pruned"}
+    # reason codes, as in run.json
+    assert prune_reasons <= {"semantic_duplicate", "over_cluster_quota"}
     balance_reasons = {x["reason"] for x in s if x["stage"] == "balance" and x["reason"]}
-    assert "no metadata match" in balance_reasons
+    assert "no_metadata_match" in balance_reasons
 
 
 def test_coverage_equals_naive_recount(full_run):
@@ -320,7 +320,7 @@ def test_emit_row_and_stale_curated_note(tmp_path):
     s = pq.read_table(tmp_path / "reports" / "stage_summary.parquet").to_pylist()
     emit = [r for r in s if r["stage"] == "emit"]
     assert emit[0]["pairs_in"] == len(final) and emit[0]["kept"] == len(final) - 1
-    assert emit[1]["reason"] == "not emitted" and emit[1]["count"] == 1
+    assert emit[1]["reason"] == "not_emitted" and emit[1]["count"] == 1
     assert info["pairs_final"] == len(final)
     page = (tmp_path / "reports" / "report.html").read_text(encoding="utf-8")
     assert "emit may be stale" in page
@@ -329,7 +329,7 @@ def test_emit_row_and_stale_curated_note(tmp_path):
 def test_no_shards_still_renders(tmp_path):
     cfg = make_run(tmp_path, FULL)
     stage = ReportStage(StageSpec("report", str(tmp_path), cfg, "fp"))
-    info = stage.run_global([])
+    info = run_inline(stage, [])
     assert info["pairs_final"] == 0
     page = (tmp_path / "reports" / "report.html").read_text(encoding="utf-8")
     assert "3 of 3 pool shards are left out" in page
@@ -337,16 +337,14 @@ def test_no_shards_still_renders(tmp_path):
         assert f'<section id="{sid}">' in page, sid
 
 
-def test_engine_path_matches_local_loop(tmp_path, ray_session, monkeypatch):
-    """In a pipeline Ray is up and shards are counted as engine tasks: same tables."""
-    from curate.stages import report
+def test_engine_path_matches_local_loop(tmp_path, ray_session):
+    """In a pipeline the shards are counted as engine tasks: the same tables."""
+    from curate.core import engine
 
     cfg = make_run(tmp_path, FULL)
     names = ["stage_summary", "concept_frequency", "downstream_coverage"]
-    assert report._ray_running()
-    _report(tmp_path, cfg)
+    _report(tmp_path, cfg, lambda fn, items: [o.value for o in engine.map_items(fn, items)])
     via_ray = {n: pq.read_table(tmp_path / "reports" / f"{n}.parquet") for n in names}
-    monkeypatch.setattr(report, "_ray_running", lambda: False)
     _report(tmp_path, cfg)
     for n in names:
         local = pq.read_table(tmp_path / "reports" / f"{n}.parquet")

@@ -11,6 +11,7 @@ runs, and is stopped afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -130,6 +131,10 @@ def make_pool(n: int = 240, seed: int = 0) -> tuple[list[dict], dict[str, Route]
     return rows, routes
 
 
+def example_uid(path: str, caption: str) -> str:
+    return hashlib.sha256(f"{path}\n{caption}".encode()).hexdigest()[:32]
+
+
 def write_if_changed(path: Path, table: pa.Table) -> None:
     """Keep the pool file byte-stable so reruns see the same pool (nothing re-ingested)."""
     buf = io.BytesIO()
@@ -160,7 +165,10 @@ def run_example(out: str, pipeline: str | None, overrides: list[str]) -> dict:
         raise CurateError(f"example server: cannot listen on 127.0.0.1:{port} ({err.strerror});"
                           " set CURATE_EXAMPLE_PORT to a free port and use a new OUT") from None
     pool_path = Path(out).parent / f"{Path(out).name}-pool" / "pool.parquet"
-    table = pa.table({"url": [server.url(r["path"]) for r in rows],
+    # the pool brings its own uids (of path and caption, not of the URL): the same pairs,
+    # whatever port the server got, so the example's kept set is one fixed set
+    table = pa.table({"uid": [example_uid(r["path"], r["caption"]) for r in rows],
+                      "url": [server.url(r["path"]) for r in rows],
                       "caption": [r["caption"] for r in rows]})
     write_if_changed(pool_path, table)
     cfg = load_pipeline(pipeline or EXAMPLE_PIPELINE, overrides)

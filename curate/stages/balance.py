@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from curate.config import Section
-from curate.core import faults
 from curate.core.io import read_table, write_parquet_atomic
 from curate.stages.base import DECISION_FIELDS, GlobalStep, ShardStep, Stage, decisions
 
@@ -79,7 +78,6 @@ class BalanceStage(Stage):
         """Sparse per-entry counts of one shard: (ids, counts), small to ship to the driver."""
         from curate.algorithms.balancing import count_entries
 
-        faults.maybe_fail("balance-count", shard)
         m = matched(self.rd, self.deciding_before(), self._match().folder, shard)
         c = count_entries(m["entry_ids"].combine_chunks(), self._n_entries())
         nz = np.flatnonzero(c)

@@ -294,3 +294,32 @@ def _label(item: Any) -> str:
     if isinstance(item, dict):
         return str(item.get("name", item))
     return str(item)
+
+
+def run_inline(stage: Stage, shards: list[str],
+               mapper: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
+               ) -> dict[str, Any]:
+    """Run every step of ``stage`` in this process, without the driver's bookkeeping.
+
+    For tests and notebooks: the same plan/map/fold/commit as a pipeline run, the map done
+    by ``mapper(fn, items) -> results`` (default: a plain loop). Returns the merged infos.
+    """
+    mapper = mapper or (lambda fn, items: [fn(i) for i in items])
+    stage.shards = list(shards)
+    state: dict[str, Any] = {}
+    merged: dict[str, Any] = {}
+    for step in stage.steps():
+        stage.state = dict(state)
+        stage.spec = StageSpec(stage.spec.name, stage.spec.run_url, stage.spec.config,
+                               stage.spec.fingerprint, stage.spec.options, dict(state))
+        if isinstance(step, ShardStep):
+            mapper(lambda s: run_shard(stage.spec, type(stage), s), list(shards))
+            continue
+        items = step.plan()
+        acc = step.start()
+        for item, result in zip(items, mapper(step.map, items)):
+            acc = (step.fold or append)(acc, item, result)
+        info = step.commit(acc) or {}
+        state[step.name] = info
+        merged.update(info)
+    return merged

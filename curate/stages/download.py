@@ -166,7 +166,7 @@ class DownloadStage(Stage):
 
     def needs_rerun(self, meta: dict[str, Any]) -> bool:
         """``--retry-failed``: a finished shard with failures is processed again."""
-        return bool(self.spec.extra.get("retry_failed")) and bool(
+        return bool(self.spec.options.get("retry_failed")) and bool(
             meta.get("counts", {}).get("dropped"))
 
     def input_digest(self, shard: str, inputs: pa.Table) -> str:

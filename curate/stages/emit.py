@@ -155,6 +155,9 @@ class EmitStage(Stage):
     folder = "curated"
     view = "curated"
     per_shard = False
+    #: cheap to redo (each output shard whose inputs did not change is left as it is), and
+    #: a rerun then restores outputs that were deleted or damaged
+    always_rerun = True
     Config = EmitConfig
     help = "Write the curated set: resharded Parquet, WebDataset on request."
 

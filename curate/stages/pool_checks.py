@@ -54,7 +54,17 @@ class EmbeddingDims:
 
     def __init__(self, recorded: dict[str, int] | None = None):
         self.dims: dict[str, int] = {k: int(v) for k, v in (recorded or {}).items()}
-        self.origin = {k: "the pool's dimension recorded in run.json" for k in self.dims}
+        self._origin: dict[str, tuple[str, str | None]] = {
+            k: ("the pool's dimension recorded in run.json", None) for k in self.dims}
+
+    def set(self, col: str, dim: int, how: str, path: str) -> None:
+        self.dims[col] = dim
+        self._origin[col] = (how, path)
+
+    def origin(self, col: str, path: str) -> str:
+        """Where ``col``'s dimension came from, as seen from file ``path``."""
+        how, source = self._origin[col]
+        return how if source in (None, path) else f"{how} of {source}"
 
     def expected(self, col: str, path: str, lengths: np.ndarray, usable: np.ndarray
                  ) -> int | None:
@@ -65,8 +75,7 @@ class EmbeddingDims:
                 return None
             values, first, counts = np.unique(valid, return_index=True, return_counts=True)
             best = max(range(len(values)), key=lambda j: (counts[j], -first[j]))
-            self.dims[col] = int(values[best])
-            self.origin[col] = f"the dimension of most of the first rows of {path}"
+            self.set(col, int(values[best]), "the dimension of most of the first rows", path)
         return self.dims[col]
 
 
@@ -85,12 +94,11 @@ def _embedding_type(col: str, arr: pa.Array, path: str, dims: EmbeddingDims) -> 
     if pa.types.is_fixed_size_list(t) and t.list_size:
         d = dims.dims.get(col)
         if d is None:
-            dims.dims[col] = t.list_size
-            dims.origin[col] = f"the size of {path}'s {col} type"
+            dims.set(col, t.list_size, f"the size of the {col} type", path)
         elif d != t.list_size:
             raise InputError(
                 f"pool {path}: {col} has type {t}, {t.list_size} values a row, but the pool's "
-                f"{col} dimension is {d} ({dims.origin[col]}); every file of a pool must "
+                f"{col} dimension is {d} ({dims.origin(col, path)}); every file of a pool must "
                 "bring embeddings of one dimension")
 
 
@@ -120,7 +128,7 @@ def _embedding_problems(col: str, arr: pa.Array, path: str, dims: EmbeddingDims
     def wrong_dim(i: int) -> str:
         if d is None:
             return f"{col} is an empty list (no values)"
-        return f"{col} has {lengths[i]} values, expected {d} ({dims.origin[col]})"
+        return f"{col} has {lengths[i]} values, expected {d} ({dims.origin(col, path)})"
 
     return [_Problem("embedding_null", null, lambda i: f"{col} is null"),
             _Problem("embedding_wrong_dim", wrong, wrong_dim),

@@ -217,7 +217,7 @@ def parse_pipeline(data: Any, source: str = "config") -> Pipeline:
             cls = stage_class(kind_spec)
         except ConfigError as err:
             raise ConfigError(f"{source}: stages: {name}: {err}") from None
-        section = validate(cls.Config, sec, f"{source}: {name}")
+        section = validate(cls.Config, sec, source, name)
         folder = _folder(cls, name, kind_spec)
         if folder in folders.values():
             raise ConfigError(f"{source}: stages: {name} would write into {folder}/, which "
@@ -234,7 +234,7 @@ def parse_pipeline(data: Any, source: str = "config") -> Pipeline:
         if key not in kinds:
             raise ConfigError(f"{source}: {key}: unknown key (not a stage in `stages`, nor a "
                               f"stage kind: {', '.join(kinds)})")
-        spare[key] = validate(kinds[key].Config, sec or {}, f"{source}: {key}")
+        spare[key] = validate(kinds[key].Config, sec or {}, source, key)
     pipe = Pipeline(base, instances, spare)
     for name in base.stages:
         problem = _order_problem(pipe, name)
