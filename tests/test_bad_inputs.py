@@ -166,8 +166,8 @@ def test_bad_input(tmp_path, case):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished text-only run whose files must survive every bad rerun below."""
-    from curate.stages.registry import load_pipeline as load_config
     from curate.driver import run_pipeline
+    from curate.stages.registry import load_pipeline as load_config
 
     tmp = tmp_path_factory.mktemp("finished")
     p = good_pool(tmp)

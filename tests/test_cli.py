@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.stages.registry import load_pipeline as load_config
 from curate.core.rundir import RunDir
 from curate.errors import ConfigError
+from curate.stages.registry import load_pipeline as load_config
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from curate.app.query import views_of
-from curate.stages.registry import load_pipeline
 from curate.cli import app
+from curate.stages.registry import load_pipeline
 
 
 def _free_port() -> int:

@@ -18,12 +18,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import pool_rows, write_pool
-
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-                       "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                     "layers": 1}}
+from helpers import TINY
 
 KILLS = [
     "ingest:part-00001.parquet:kill:after",   # driver, mid-ingest

@@ -71,6 +71,14 @@ def init(num_cpus: int | None = None) -> None:
     _INIT_BY_US = True
 
 
+def ship_by_value(module: Any) -> None:
+    """Pickle ``module``'s classes by value when sent to workers (a plugin stage loaded from
+    a file path, which workers on other hosts may not be able to import)."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+
+
 def shutdown() -> None:
     import ray
 

@@ -239,13 +239,15 @@ _CACHE: dict[str, Stage] = {}
 
 def get_stage(spec: StageSpec, cls: type[Stage] | None = None) -> Stage:
     """The stage for ``spec``, built and set up once per worker process."""
-    from curate.stages.registry import parse_pipeline
+    from curate.stages.registry import parse_pipeline, remember
 
     key = spec.key()
     stage = _CACHE.get(key)
     if stage is None:
         if len(_CACHE) > 4:
             _CACHE.clear()
+        if cls is not None:
+            remember(str((spec.config.get(spec.name) or {}).get("kind", spec.name)), cls)
         if cls is None:
             cls = parse_pipeline(spec.config, "run config").stage_class(spec.name)
         stage = cls(spec)

@@ -59,12 +59,28 @@ def builtin_kinds() -> dict[str, type[Stage]]:
     return dict(sorted(found.items()))
 
 
-@lru_cache(maxsize=64)
+#: plugin classes already resolved (in a worker: received by value with the task)
+_PLUGINS: dict[str, type[Stage]] = {}
+
+
+def remember(kind: str, cls: type[Stage]) -> None:
+    """Record the class of a plugin kind, so a worker need not import it again."""
+    if kind not in builtin_kinds():
+        _PLUGINS[kind] = cls
+
+
 def stage_class(kind: str) -> type[Stage]:
     """A built-in kind, or a plugin named ``module:Class`` / ``file.py:Class``."""
     kinds = builtin_kinds()
     if kind in kinds:
         return kinds[kind]
+    if kind not in _PLUGINS:
+        _PLUGINS[kind] = _import_plugin(kind)
+    return _PLUGINS[kind]
+
+
+def _import_plugin(kind: str) -> type[Stage]:
+    kinds = builtin_kinds()
     if ":" not in kind:
         raise ConfigError(f"unknown stage kind {kind!r} (built-in: {', '.join(kinds)}; or "
                           "package.module:Class, or path/to/file.py:Class)")
@@ -81,9 +97,9 @@ def stage_class(kind: str) -> type[Stage]:
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
                 spec.loader.exec_module(module)
-                import cloudpickle  # ships with Ray: workers get the class by value
+                from curate.core import engine
 
-                cloudpickle.register_pickle_by_value(module)
+                engine.ship_by_value(module)  # workers get the class by value
         else:
             module = importlib.import_module(where)
     except ConfigError:

@@ -109,9 +109,7 @@ class ScoreStage(Stage):
 
     def steps(self) -> list:
         steps: list = [ShardStep()]
-        if self._needs_model():
-            steps.insert(0, GlobalStep("model", plan=list, map=_no_map,
-                                       commit=self._check_model))
+        steps.insert(0, GlobalStep("model", plan=list, map=_no_map, commit=self._check_model))
         if self.section.filter.top_fraction is not None:
             steps += [GlobalStep(f"select{level}", plan=partial(self._plan_level, level),
                                  map=partial(self._histogram, level), start=top.zeros,
@@ -154,9 +152,15 @@ class ScoreStage(Stage):
                 "counts": {k: counts[k] for k in ("rows_in", "kept", "dropped")}}
 
     # -- driver side
-    def _needs_model(self) -> bool:
+    def _brings_embeddings(self) -> bool:
         """A pool that brings both embeddings is scored without a model."""
-        return True
+        import pyarrow.parquet as pq
+
+        if not self.shards:
+            return False
+        with self.rd.fs.open(self.rd.shard_path("pool", self.shards[0]), "rb") as f:
+            names = pq.read_schema(f).names
+        return {"image_emb", "text_emb"} <= set(names)
 
     def _gpus(self) -> int:
         if self.section.device == "cpu":
@@ -181,6 +185,8 @@ class ScoreStage(Stage):
         """Fail fast on weights that cannot be had, on the driver, before any actor starts:
         loading proves the weights exist (cached) and fit the model, or fails in seconds with
         one line."""
+        if self._brings_embeddings():
+            return {"random_init": False, "model": "none: the pool brings embeddings"}
         _load(self._spec(device="cpu"))
         return {"random_init": self.section.pretrained == "none"}
 
@@ -197,7 +203,8 @@ class ScoreStage(Stage):
         import torch
 
         torch.set_num_threads(_assigned_cpus())
-        self._model()  # once per actor, before its first shard (not inside a shard's time)
+        if "model" in self.state and "model" not in self.state["model"]:
+            self._model()  # once per actor, before its first shard (not in a shard's time)
 
     def _model(self):
 
