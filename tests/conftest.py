@@ -120,3 +120,23 @@ def base_config(**sections):
         else:
             data[k] = v
     return parse_config(data)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test at once if code under test tries to reach any host but loopback: how
+    tests check "fails fast offline" without timing anything."""
+    import socket
+
+    real = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if isinstance(host, str) and (host.startswith("127.") or host in ("::1", "localhost")
+                                      or self.family == socket.AF_UNIX):
+            return real(self, address)
+        raise AssertionError(f"network access attempted: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError(f"DNS lookup attempted: {a[:2]!r}")))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -146,11 +145,10 @@ def test_unavailable_weights_fail_fast_and_keep_earlier_outputs(tmp_path, tiny_c
     yaml.write_text("stages: [download, score]\npool: {shard_size: 11}\n"
                     "download: {threads: 8, timeout: 2, allow_private_addresses: true}\n"
                     "score: {model: ViT-B-32, pretrained: laion2b_s34b_b79k}\n")
-    t0 = time.monotonic()
     r = CliRunner().invoke(app, ["run", "--pool", pool, "--pipeline", str(yaml), "--out",
                                  str(out)])
-    assert time.monotonic() - t0 < 60
     assert r.exit_code == 2, r.output
+    assert not list((out / "scores").glob("part-*"))  # failed on the driver, before any shard
     line = r.output.strip().splitlines()[-1]
     assert "laion2b_s34b_b79k" in line and "ViT-B-32" in line, line
     after = {p.name: p.read_bytes() for p in (out / "images").glob("*.parquet")}

@@ -184,3 +184,45 @@ def test_two_instances_may_not_share_a_folder(tmp_path):
 
     with pytest.raises(ConfigError, match="uses|rename"):
         base_config(stages=["score", "scores"], scores={"kind": "score"})
+
+
+UID_SHAPES = ["0123456789abcdef0123456789abcdef", "000012345", "img-000001", "img.0001",
+              "a.b.c", "../../x", "a/b", "/abs", ".hidden", "with space", "ünï¢ødé-☃",
+              "x" * 200, "tab\there", "semi;colon", "UPPER-ABCDEF0123456789", "-dash", "..",
+              "a..b", "q?x=1&y=2", "back\\slash"]
+
+
+def test_any_uid_survives_ingest_prune_and_webdataset(tmp_path, ray_session):
+    """Pool uids of many shapes through ingest, prune with a k-means sample smaller than the
+    pool, and emit as WebDataset, read back with `webdataset`: every sample whole, every
+    member at the tar's top level, the true uid in its json."""
+    import tarfile
+
+    import webdataset as wds
+
+    n = 240
+    uids = [f"{UID_SHAPES[i % len(UID_SHAPES)]}#{i}" if i >= len(UID_SHAPES)
+            else UID_SHAPES[i] for i in range(n)]
+    pool = embedding_pool(tmp_path / "pool.parquet", n, seed=4, uids=uids)
+    cfg = base_config(stages=["prune", "emit"], pool={"shard_size": 50},
+                      prune={"k": 3, "niter": 5, "sample_size": 30, "dedup_eps": 0.0005},
+                      emit={"rows_per_shard": 70, "webdataset": True})
+    out = tmp_path / "run"
+    m = run_pipeline(cfg, str(out), pool=pool)
+    assert m["stages"]["prune"]["global"]["sample"] < n  # the sample really is a sample
+    curated = read_parts(out / "curated")
+    kept = set(curated["uid"].to_pylist())
+    assert kept <= set(uids) and len(kept) == curated.num_rows > 0
+    tars = sorted((out / "curated" / "wds").glob("*.tar"))
+    seen = []
+    for t in tars:
+        with tarfile.open(t) as tf:
+            for name in tf.getnames():
+                assert "/" not in name and not name.startswith(".") and ".." not in name
+                assert name.count(".") == 1 and len(name) <= 100, name
+        for sample in wds.WebDataset(str(t), shardshuffle=False):
+            assert {"txt", "json"} <= set(sample), sample.keys()
+            meta = json.loads(sample["json"])
+            assert sample["txt"].decode() == meta["caption"]
+            seen.append(meta["uid"])
+    assert sorted(seen) == sorted(kept)
