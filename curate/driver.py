@@ -192,6 +192,13 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
                 1 for o in ok if o.value.get("skipped")), failed_shards=sorted(failed),
                 errors={o.item: o.error for o in outcomes if not o.ok}, **counts)
             produced = _digest(sorted((o.item, o.value.get("output")) for o in ok))
+            timings: dict[str, float] = {}
+            for o in ok:
+                for k, v in (o.value.get("timings") or {}).items():
+                    timings[k] = round(timings.get(k, 0.0) + v, 3)
+            # worker seconds by phase, summed over shards; "engine" is what the wall time
+            # of the engine call adds beyond them (Ray, scheduling, idle workers)
+            st["worker_seconds"] = timings
             if failed and any(isinstance(s, GlobalStep) for s in steps[i + 1:]):
                 later = next(s.name for s in steps[i + 1:] if isinstance(s, GlobalStep))
                 raise StageIncomplete(

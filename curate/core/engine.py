@@ -71,6 +71,16 @@ def init(num_cpus: int | None = None) -> None:
     _INIT_BY_US = True
 
 
+def assigned_cpus() -> int:
+    """CPUs Ray gave the calling worker; all of this machine's outside a Ray worker."""
+    try:
+        import ray
+
+        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        return max(1, os.cpu_count() or 1)
+
+
 def ship_by_value(module: Any) -> None:
     """Pickle ``module``'s classes by value when sent to workers (a plugin stage loaded from
     a file path, which workers on other hosts may not be able to import)."""

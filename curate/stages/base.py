@@ -258,9 +258,11 @@ def get_stage(spec: StageSpec, cls: type[Stage] | None = None) -> Stage:
 
 def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
     """Process one shard of a stage unless its output is already current. Runs in a worker."""
+    t = [time.monotonic()]
     stage = get_stage(spec, cls)
     rd = stage.rd
     inputs = stage.inputs(shard)
+    t.append(time.monotonic())
     digest = stage.input_digest(shard, inputs)
     out = rd.shard_path(stage.pipeline.ref(spec.name).folder, shard)
     meta = read_shard_meta(rd.fs, out)
@@ -268,19 +270,27 @@ def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
             and "output" in meta and not stage.needs_rerun(meta)):
         return {**meta.get("counts", {}), "output": meta["output"], "skipped": True}
     faults.maybe_fail(spec.name, shard)
-    t0 = time.monotonic()
+    t.append(time.monotonic())
     table = stage.process(shard, inputs)
     if stage.schema is not None:
         table = table.select(stage.schema.names).cast(stage.schema)
+    t.append(time.monotonic())
     counts = summarize(stage.decides, table, inputs.num_rows)
-    counts["seconds"] = round(time.monotonic() - t0, 3)
     produced = output_digest(table)
-    write_parquet_atomic(rd.fs, out, table, meta={
-        "stage": spec.name, "fingerprint": spec.fingerprint, "input": digest,
-        "output": produced, "counts": counts})
+    t.append(time.monotonic())
+    counts["seconds"] = round(t[3] - t[2], 3)
+    meta = {"stage": spec.name, "fingerprint": spec.fingerprint, "input": digest,
+            "output": produced, "counts": counts}
+    write_parquet_atomic(rd.fs, out, table, meta=meta)
+    t.append(time.monotonic())
     faults.trace(spec.name, shard)
     faults.maybe_fail(spec.name, shard, after_write=True)
-    return {**counts, "output": produced, "skipped": False}
+    # where a shard's time goes (run.json sums it per stage): setup + reading inputs,
+    # digests and resume check, the stage's own work, counting, writing
+    timings = {"read": t[1] - t[0], "digest": t[2] - t[1], "process": t[3] - t[2],
+               "count": t[4] - t[3], "write": t[5] - t[4]}
+    return {**counts, "output": produced, "skipped": False,
+            "timings": {k: round(v, 4) for k, v in timings.items()}}
 
 
 def run_map(spec: StageSpec, cls: type[Stage], step: str, item: Any) -> Any:

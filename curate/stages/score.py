@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Literal
@@ -343,13 +342,8 @@ def _load(spec: Any) -> Any:
 
 
 def _assigned_cpus() -> int:
-    """CPUs Ray gave this actor (threads for decode and for torch), 1 outside Ray."""
-    try:
-        import ray
-
-        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    except Exception:  # noqa: BLE001 - not in a Ray worker
-        return max(1, os.cpu_count() or 1)
+    """CPUs the engine gave this actor: threads for decode and for torch."""
+    return engine.assigned_cpus()
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
