@@ -39,8 +39,8 @@ def make_routes(n: int):
 
 
 def run_ours(pool: str, work: str, args) -> float:
-    from curate.stages.registry import parse_pipeline as parse_config
     from curate.driver import run_pipeline
+    from curate.stages.registry import parse_pipeline as parse_config
 
     cfg = parse_config({
         "stages": ["download"], "pool": {"shard_size": args.shard_size},

@@ -3,14 +3,15 @@
 Two pipelines on synthetic pools, each (pipeline, size) run in its own fresh subprocess so
 that no peak carries over from one measurement to the next:
 
-- ``match``: stages [match, balance] on a caption-only pool (url, caption) with the default
+- ``match``: stages [match, balance, report] on a caption-only pool (url, caption) with the default
   vocabulary (``match.metadata: default``). Captions are 5-15 entries of that vocabulary
   drawn with a Zipf weighting over a seeded permutation of it, so the matcher finds several
   entries per caption and balancing has a head to flatten; 0.1% exact duplicate rows.
-- ``prune``: stages [prune] on a pool that brings ``image_emb`` (fixed_size_list<float16>
-  [--dim]): clustered unit vectors (--concepts centres + noise, cosine ~0.75 to the centre)
-  with --dup-frac planted near-duplicates (cosine ~0.999); k-means k=--k, dedup_eps and DBP
-  (target_fraction 0.5).
+- ``prune``: stages [score (top_fraction 0.5), prune] on a pool that brings ``image_emb``
+  and ``text_emb`` (fixed_size_list<float16>[--dim]; scored without a model): clustered
+  unit vectors (--concepts centres + noise, cosine ~0.75 to the centre), captions' vectors
+  near their image's, with --dup-frac planted near-duplicates (cosine ~0.999); k-means
+  k=--k, dedup_eps and DBP (target_fraction 0.5).
 
 Pools are generated and written in chunks (one Parquet file, row groups of --chunk rows),
 so the generator never holds the pool. ``pool.shard_size`` is --shard-size (50,000: 2 vs 20
@@ -51,6 +52,7 @@ from typing import Any
 import numpy as np
 
 GOAL = 1.3
+DRIVER_GOAL = 1.1  # the driver holds O(1) state in pairs
 MB = 2**20
 PIPELINES = ("match", "prune")
 
@@ -135,7 +137,8 @@ def make_prune_pool(path: str, n: int, seed: int, chunk: int, dim: int, concepts
     sigma = np.float32(0.9 / np.sqrt(dim))  # noise norm ~0.9: cosine ~0.75 to the centre
     tiny = np.float32(0.045 / np.sqrt(dim))  # cosine ~0.999 to the source
     schema = pa.schema([("url", pa.string()), ("caption", pa.string()),
-                        ("image_emb", pa.list_(pa.float16(), dim))])
+                        ("image_emb", pa.list_(pa.float16(), dim)),
+                        ("text_emb", pa.list_(pa.float16(), dim))])
     planted = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for s in range(0, n, chunk):
@@ -151,12 +154,15 @@ def make_prune_pool(path: str, n: int, seed: int, chunk: int, dim: int, concepts
                 planted += n_dup
             x /= np.linalg.norm(x, axis=1, keepdims=True)
             emb = pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), dim)
+            # a caption embedding near its image's: the CLIP scores have a spread to cut
+            t = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
+            txt = pa.FixedSizeListArray.from_arrays(pa.array(t.astype(np.float16).ravel()), dim)
             idx = _index_strings(s, m)
             writer.write_table(pa.table({
                 "url": pc.binary_join_element_wise(f"https://emb{seed}.example.com/", idx,
                                                    ".jpg", ""),
                 "caption": pc.binary_join_element_wise("a photo of thing ", idx, ""),
-                "image_emb": emb}, schema=schema), row_group_size=chunk)
+                "image_emb": emb, "text_emb": txt}, schema=schema), row_group_size=chunk)
     return {"rows": n, "planted_near_duplicates": planted, "dim": dim}
 
 
@@ -292,9 +298,10 @@ def pipeline_config(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
     base: dict[str, Any] = {"pool": {"shard_size": args.shard_size},
                             "run": {"num_cpus": 2, "max_retries": 0}}
     if pipeline == "match":
-        return {**base, "stages": ["match", "balance"], "match": {"metadata": "default"},
-                "balance": {"t": args.t}}
-    return {**base, "stages": ["prune"],
+        return {**base, "stages": ["match", "balance", "report"],
+                "match": {"metadata": "default"}, "balance": {"t": args.t}}
+    return {**base, "stages": ["score", "prune"],
+            "score": {"filter": {"top_fraction": 0.5}},
             "prune": {"k": args.k, "dedup_eps": args.dedup_eps, "dbp": True,
                       "target_fraction": 0.5}}
 
@@ -309,9 +316,9 @@ def child(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sampler = Sampler(args.interval)
     sampler.start()
-    from curate.stages.registry import parse_pipeline as parse_config
     from curate.core import engine
     from curate.driver import run_pipeline
+    from curate.stages.registry import parse_pipeline as parse_config
 
     sampler.phase = "ray init"
     t0 = time.monotonic()
@@ -332,8 +339,10 @@ def child(args: argparse.Namespace) -> None:
     sampler.phase = "done"
     sampler.stop()
     stages = {s: {k: v for k, v in st.items()
-                  if k in ("rows_in", "kept", "dropped", "seconds", "global")}
+                  if k in ("rows_in", "kept", "dropped", "seconds", "worker_seconds")}
               for s, st in manifest.get("stages", {}).items()}
+    for s, st in manifest.get("stages", {}).items():  # the global steps that ran
+        stages[s]["steps"] = list((st.get("steps") or {}).keys())
     result = {
         "pipeline": args.child, "n": args.n, "wall_s": wall, "init_s": init_s,
         "load": [load0, os.getloadavg()[0]], "baseline": base, "peak": sampler.peak["*"],
@@ -404,7 +413,12 @@ def print_run(r: dict[str, Any]) -> None:
               f" | {v['total']:.0f} |")
     print("  largest worker peaks: " + "; ".join(f"{mb:.0f} MB ({what})"
                                                  for mb, what in r["worker_peaks"]))
-    print(f"  stages: {json.dumps(r['stages'], default=str)[:600]}", flush=True)
+    print(f"  ingest {r['timings'].get('ingest', 0):.1f} s")
+    for name, st in r["stages"].items():
+        ws = st.get("worker_seconds") or {}
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in ws.items())
+        print(f"  {name}: wall {st.get('seconds', 0):.1f} s; worker s by phase: "
+              f"{parts or '-'}; steps {', '.join(st.get('steps', []))}", flush=True)
 
 
 def summary(results: dict[tuple[str, int], dict[str, Any]], sizes: list[int]) -> None:
@@ -433,6 +447,10 @@ def summary(results: dict[tuple[str, int], dict[str, Any]], sizes: list[int]) ->
                      for k in ("driver", "worker_max", "total")}
             ok = parts["total"] <= GOAL
             verdicts.append(
+                f"{pipeline}: driver peak {big['peak']['driver']:.0f} MB at {hi:,} vs "
+                f"{small['peak']['driver']:.0f} MB at {lo:,} = {parts['driver']:.2f}x: goal <= "
+                f"{DRIVER_GOAL}x {'HOLDS' if parts['driver'] <= DRIVER_GOAL else 'FAILS'}")
+            verdicts.append(
                 f"{pipeline}: total peak {big['peak']['total']:.0f} MB at {hi:,} vs "
                 f"{small['peak']['total']:.0f} MB at {lo:,} = {parts['total']:.2f}x "
                 f"(driver {parts['driver']:.2f}x, worker max {parts['worker_max']:.2f}x, "
@@ -460,6 +478,8 @@ def _net(r: dict[str, Any]) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--sizes", default="100000,1000000", help="pool sizes, comma-separated")
+    ap.add_argument("--sizes-prune", default=None,
+                    help="pool sizes of the prune pipeline (default: --sizes)")
     ap.add_argument("--only", choices=PIPELINES, help="run one pipeline only")
     ap.add_argument("--keep", action="store_true", help="keep the temporary pools and runs")
     ap.add_argument("--workdir", default=None, help="where pools and runs go (default: a "
@@ -489,7 +509,11 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
-    sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
+    def parse(text: str) -> list[int]:
+        return sorted({int(s.replace("_", "")) for s in text.split(",") if s.strip()})
+
+    sizes = parse(args.sizes)
+    sizes_of = {"match": sizes, "prune": parse(args.sizes_prune or args.sizes)}
     pipelines = [args.only] if args.only else list(PIPELINES)
     work = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
     os.makedirs(work, exist_ok=True)
@@ -497,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, int], dict[str, Any]] = {}
     try:
         for pipeline in pipelines:
-            for n in sizes:
+            for n in sizes_of[pipeline]:
                 pool = os.path.join(work, f"pool-{pipeline}-{n}.parquet")
                 t0 = time.monotonic()
                 if pipeline == "match":
@@ -514,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(os.path.join(work, f"run-{pipeline}-{n}"), ignore_errors=True)
                     os.remove(pool)
     finally:
-        summary(results, sizes)
+        for pipeline in pipelines:
+            summary({k: v for k, v in results.items() if k[0] == pipeline},
+                    sizes_of[pipeline])
         if args.keep:
             log(f"kept {work}")
         else:

@@ -94,8 +94,8 @@ def model_only(images, ckpt, args) -> float:
 
 
 def ours(pool: str, work: str, ckpt: str, args) -> tuple[float, float]:
-    from curate.stages.registry import parse_pipeline as parse_config
     from curate.driver import run_pipeline
+    from curate.stages.registry import parse_pipeline as parse_config
 
     out = f"{work}/run"
     cfg = parse_config({

@@ -1,5 +1,7 @@
 """The ``curate`` command line: parse, build a config, call the library. No logic here.
 
+``curate query`` (its prompt and output formats) lives in :mod:`curate.cli_query`.
+
 Exit codes (README): 0 ok, 2 bad input or config (one line on stderr, no traceback),
 3 finished with more failed shards than ``run.max_failed_fraction`` allows.
 """
@@ -206,100 +208,9 @@ def query(
     max_rows: Annotated[int, typer.Option(help="rows shown in table format")] = 40,
 ) -> None:
     """SQL over the run's outputs (DuckDB), with a view per stage and `decisions`."""
-    import duckdb
+    from curate.cli_query import run_query
 
-    from curate.app.query import connect
-    from curate.core.rundir import RunDir
-
-    if not RunDir(run_dir).fs.exists(RunDir(run_dir).path("pool")):
-        raise CurateError(f"{run_dir}: not a run directory (no pool/ folder)")
-    con = connect(run_dir)
-    if sql is None:
-        _repl(con)
-        return
-    if fmt not in ("table", "csv", "json", "parquet"):
-        raise CurateError(f"--format {fmt!r}: expected table, csv, json or parquet")
-    try:
-        rel = con.sql(sql)
-        if rel is None:
-            return
-        table = rel.to_arrow_table()
-    except duckdb.Error as err:
-        raise CurateError(f"query: {str(err).splitlines()[0]}") from None
-    _emit_table(table, fmt, out, max_rows)
-
-
-def _emit_table(table: Any, fmt: str, out: str | None, max_rows: int) -> None:
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    if fmt == "parquet":
-        if not out:
-            raise CurateError("--format parquet needs --out FILE")
-        pq.write_table(table, out)
-        return
-    if fmt == "csv":
-        if out:
-            pcsv.write_csv(table, out)
-        else:
-            import io
-
-            buf = io.BytesIO()
-            pcsv.write_csv(table, buf)
-            sys.stdout.write(buf.getvalue().decode())
-        return
-    if fmt == "json":
-        text = "\n".join(json.dumps(r, default=str) for r in table.to_pylist())
-        if out:
-            with open(out, "w") as f:
-                f.write(text + "\n")
-        else:
-            typer.echo(text)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(*table.column_names, show_lines=False)
-    for row in table.slice(0, max_rows).to_pylist():
-        t.add_row(*[_cell(v) for v in row.values()])
-    console = Console(file=open(out, "w") if out else None, width=200 if out else None)
-    console.print(t)
-    if table.num_rows > max_rows:
-        console.print(f"({table.num_rows} rows, {max_rows} shown; --max-rows to see more)")
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, bytes):
-        return f"<{len(v)} bytes>"
-    s = str(v)
-    return s if len(s) <= 80 else s[:77] + "..."
-
-
-def _repl(con: Any) -> None:
-    import duckdb
-
-    views = [r[0] for r in con.sql("SELECT view_name FROM duckdb_views() "
-                                   "WHERE NOT internal").fetchall()]
-    typer.echo(f"views: {', '.join(views)}; end a statement with ';', quit with .quit or ^D")
-    buf = ""
-    while True:
-        try:
-            line = input("curate> " if not buf else "   ...> ")
-        except EOFError:
-            typer.echo("")
-            return
-        if line.strip() in (".quit", ".exit", "\\q"):
-            return
-        buf += line + "\n"
-        if not buf.strip().endswith(";"):
-            continue
-        try:
-            rel = con.sql(buf)
-            if rel is not None:
-                _emit_table(rel.to_arrow_table(), "table", None, 40)
-        except duckdb.Error as err:
-            typer.echo(f"error: {str(err).splitlines()[0]}", err=True)
-        buf = ""
+    run_query(run_dir, sql, fmt, out, max_rows)
 
 
 metadata_app = typer.Typer(no_args_is_help=True,

@@ -97,7 +97,7 @@ def run_pipeline(
                 if (st.get("fingerprint") != fps[name]
                         or st.get("status") not in ("done", "failed")):
                     if any(cfg.stages.index(o) > cfg.stages.index(name) for o in only):
-                        raise StageIncomplete(
+                        raise CurateError(  # a usage error: exit 2
                             f"{out}: {name} is not done with the current config; run the "
                             "whole pipeline (`curate run --out RUN`) first")
                 blocked |= set(st.get("failed_shards", []))
@@ -129,21 +129,37 @@ def run_pipeline(
             blocked |= failed
             failed_any |= failed
             upstream.append(st["output_id"])
+            if _too_many(failed_any, shards, cfg):
+                # later stages would only curate what is left: stop here, resumable
+                _block_after(manifest, cfg, name, st.get("status", "failed"), keep=True)
+                rd.save_manifest(manifest)
+                raise _failed_shards(out, failed_any, shards, cfg, name)
         manifest["finished"] = now()
         rd.save_manifest(manifest)
-        total = max(1, len(shards))
-        if failed_any and len(failed_any) / total > cfg.run.max_failed_fraction:
-            raise FailedShardsError(
-                f"{out}: {len(failed_any)} of {len(shards)} shards failed "
-                f"(> run.max_failed_fraction={cfg.run.max_failed_fraction}); "
-                "`curate status` lists them; rerun the same command to retry them")
+        if _too_many(failed_any, shards, cfg):
+            raise _failed_shards(out, failed_any, shards, cfg, None)
         return manifest
 
 
-def _block_after(manifest: dict[str, Any], cfg: Pipeline, name: str, why: str) -> None:
-    """Mark the failed stage and every later one: nothing after it ran on provisional data."""
+def _too_many(failed: set[str], shards: list[str], cfg: Pipeline) -> bool:
+    return bool(failed) and len(failed) / max(1, len(shards)) > cfg.run.max_failed_fraction
+
+
+def _failed_shards(out: str, failed: set[str], shards: list[str], cfg: Pipeline,
+                   stage: str | None) -> FailedShardsError:
+    where = f" (in {stage}; later stages wait)" if stage else ""
+    return FailedShardsError(
+        f"{out}: {len(failed)} of {len(shards)} shards failed{where} "
+        f"(> run.max_failed_fraction={cfg.run.max_failed_fraction}); "
+        "`curate status` lists them; rerun the same command to retry them")
+
+
+def _block_after(manifest: dict[str, Any], cfg: Pipeline, name: str, why: str,
+                 keep: bool = False) -> None:
+    """Mark the failed stage (unless ``keep``) and every later one as waiting for it."""
     st = manifest["stages"][name]
-    st.update(status="incomplete", error=why, finished=now())
+    if not keep:
+        st.update(status="incomplete", error=why, finished=now())
     for later in cfg.stages[cfg.stages.index(name) + 1:]:
         lst = manifest["stages"].setdefault(later, {})
         if lst.get("status") != "done":

@@ -18,16 +18,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from curate.errors import InputError
-from curate.models.clip import (
-    ImageDecodeError,
-    ModelSpec,
-    decode_image,
-    encode,
-    encode_images,
-    encode_texts,
-    load_model,
-    preprocess_images,
-)
+from curate.models.clip import load_model
+from curate.models.encode import encode, encode_images, encode_texts
+from curate.models.images import ImageDecodeError, decode_image, preprocess_images
+from curate.models.spec import ModelSpec
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")

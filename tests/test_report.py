@@ -1,7 +1,7 @@
 """The report stage on hand-made run directories (no Ray, no network).
 
 Every shard file and run.json is written here with pyarrow, shaped like the stages' outputs
-(DESIGN §3), so the report's numbers can be checked against a naive recount of the same
+(docs/ARCHITECTURE.md), so the report's numbers can be checked against a naive recount of the same
 files: concept counts, per-stage funnel, ImageNet coverage, and the HTML's shape.
 """
 
@@ -19,7 +19,8 @@ import pytest
 
 from curate.algorithms.matching import Matcher, spacing
 from curate.config import PipelineConfig
-from curate.report.html import SECTIONS, esc
+from curate.report.data import SECTIONS
+from curate.report.html import esc
 from curate.stages.base import StageSpec, run_inline
 from curate.stages.report import ReportStage, distinct_classes, imagenet_classnames
 

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.report.html import SECTIONS, ReportData, render
+from curate.report.data import SECTIONS, ReportData
+from curate.report.html import render
 
 SUMMARY_SCHEMA = pa.schema([
     ("stage", pa.string()), ("step", pa.int32()), ("status", pa.string()),

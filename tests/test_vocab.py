@@ -14,18 +14,15 @@ import urllib.error
 import pytest
 
 from curate.errors import InputError
-from curate.vocab import vocabulary as vocab
-from curate.vocab.vocabulary import (
+from curate.vocab import metaclip as vocab
+from curate.vocab.build import (
     build_vocabulary,
     build_vocabulary_sources,
-    fetch_metaclip,
-    git_blob_id,
-    load_vocabulary,
     source_counts,
-    vocabulary_info,
     wordnet_names,
-    write_vocabulary,
 )
+from curate.vocab.metaclip import fetch_metaclip, git_blob_id
+from curate.vocab.vocabulary import load_vocabulary, vocabulary_info, write_vocabulary
 
 
 def _error(path_or_name) -> str:

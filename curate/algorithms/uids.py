@@ -1,6 +1,6 @@
 """Uids as 64-bit keys and as WebDataset member keys: the one place this is defined.
 
-A pair's uid is an arbitrary string (DESIGN.md section 3 uids are 32 hex digits, but a
+A pair's uid is an arbitrary string (curate's own uids are 32 hex digits, but a
 pool may bring its own: ``000012345``, ``img-000001``, URLs, unicode, the empty string).
 Several stages need a number per uid that does not depend on row order or sharding: the
 k-means training sample, the MetaCLIP balancing draws, and the tie-break of the exact top-k

@@ -1,4 +1,8 @@
-"""One-screen summaries of a run, from its manifest: for people (rich) and monitors (JSON)."""
+"""One-screen summaries of a run, from its manifest: for people (rich) and monitors (JSON).
+
+Drops are counted by reason code; a stage whose global step could not commit is
+``incomplete`` (with its one-line error) and the stages after it are ``blocked``.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ def status_dict(manifest: dict[str, Any]) -> dict[str, Any]:
             "dropped": st.get("dropped", {}),
             "failed_shards": st.get("failed_shards", []),
             "seconds": st.get("seconds"),
+            "kind": st.get("kind"),
+            # why a stage did not finish, and which stage later ones wait for
+            "error": st.get("error"),
+            "blocked_by": st.get("blocked_by"),
         }
     return {
         "pool": {"rows": pool.get("rows", 0), "shards": pool.get("shards", 0),
@@ -49,6 +57,11 @@ def print_summary(run: str, manifest: dict[str, Any]) -> None:
         t.add_row(name, st["status"], f"{st['shards_done']}/{st['shards_total']}{failed}",
                   _n(st["rows_in"]), _n(st["kept"]), dropped or "-", _n(st["seconds"]))
     console.print(t)
+    for name, st in s["stages"].items():
+        if st["error"] and st["status"] in ("incomplete", "failed"):
+            console.print(f"[red]{name}[/red]: {st['error']}")
+        elif st["status"] == "blocked":
+            console.print(f"{name}: waits for {st['blocked_by']}")
     for name in manifest.get("config", {}).get("stages", []):
         for label, path in manifest.get("stages", {}).get(name, {}).get("outputs", {}).items():
             console.print(f"{label}: {path}")

@@ -59,7 +59,7 @@ def load_embeddings(w: Where, shard: str) -> tuple[pa.Array, np.ndarray]:
 
 
 def sample_shard(w: Where, fraction: float, seed: int, shard: str) -> np.ndarray:
-    from curate.algorithms.kmeans import sample_mask
+    from curate.algorithms.kmeans_sample import sample_mask
 
     uids, x = load_embeddings(w, shard)
     return x[sample_mask(uids.to_numpy(zero_copy_only=False), fraction, seed)].astype(
@@ -80,7 +80,7 @@ def save_model(rd: RunDir, work: str, model: Any) -> None:
 
 def load_model(w: Where) -> Any:
     """The trained k-means of this input, read once per worker process."""
-    from curate.algorithms.kmeans import KMeansModel
+    from curate.algorithms.kmeans_model import KMeansModel
     from curate.core.io import read_shard_meta
 
     if w.work not in _MODELS:

@@ -237,11 +237,12 @@ def output_digest(table: pa.Table) -> str:
 _CACHE: dict[str, Stage] = {}
 
 
-def get_stage(spec: StageSpec, cls: type[Stage] | None = None) -> Stage:
-    """The stage for ``spec``, built and set up once per worker process."""
+def get_stage(spec: StageSpec, cls: type[Stage] | None = None, setup: bool = True) -> Stage:
+    """The stage for ``spec``, built once per worker process; ``setup()`` (a model, an
+    automaton) only for the shard step's workers, not for a global step's map."""
     from curate.stages.registry import parse_pipeline, remember
 
-    key = spec.key()
+    key = spec.key() + ("+setup" if setup else "")
     stage = _CACHE.get(key)
     if stage is None:
         if len(_CACHE) > 4:
@@ -251,7 +252,8 @@ def get_stage(spec: StageSpec, cls: type[Stage] | None = None) -> Stage:
         if cls is None:
             cls = parse_pipeline(spec.config, "run config").stage_class(spec.name)
         stage = cls(spec)
-        stage.setup()
+        if setup:
+            stage.setup()
         _CACHE[key] = stage
     return stage
 
@@ -295,7 +297,7 @@ def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
 
 def run_map(spec: StageSpec, cls: type[Stage], step: str, item: Any) -> Any:
     """One item of a global step's map. Runs in a worker."""
-    stage = get_stage(spec, cls)
+    stage = get_stage(spec, cls, setup=False)
     faults.maybe_fail(f"{spec.name}.{step}", _label(item))
     fn = next(s for s in stage.steps() if s.name == step)
     return fn.map(item)

@@ -67,8 +67,11 @@ def gather(rd: RunDir, deciding: list[str], sources: list, shard: str) -> pa.Tab
         other = rd.read(folder, shard, ["uid", *[c for c, _ in cols]])
         idx = pc.index_in(uids, value_set=other["uid"].combine_chunks())
         for c, name in cols:
-            if c in other.column_names and name not in table.column_names:
-                table = table.append_column(name, pc.take(other[c].combine_chunks(), idx))
+            if c not in other.column_names:
+                continue
+            if name in table.column_names:  # the stage's value wins over a pool column
+                table = table.drop_columns([name])
+            table = table.append_column(name, pc.take(other[c].combine_chunks(), idx))
     return table
 
 
@@ -133,20 +136,28 @@ def to_tar(table: pa.Table) -> bytes:
 
 def plan_outputs(shards: list[str], counts: list[int], digests: list[str], rows_per_shard: int
                  ) -> list[dict[str, Any]]:
-    """Cut the global order of kept rows into output shards of ``rows_per_shard`` rows."""
-    starts = np.concatenate([[0], np.cumsum(counts)])
+    """Cut the global order of kept rows into output shards of ``rows_per_shard`` rows.
+
+    One pass over the pool shards (each output shard's slices are a contiguous run of them),
+    so the plan costs O(pool shards + output shards), not their product."""
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(starts[-1])
     jobs = []
+    i = 0
     for j, lo in enumerate(range(0, total, rows_per_shard)):
         hi = min(lo + rows_per_shard, total)
-        slices = []
-        for i, s in enumerate(shards):
-            a, b = max(lo, starts[i]), min(hi, starts[i + 1])
+        while starts[i + 1] <= lo:  # skip pool shards that end before this output starts
+            i += 1
+        slices, ins = [], []
+        k = i
+        while k < len(shards) and starts[k] < hi:
+            a, b = max(lo, starts[k]), min(hi, starts[k + 1])
             if a < b:
-                slices.append((s, int(a - starts[i]), int(b - starts[i])))
-        ins = json.dumps([[s, lo_, hi_, digests[shards.index(s)]] for s, lo_, hi_ in slices])
+                slices.append((shards[k], int(a - starts[k]), int(b - starts[k])))
+                ins.append([shards[k], int(a - starts[k]), int(b - starts[k]), digests[k]])
+            k += 1
         jobs.append({"name": f"part-{j:05d}.parquet", "slices": slices,
-                     "digest": hashlib.sha256(ins.encode()).hexdigest()[:32]})
+                     "digest": hashlib.sha256(json.dumps(ins).encode()).hexdigest()[:32]})
     return jobs
 
 

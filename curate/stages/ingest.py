@@ -31,11 +31,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.config import PoolConfig
@@ -43,6 +43,18 @@ from curate.core import faults
 from curate.core.io import shard_name, url_to_fs, write_parquet_atomic
 from curate.core.rundir import RunDir
 from curate.errors import InputError
+from curate.stages._pool_dedup import (
+    GROUP_ROWS,
+    PARTITIONS,
+    STAGING,
+    WORK,
+    Batch,
+    dedup_partition,
+    final_layout,
+    run_step,
+    write_keys,
+    write_shards,
+)
 from curate.stages.pool_checks import (
     EmbeddingDims,
     check_rows,
@@ -84,67 +96,6 @@ def compute_uids(urls: pa.Array | None, captions: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-class _SeenUids:
-    """Set of uids seen so far, as sorted chunks of 16-byte keys (16 B per pair, no Python
-    objects), each key two uint64 halves. Lookups search integers, sorted first: binary
-    search on byte strings in pool order took 3.4 s of a 12 s, 2M-row ingest.
-
-    Chunks are merged when there are many, so a lookup is a few binary searches.
-    """
-
-    def __init__(self) -> None:
-        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (hi, lo), sorted by both
-
-    @staticmethod
-    def _bytes(uids: pa.Array) -> np.ndarray:
-        """16 bytes per uid: our hex uids decoded in one call; any other uid (a pool's own,
-        of any form) is hashed, so it can never be mistaken for a hex one."""
-        is_hex = pc.fill_null(pc.match_substring_regex(uids, "^[0-9a-f]{32}$"), False)
-        if pc.all(is_hex).as_py() in (True, None):
-            return np.frombuffer(bytes.fromhex("".join(uids.to_pylist())), dtype="S16")
-        out = np.empty(len(uids), "S16")
-        mask = is_hex.to_numpy(zero_copy_only=False)
-        if mask.any():
-            out[mask] = np.frombuffer(bytes.fromhex("".join(uids.filter(is_hex).to_pylist())),
-                                      dtype="S16")
-        out[~mask] = [hashlib.sha256(u.encode()).digest()[:16]
-                      for u in uids.filter(pc.invert(is_hex)).to_pylist()]
-        return out
-
-    @staticmethod
-    def _sorted(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order = np.lexsort((lo, hi))
-        return hi[order], lo[order]
-
-    def _seen(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        seen = np.zeros(len(hi), bool)
-        for c_hi, c_lo in self.chunks:
-            left = np.searchsorted(c_hi, hi, "left")
-            right = np.searchsorted(c_hi, hi, "right")
-            one = np.flatnonzero(right - left == 1)
-            seen[one] |= c_lo[left[one]] == lo[one]
-            for i in np.flatnonzero(right - left > 1):  # equal high halves: ~never
-                seen[i] |= bool((c_lo[left[i]:right[i]] == lo[i]).any())
-        return seen
-
-    def add_new(self, uids: pa.Array) -> np.ndarray:
-        """Mask of the uids not seen before (first occurrence within ``uids`` wins); adds them."""
-        keys = np.ascontiguousarray(self._bytes(uids)).view(np.uint64).reshape(-1, 2)
-        hi, lo = keys[:, 0], keys[:, 1]
-        order = np.lexsort((lo, hi))  # stable: equal keys keep their order, first one first
-        s_hi, s_lo = hi[order], lo[order]
-        repeat = np.zeros(len(hi), bool)
-        repeat[order[1:]] = (s_hi[1:] == s_hi[:-1]) & (s_lo[1:] == s_lo[:-1])
-        fresh = ~repeat
-        fresh[order] &= ~self._seen(s_hi, s_lo)  # sorted queries: cache-friendly search
-        if fresh.any():
-            self.chunks.append(self._sorted(hi[fresh], lo[fresh]))
-        if len(self.chunks) > 16:
-            self.chunks = [self._sorted(np.concatenate([h for h, _ in self.chunks]),
-                                        np.concatenate([lo_ for _, lo_ in self.chunks]))]
-        return fresh
-
-
 @dataclass
 class IngestStats:
     files_new: int = 0
@@ -157,13 +108,16 @@ class IngestStats:
 
 
 class _ShardWriter:
-    """Cuts one input file's rows into ``pool/part-NNNNN`` shards of ``size`` rows."""
+    """Cuts one input file's rows into ``part-NNNNN`` files of ``size`` rows in ``folder``
+    (``pool``, or the staging folder when duplicates are dropped afterwards)."""
 
-    def __init__(self, rd: RunDir, size: int, next_index: int, source: str):
+    def __init__(self, rd: RunDir, size: int, next_index: int, source: str, folder: str):
         self.rd, self.size, self.next_index, self.source = rd, size, next_index, source
+        self.folder = folder
         self.buf: list[pa.Table] = []
         self.buffered = 0
         self.shards: list[str] = []
+        self.rows: list[int] = []
 
     def add(self, table: pa.Table) -> None:
         self.buf.append(table)
@@ -175,9 +129,10 @@ class _ShardWriter:
             table = pa.concat_tables(self.buf, promote_options="permissive")
             head, rest = table.slice(0, self.size), table.slice(self.size)
             name = shard_name(self.next_index)
-            write_parquet_atomic(self.rd.fs, self.rd.path("pool", name), head,
+            write_parquet_atomic(self.rd.fs, self.rd.path(self.folder, name), head,
                                  meta={"source": self.source})
             self.shards.append(name)
+            self.rows.append(head.num_rows)
             faults.trace("ingest", name)
             faults.maybe_fail("ingest", name, after_write=True)
             self.next_index += 1
@@ -202,30 +157,105 @@ def _column_map(cfg: PoolConfig, names: list[str], path: str) -> dict[str, str]:
     return mapping
 
 
+
+
+def _stage_file(rd: RunDir, fs: Any, path: str, key: tuple[str, int, str], cfg: PoolConfig,
+                dims: EmbeddingDims, next_index: int, folder: str) -> dict[str, Any]:
+    """Read, check and cut one input file into ``folder``/part-N from ``next_index`` on.
+
+    Returns its record: ``path size mtime rows_read bad_rows first chunks`` (rows per
+    file written) ``rows shards``.
+    """
+    try:
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            mapping = _column_map(cfg, pf.schema_arrow.names, path)
+            rename = {src: canon for canon, src in mapping.items()}
+            extras = [c for c in pf.schema_arrow.names
+                      if c not in rename and not c.startswith("__index_level_")]
+            writer = _ShardWriter(rd, cfg.shard_size, next_index, path, folder)
+            row0 = 0
+            bad: dict[str, int] = {}
+            # one row group at a time: iter_batches over the whole file keeps every read
+            # buffer alive until it ends (measured: the whole file in memory)
+            batches = (b for rg in range(pf.num_row_groups)
+                       for b in pf.iter_batches(batch_size=min(65_536, cfg.shard_size * 2),
+                                                row_groups=[rg]))
+            for batch in batches:
+                t = pa.Table.from_batches([batch])
+                t = t.rename_columns([rename.get(c, c) for c in t.column_names])
+                t = t.select([c for c in ("uid", "url", "caption", "image", "image_emb",
+                                          "text_emb") if c in t.column_names] + extras)
+                good, bad_counts = check_rows(t, cfg, path, row0, dims)
+                if "uid" in t.column_names:
+                    t = check_uids(t, good, path, row0)
+                rows = row0 + np.flatnonzero(good)  # each kept row's number in the file
+                row0 += t.num_rows
+                if bad_counts:
+                    for code, n_bad in bad_counts.items():
+                        bad[code] = bad.get(code, 0) + n_bad
+                    t = t.filter(pa.array(good))
+                t = embeddings_as_float(t)
+                if "uid" in t.column_names:
+                    check_uid_conflicts(t, path, rows)
+                else:
+                    uids = compute_uids(t["url"].combine_chunks() if "url" in t.column_names
+                                        else None, t["caption"].combine_chunks())
+                    t = t.add_column(0, "uid", uids)
+                writer.add(t)
+            writer.flush(final=True)
+    except InputError:
+        raise
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"pool {path}: not a readable Parquet file ({err})") from None
+    return {"path": key[0], "size": key[1], "mtime": key[2], "rows_read": row0,
+            "bad_rows": bad, "first": next_index, "chunks": writer.rows,
+            "rows": sum(writer.rows), "shards": writer.shards}
+
+
+def _record(pool_m: dict[str, Any], f: dict[str, Any], dups: int, keyed: bool) -> None:
+    """Add an ingested file to ``pool_m``: its input entry and its counts."""
+    pool_m["inputs"].append({"path": f["path"], "size": f["size"], "mtime": f["mtime"],
+                             "rows": f["rows"], "shards": f["shards"],
+                             **({"keyed": True} if keyed else {})})
+    pool_m["rows"] = pool_m.get("rows", 0) + f["rows"]
+    pool_m["rows_read"] = pool_m.get("rows_read", 0) + f["rows_read"]
+    pool_m["duplicates"] = pool_m.get("duplicates", 0) + dups
+    for code, n_bad in f["bad_rows"].items():
+        pool_m["bad_rows"][code] = pool_m["bad_rows"].get(code, 0) + n_bad
+
+
 def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
            save: Any = None) -> IngestStats:
     """Ingest new pool files into ``rd/pool``; updates ``manifest['pool']`` in place.
 
-    ``save(manifest)`` is called after each input file, so a crash loses at most the file
-    being ingested: its shards are not in the manifest, and the next run deletes them and
-    ingests that file again.
+    ``save(manifest)`` is called after each input file is staged and when a batch is
+    committed, so a crash loses at most the file being read: the next run finishes the
+    batch staged before it (``pool.pending``), then reads that file again. Returns only
+    once every shard in ``pool/`` is free of duplicates.
     """
     fs, files = resolve_pool(spec)
     pool_m = manifest.setdefault("pool", {"inputs": [], "rows": 0, "duplicates": 0,
                                           "bad_rows": {}, "embedding_dims": {}})
-    done = {(i["path"], i["size"], i["mtime"]) for i in pool_m["inputs"]}
     stats = IngestStats()
-    recorded = {s for i in pool_m["inputs"] for s in i["shards"]}
-    for orphan in sorted(set(rd.pool_shards()) - recorded):
-        log.warning("ingest: removing %s, left by an ingest that did not finish", orphan)
-        rd.fs.rm(rd.path("pool", orphan))
+    save = save or (lambda _m: None)
+    if pool_m.get("pending"):
+        log.info("ingest: finishing the batch of %d files a run that did not finish staged",
+                 len(pool_m["pending"]["files"]))
+        _finish(rd, manifest, save, stats)
+    _remove_leftovers(rd, pool_m)
+    done = {(i["path"], i["size"], i["mtime"]) for i in pool_m["inputs"]}
     existing = rd.pool_shards()
     next_index = (int(existing[-1][5:10]) + 1) if existing else 0
-    seen = _SeenUids()
     dims = EmbeddingDims(pool_m.get("embedding_dims"))
-    if cfg.drop_duplicates and existing:
-        for s in existing:
-            seen.add_new(rd.read("pool", s, ["uid"])["uid"].combine_chunks())
+    pend: dict[str, Any] | None = None
+    if cfg.drop_duplicates:
+        dd = pool_m.setdefault("dedup", {"partitions": PARTITIONS, "batches": 0})
+        pend = {"gen": dd["batches"], "first": next_index, "next": next_index,
+                "group": max(1, -(-GROUP_ROWS // cfg.shard_size)),
+                "shard_size": cfg.shard_size, "files": [],
+                "old": [s for i in pool_m["inputs"] if not i.get("keyed")
+                        for s in i["shards"]]}
 
     for path in files:
         info = fs.info(path)
@@ -234,76 +264,28 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
         if key in done:
             stats.files_skipped += 1
             continue
-        try:
-            with fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f)
-                mapping = _column_map(cfg, pf.schema_arrow.names, path)
-                rename = {src: canon for canon, src in mapping.items()}
-                extras = [c for c in pf.schema_arrow.names
-                          if c not in rename and not c.startswith("__index_level_")]
-                writer = _ShardWriter(rd, cfg.shard_size, next_index, path)
-                row0 = 0
-                file_rows = 0
-                file_dups = 0
-                file_bad: dict[str, int] = {}
-                # one row group at a time: iter_batches over the whole file keeps every read
-                # buffer alive until it ends (measured: the whole file in memory)
-                batches = (b for rg in range(pf.num_row_groups)
-                           for b in pf.iter_batches(batch_size=min(65_536, cfg.shard_size * 2),
-                                                    row_groups=[rg]))
-                for batch in batches:
-                    t = pa.Table.from_batches([batch])
-                    t = t.rename_columns([rename.get(c, c) for c in t.column_names])
-                    t = t.select([c for c in ("uid", "url", "caption", "image", "image_emb",
-                                              "text_emb") if c in t.column_names] + extras)
-                    stats.rows_read += t.num_rows
-                    good, bad_counts = check_rows(t, cfg, path, row0, dims)
-                    if "uid" in t.column_names:
-                        t = check_uids(t, good, path, row0)
-                    rows = row0 + np.flatnonzero(good)  # each kept row's number in the file
-                    row0 += t.num_rows
-                    if bad_counts:
-                        for code, n_bad in bad_counts.items():
-                            stats.bad_rows[code] = stats.bad_rows.get(code, 0) + n_bad
-                            file_bad[code] = file_bad.get(code, 0) + n_bad
-                        t = t.filter(pa.array(good))
-                    t = embeddings_as_float(t)
-                    if "uid" in t.column_names:
-                        check_uid_conflicts(t, path, rows)
-                    else:
-                        uids = compute_uids(t["url"].combine_chunks() if "url" in t.column_names
-                                            else None, t["caption"].combine_chunks())
-                        t = t.add_column(0, "uid", uids)
-                    if cfg.drop_duplicates:
-                        fresh = seen.add_new(t["uid"].combine_chunks())
-                        dups = int((~fresh).sum())
-                        if dups:
-                            stats.duplicates += dups
-                            file_dups += dups
-                            t = t.filter(pa.array(fresh))
-                    file_rows += t.num_rows
-                    writer.add(t)
-                writer.flush(final=True)
-                shards, next_index = writer.shards, writer.next_index
-        except InputError:
-            raise
-        except (pa.ArrowInvalid, OSError) as err:
-            raise InputError(f"pool {path}: not a readable Parquet file ({err})") from None
-        stats.files_new += 1
-        stats.rows += file_rows
-        stats.shards_new.extend(shards)
-        pool_m["inputs"].append({"path": key[0], "size": key[1], "mtime": key[2],
-                                 "rows": file_rows, "shards": shards})
-        pool_m["rows"] = pool_m.get("rows", 0) + file_rows
-        pool_m["duplicates"] = pool_m.get("duplicates", 0) + file_dups
-        for code, n_bad in file_bad.items():
-            pool_m["bad_rows"][code] = pool_m["bad_rows"].get(code, 0) + n_bad
+        f = _stage_file(rd, fs, path, key, cfg, dims, next_index,
+                        STAGING if pend is not None else "pool")
+        next_index += len(f["chunks"])
+        stats.rows_read += f["rows_read"]
+        for code, n_bad in f["bad_rows"].items():
+            stats.bad_rows[code] = stats.bad_rows.get(code, 0) + n_bad
+        if pend is None:
+            _record(pool_m, f, 0, keyed=False)
+            stats.files_new += 1
+            stats.rows += f["rows"]
+            stats.shards_new.extend(f["shards"])
+        else:
+            del f["rows"], f["shards"]  # known once duplicates are dropped
+            pend["files"].append(f)
+            pend["next"] = next_index
+            pool_m["pending"] = pend
         pool_m["embedding_dims"] = dict(dims.dims)
-        if save is not None:
-            save(manifest)
+        save(manifest)
+    if pool_m.get("pending"):
+        _finish(rd, manifest, save, stats)
     if stats.files_new == 0 and not existing:
         raise InputError(f"pool {spec}: no rows")
-    pool_m["rows_read"] = pool_m.get("rows_read", 0) + stats.rows_read
     pool_m["shards"] = len(rd.pool_shards())
     pool_m["spec"] = spec
     if pool_m["rows"] == 0:
@@ -313,3 +295,55 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
     log.info("ingest: %d new files, %d rows, %d duplicates dropped, %d new shards",
              stats.files_new, stats.rows, stats.duplicates, len(stats.shards_new))
     return stats
+
+
+def _remove_leftovers(rd: RunDir, pool_m: dict[str, Any]) -> None:
+    """With no batch pending: shards and work files of an ingest that did not finish."""
+    recorded = {s for i in pool_m["inputs"] for s in i["shards"]}
+    for orphan in sorted(set(rd.pool_shards()) - recorded):
+        log.warning("ingest: removing %s, left by an ingest that did not finish", orphan)
+        rd.fs.rm(rd.path("pool", orphan))
+    for folder in (STAGING, WORK):
+        if rd.fs.exists(rd.path(folder)):
+            rd.fs.rm(rd.path(folder), recursive=True)
+
+
+def _finish(rd: RunDir, manifest: dict[str, Any], save: Any, stats: IngestStats) -> None:
+    """Drop the pending batch's duplicates (_pool_dedup), write its final shards, commit."""
+    pool_m = manifest["pool"]
+    pend = pool_m["pending"]
+    first, size, per = pend["first"], pend["shard_size"], pend["group"]
+    n, old = pend["next"] - first, pend["old"]
+    batch = Batch(rd.url, pool_m["dedup"]["partitions"], pend["gen"], first, n, per,
+                  -(-len(old) // per))
+    dups = np.zeros(n, np.int64)
+    if n or old:
+        staged = [shard_name(first + i) for i in range(n)]
+        items = ([("keys", g, staged[g * per:(g + 1) * per]) for g in range(batch.groups)]
+                 + [("old", g, old[g * per:(g + 1) * per]) for g in range(batch.old_groups)])
+        run_step(partial(write_keys, batch), items, "ingest.keys")
+
+        def fold(counts: np.ndarray) -> None:
+            dups[:] += counts
+
+        run_step(partial(dedup_partition, batch), list(range(batch.partitions)),
+                 "ingest.dedup", fold)
+    specs = final_layout(pend["files"], dups, first, size)
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for s in specs:
+        groups.setdefault((s["parts"][0][0] - first) // per, []).append(s)
+    run_step(partial(write_shards, batch), list(groups.values()), "ingest.write")
+    faults.maybe_fail("ingest.dedup", "commit")
+    for f in pend["files"]:
+        f_dups = int(dups[f["first"] - first: f["first"] - first + len(f["chunks"])].sum())
+        _record(pool_m, f, f_dups, keyed=True)
+        stats.files_new += 1
+        stats.rows += f["rows"]
+        stats.duplicates += f_dups
+        stats.shards_new.extend(f["shards"])
+    for i in pool_m["inputs"]:
+        i["keyed"] = True
+    pool_m["dedup"]["batches"] = pend["gen"] + 1
+    del pool_m["pending"]
+    save(manifest)
+    _remove_leftovers(rd, pool_m)

@@ -147,7 +147,7 @@ class PruneStage(Stage):
 
     # ------------------------------------------------------------------ train
     def _fraction(self) -> float:
-        from curate.algorithms.kmeans import sample_fraction
+        from curate.algorithms.kmeans_sample import sample_fraction
 
         s, n = self.section, self.state["count"]["n"]
         cap = s.sample_size or s.max_points_per_centroid * s.k

@@ -105,21 +105,28 @@ class ReportStage(Stage):
         note = None
         try:
             all_classes = imagenet_classnames()
-            idx, classes = distinct_classes(all_classes)
+            _, classes = distinct_classes(all_classes)
         except Exception as err:  # noqa: BLE001 - the rest of the report is still useful
             log.warning("report: ImageNet class names unavailable (%s)", err)
-            all_classes, idx, classes = [], [], []
+            all_classes, classes = [], []
             note = f"ImageNet class names unavailable ({err}); open_clip is needed."
         return {"ran": ran, "stages": [r.name for r in per_shard],
                 "folders": [r.folder for r in per_shard], "deciding": deciding,
                 "after_match": after_match, "match": match.name if match else None,
-                "score": score.name if score else None, "class_index": idx,
-                "classnames": classes, "all_classes": len(all_classes), "coverage_note": note}
+                "score": score.name if score else None, "coverage": bool(classes),
+                "all_classes": len(all_classes), "coverage_note": note}
+
+    def _classes(self) -> tuple[list[int], list[str]]:
+        """(first index, name) of ImageNet's distinct class names; not kept in run.json."""
+        if not self.state["plan"]["coverage"]:
+            return [], []
+        return distinct_classes(imagenet_classnames())
 
     def _shard_plan(self) -> ShardPlan:
         p = self.state["plan"]
         return ShardPlan(self.rd.url, tuple(p["stages"]), tuple(p["folders"]),
-                         tuple(p["deciding"]), tuple(p["after_match"]), tuple(p["classnames"]),
+                         tuple(p["deciding"]), tuple(p["after_match"]),
+                         tuple(self._classes()[1]),
                          p["match"], p["score"])
 
     def _count_shard(self, shard: str) -> dict[str, Any]:
@@ -130,7 +137,7 @@ class ReportStage(Stage):
             return {"shard": shard, "error": f"{type(err).__name__}: {err}"}
 
     def _totals(self) -> Totals:
-        return Totals(len(self.state["plan"]["classnames"]))
+        return Totals(len(self._classes()[1]))
 
     def _entries(self, n: int) -> list[str]:
         """Entry strings by id: balance's entry_counts.parquet, else the vocabulary."""
@@ -337,9 +344,9 @@ class ReportStage(Stage):
             concept_columns["count_final"] = "final"
 
         coverage, coverage_note = None, plan["coverage_note"]
-        class_names = plan["classnames"]
+        class_index, class_names = self._classes()
         if class_names:
-            coverage = self._coverage(plan["class_index"], class_names, totals)
+            coverage = self._coverage(class_index, class_names, totals)
             write_parquet_atomic(rd.fs, join(out_dir, OUTPUTS["downstream coverage"]), coverage)
             outputs["downstream coverage"] = OUTPUTS["downstream coverage"]
             from curate.algorithms.matching import spacing

@@ -190,7 +190,7 @@ class ScoreStage(Stage):
         return {"random_init": self.section.pretrained == "none"}
 
     def _spec(self, device: str | None = None):
-        from curate.models.clip import ModelSpec
+        from curate.models.spec import ModelSpec
 
         s = self.section
         model = s.model or (None if s.model_config_path else "ViT-B-32")
@@ -274,7 +274,8 @@ class ScoreStage(Stage):
         """Decode (threads) and encode (model) the pairs in ``todo``, batch by batch."""
         import torch
 
-        from curate.models.clip import encode, preprocess_images
+        from curate.models.encode import encode
+        from curate.models.images import preprocess_images
 
         loaded = self._model()
         n = inputs.num_rows
