@@ -14,8 +14,13 @@ over the baseline after imports and Ray start-up, and what ingest dropped. The d
 peak should not grow with the pool (duplicate detection runs on Ray workers); its growth
 from the smaller to the larger size is the line to read.
 
+``--ingest-from FILE`` measures another version of ``curate/stages/ingest.py`` instead,
+e.g. the driver-set one from before duplicates moved to workers:
+
     .venv/bin/python bench/bench_ingest.py                   # 1M and 4M rows
     .venv/bin/python bench/bench_ingest.py --rows 200000 --keep
+    git show e959762:curate/stages/ingest.py > /tmp/ingest_set.py
+    .venv/bin/python bench/bench_ingest.py --ingest-from /tmp/ingest_set.py
 """
 
 from __future__ import annotations
@@ -79,6 +84,14 @@ def child(args: argparse.Namespace) -> None:
     from curate.core.rundir import RunDir
     from curate.stages.ingest import ingest
 
+    if args.ingest_from:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("ingest_under_test", args.ingest_from)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        ingest = mod.ingest
     engine.init(args.cpus)
     base = peak_rss_mb()
     rd = RunDir(args.out)
@@ -90,7 +103,8 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"rows_read": pool["rows_read"], "rows": pool["rows"],
                       "duplicates": pool["duplicates"], "shards": pool["shards"],
                       "seconds": seconds, "rows_per_s": pool["rows_read"] / seconds,
-                      "driver_peak_mb": peak_rss_mb(), "driver_base_mb": base}))
+                      "driver_peak_mb": peak_rss_mb(), "driver_base_mb": base,
+                      "steps": pool.get("dedup", {}).get("seconds", {})}))
 
 
 def main() -> None:
@@ -101,6 +115,7 @@ def main() -> None:
     ap.add_argument("--dup-frac", type=float, default=0.05)
     ap.add_argument("--cpus", type=int, default=None, help="local Ray CPUs (default: all)")
     ap.add_argument("--keep", action="store_true", help="keep the pools and run directories")
+    ap.add_argument("--ingest-from", help="measure this ingest.py instead of curate's")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--pool", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -122,8 +137,12 @@ def main() -> None:
                    "--out", os.path.join(work, f"run-{n}")]
             if args.cpus:
                 cmd += ["--cpus", str(args.cpus)]
-            env = dict(os.environ, CURATE_RAY_TMP=tempfile.mkdtemp(prefix="bi-", dir="/tmp"))
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if args.ingest_from:
+                cmd += ["--ingest-from", os.path.abspath(args.ingest_from)]
+            ray_tmp = tempfile.mkdtemp(prefix="bi-", dir="/tmp")  # short: Ray's socket paths
+            r = subprocess.run(cmd, capture_output=True, text=True,
+                               env=dict(os.environ, CURATE_RAY_TMP=ray_tmp))
+            shutil.rmtree(ray_tmp, ignore_errors=True)
             if r.returncode:
                 sys.exit(f"ingest of {n:,} rows failed:\n{r.stderr[-3000:]}")
             res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -131,7 +150,9 @@ def main() -> None:
             print(f"{n:>10,} rows: {res['rows_per_s']:>9,.0f} rows/s ({res['seconds']:.1f} s), "
                   f"driver peak RSS {res['driver_peak_mb']:,.0f} MB (+"
                   f"{res['driver_peak_mb'] - res['driver_base_mb']:,.0f} MB during ingest), "
-                  f"{res['duplicates']:,} duplicates dropped, {res['shards']} shards",
+                  f"{res['duplicates']:,} duplicates dropped, {res['shards']} shards"
+                  + (", worker steps " + ", ".join(f"{k} {v:.1f} s" for k, v in
+                                                   res["steps"].items()) if res["steps"] else ""),
                   flush=True)
             if not args.keep:
                 shutil.rmtree(pool, ignore_errors=True)
@@ -145,7 +166,8 @@ def main() -> None:
         f"{n / 1e6:g}M: {r['rows_per_s'] / 1e3:,.0f}k rows/s, driver +"
         f"{r['driver_peak_mb'] - r['driver_base_mb']:,.0f} MB (peak {r['driver_peak_mb']:,.0f})"
         for n, r in results.items())
-    print(f"ingest: {summary}")
+    which = f"ingest from {args.ingest_from}" if args.ingest_from else "ingest"
+    print(f"{which}: {summary}")
 
 
 if __name__ == "__main__":

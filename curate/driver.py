@@ -78,13 +78,13 @@ def run_pipeline(
         spec = pool or manifest.get("pool", {}).get("spec")
         if spec is None:
             raise InputError(f"{out}: no pool given and none recorded; pass --pool")
+        engine.init(cfg.run.num_cpus)
         t0 = time.monotonic()
         ingest(rd, spec, cfg.pool, manifest, save=rd.save_manifest)
         manifest.setdefault("timings", {})["ingest"] = round(time.monotonic() - t0, 3)
         manifest.pop("finished", None)
         rd.save_manifest(manifest)
 
-        engine.init(cfg.run.num_cpus)
         fps = cfg.fingerprints()
         shards = rd.pool_shards()
         blocked: set[str] = set()  # shards an earlier stage failed on

@@ -1,5 +1,5 @@
 """Any uid a pool brings is legal: ingest keeps it verbatim, and duplicate detection
-(``_SeenUids``) treats two uids as one only when they are the same string, within a batch,
+(``_pool_dedup``) treats two uids as one only when they are the same string, within a batch,
 across batches, files and runs. Only null and empty uids are errors."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 from curate.config import PoolConfig
 from curate.core.rundir import RunDir
 from curate.errors import InputError
-from curate.stages.ingest import _SeenUids, compute_uids, ingest
+from curate.stages._pool_dedup import first_of_key, uid_keys128
+from curate.stages.ingest import compute_uids, ingest
 
 URL = "http://example.com/x.jpg"
 
@@ -85,13 +86,19 @@ def test_repeats_across_files_and_runs(tmp_path):
     assert m["pool"]["duplicates"] == 10
 
 
+def _repeats(uids: list[str]) -> list[bool]:
+    """Which of ``uids`` equal an earlier one, by their 128-bit keys."""
+    order, first = first_of_key(*uid_keys128(pa.array(uids, pa.string())))
+    out = np.empty(len(uids), bool)
+    out[order] = ~first
+    return out.tolist()
+
+
 def test_pool_uid_equal_to_a_derived_uid_is_the_same_uid(tmp_path):
     """A pool that brings our own uid form (hex of sha256) dedups against it as a string."""
     derived = compute_uids(pa.array([URL]), pa.array(["a dog"]))[0].as_py()
-    seen = _SeenUids()
-    assert seen.add_new(pa.array([derived])).tolist() == [True]
-    assert seen.add_new(pa.array(["img-1", derived, derived.upper()])).tolist() == [
-        True, False, True]
+    assert _repeats([derived, "img-1", derived, derived.upper()]) == [
+        False, False, True, False]
 
 
 def test_integer_uid_column_cast_to_strings(tmp_path):
@@ -153,19 +160,16 @@ def test_conflicting_odd_uid_names_file_rows_after_dropped_rows(tmp_path):
         run(tmp_path, p, on_bad_row="drop")
 
 
-def test_seen_uids_matches_a_python_set():
-    """Mixed batches (hex and not), repeats within and across batches, more than 16 chunks
-    (merged), against the obvious implementation."""
+def test_repeats_match_a_python_set():
+    """Mixed uids (hex and not, repeated), against the obvious implementation."""
     rng = np.random.default_rng(3)
     derived = compute_uids(None, pa.array([f"c{i}" for i in range(300)])).to_pylist()
     pool = derived + [f"{i:06d}" for i in range(300)] + [f"u/{i}/..{'é' * (i % 5)}"
-                                                         for i in range(300)]
-    seen, ref = _SeenUids(), set()
-    for _ in range(40):
-        batch = [pool[i] for i in rng.integers(0, len(pool), int(rng.integers(0, 60)))]
-        expect = []
-        for u in batch:
-            expect.append(u not in ref)
-            ref.add(u)
-        assert seen.add_new(pa.array(batch, pa.string())).tolist() == expect
-    assert len(seen.chunks) <= 17
+                                                         for i in range(300)] + ODD_UIDS
+    uids = [pool[i] for i in rng.integers(0, len(pool), 3000)]
+    ref: set[str] = set()
+    expect = []
+    for u in uids:
+        expect.append(u in ref)
+        ref.add(u)
+    assert _repeats(uids) == expect

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -69,6 +70,13 @@ def init(num_cpus: int | None = None) -> None:
                  log_to_driver=False, configure_logging=False)
         log.info("started local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
     _INIT_BY_US = True
+
+
+def is_initialized() -> bool:
+    """Whether this process started or joined Ray; never imports it (a library caller that
+    did not start Ray gets in-process execution where a module offers it)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def assigned_cpus() -> int:

@@ -25,16 +25,15 @@ Ray is not initialised, see :func:`run_step`):
    keys file in pool order, stable-sorted by key: a record equal to its predecessor is a
    duplicate (committed keys and earlier rows sort first). Writes the batch's new keys of j
    as ``gen-{batch}`` and the duplicates' positions to ``pool/_dedup/dups-pJJJJ.bin``;
-   returns duplicates per staged chunk. Memory per task: ~pool/P keys (16 B committed, 24 B
-   new, plus the sort's index), flat in the pool size when P grows with it.
+   returns duplicates per staged chunk. Memory per task: ~pool/P keys (16 B per committed
+   key, 24 B per new one, plus the sort; see ``PARTITIONS``); the driver only sums counts.
 3. ``write``, a task per group: each final shard is a file's kept rows cut in
    ``shard_size``, exactly the shards an ingest that never wrote a duplicate produces. A
    staged chunk that is a final shard as it is (no duplicates, same cut) is renamed; the
    others are rewritten from the staged chunks minus their duplicates.
 
-Files (``.bin``): an int64 count n, n+1 int64 offsets (records), then the records. A task
-reads one range of a file (partition j of a keys file, a run of groups of a dups file)
-with two ranged reads, so the shuffle is P x groups reads, not P x shards files.
+Files (``.bin``): an int64 count n, n+1 int64 offsets, then the records; a task reads its
+range of a file with ranged reads, so the shuffle is P x groups reads, not P x shards files.
 
 Every output is written atomically under a name fixed by the batch, and a task whose output
 exists returns what it would have computed: a crash anywhere, then a rerun (which finishes
@@ -47,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +56,19 @@ import pyarrow.compute as pc
 
 from curate.algorithms.uids import mix64
 from curate.core import faults
-from curate.core.io import is_local, shard_index, write_bytes_atomic, write_parquet_atomic
+from curate.core.io import (
+    is_local,
+    shard_index,
+    shard_name,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from curate.core.rundir import RunDir
 from curate.errors import FailedShardsError
 
-#: partitions of a run directory's keys (recorded in run.json, so later runs keep it):
-#: a 1B-pair pool puts ~16M keys (~400 MB while sorting) in each dedup task
+#: partitions of a run directory's keys (recorded in run.json, so later runs keep it). A
+#: dedup task peaks near 70 B per key of its batch (45 per committed key): ~1.1 GB for a
+#: 1B-pair pool ingested in one run (16M keys a partition), 70 MB for the next 64M pairs
 PARTITIONS = 64
 #: staged rows per keys/write task: few ranged reads per task, a few tens of MB of keys each
 GROUP_ROWS = 1 << 20
@@ -129,13 +136,17 @@ def partition_of(hi: np.ndarray, lo: np.ndarray, partitions: int) -> np.ndarray:
     return (mix64(hi ^ mix64(lo)) % np.uint64(partitions)).astype(np.int64)
 
 
-def repeats(keys: np.ndarray) -> np.ndarray:
-    """Mask of the entries of ``keys`` (KEY fields, any order) equal to an earlier entry."""
-    order = np.lexsort((keys["lo"], keys["hi"]))  # stable: equal keys keep their order
-    s = keys[order]
-    out = np.zeros(len(keys), bool)
-    out[order[1:]] = (s["hi"][1:] == s["hi"][:-1]) & (s["lo"][1:] == s["lo"][:-1])
-    return out
+def first_of_key(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stable sort of the keys (``order``) and, in that order, whether each entry is the
+    first of its key: equal keys keep their input order, so the earliest entry is first.
+    One sorted half at a time: a task's peak is what bounds the partition count."""
+    order = np.lexsort((lo, hi))
+    first = np.ones(len(order), bool)
+    s = hi[order]
+    first[1:] = s[1:] != s[:-1]
+    s = lo[order]
+    first[1:] |= s[1:] != s[:-1]
+    return order, first
 
 
 # ----------------------------------------------------------------------------- files
@@ -145,14 +156,23 @@ def write_ranges(rd: RunDir, path: str, records: np.ndarray, bounds: np.ndarray)
     write_bytes_atomic(rd.fs, rd.path(path), head.tobytes() + records.tobytes())
 
 
-def read_ranges(rd: RunDir, path: str, dtype: np.dtype, i0: int, i1: int) -> np.ndarray:
-    """Records of ranges ``i0 .. i1 - 1`` of a file written by :func:`write_ranges`."""
+def _bounds(rd: RunDir, path: str, i0: int, i1: int) -> tuple[int, int, int]:
+    """Where ranges ``i0 .. i1 - 1`` of a ``write_ranges`` file are: (header bytes, first
+    record, end record)."""
     p = rd.path(path)
     n = int(np.frombuffer(rd.fs.cat_file(p, start=0, end=8), "<i8")[0])
-    bounds = np.frombuffer(rd.fs.cat_file(p, start=8 + 8 * i0, end=16 + 8 * i1), "<i8")
-    start = 8 * (n + 2) + int(bounds[0]) * dtype.itemsize
-    end = 8 * (n + 2) + int(bounds[-1]) * dtype.itemsize
-    data = rd.fs.cat_file(p, start=start, end=end) if end > start else b""
+    b = np.frombuffer(rd.fs.cat_file(p, start=8 + 8 * i0, end=16 + 8 * i1), "<i8")
+    return 8 * (n + 2), int(b[0]), int(b[-1])
+
+
+def read_ranges(rd: RunDir, path: str, dtype: np.dtype, i0: int, i1: int,
+                where: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Records of ranges ``i0 .. i1 - 1`` of a file written by :func:`write_ranges`."""
+    head, a, b = where or _bounds(rd, path, i0, i1)
+    if b == a:
+        return np.empty(0, dtype)
+    data = rd.fs.cat_file(rd.path(path), start=head + a * dtype.itemsize,
+                          end=head + b * dtype.itemsize)
     return np.frombuffer(data, dtype)
 
 
@@ -201,6 +221,32 @@ def write_keys(batch: Batch, item: tuple[str, int, list[str]]) -> int:
     return len(rec)
 
 
+def _load_partition(rd: RunDir, batch: Batch, j: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Partition j's keys: committed ones, then old shards', then the batch's in pool order
+    (``hi``, ``lo``), the batch's positions (``pos``), and where each kind starts. Filled
+    into arrays sized first, one file at a time: 24 B per new key, 16 B per earlier one."""
+    sources = ([(0, gen_path(j, g), KEY, 0) for g in range(batch.gen)
+                if rd.fs.exists(rd.path(gen_path(j, g)))]
+               + [(1, keys_path("old", g), REC, j) for g in range(batch.old_groups)]
+               + [(2, keys_path("keys", g), REC, j) for g in range(batch.groups)])
+    where = [_bounds(rd, path, i, i + 1) for _, path, _, i in sources]
+    sizes = [b - a for _, a, b in where]
+    n_committed = sum(n for n, src in zip(sizes, sources) if src[0] == 0)
+    n_earlier = sum(n for n, src in zip(sizes, sources) if src[0] < 2)
+    hi, lo = np.empty(sum(sizes), "<u8"), np.empty(sum(sizes), "<u8")
+    pos = np.empty(sum(sizes) - n_earlier, POS)
+    at = 0
+    for (kind, path, dt, i), w, n in zip(sources, where, sizes):
+        part = read_ranges(rd, path, dt, i, i + 1, w)
+        hi[at:at + n], lo[at:at + n] = part["hi"], part["lo"]
+        if kind == 2:
+            pos["chunk"][at - n_earlier:at - n_earlier + n] = part["chunk"]
+            pos["row"][at - n_earlier:at - n_earlier + n] = part["row"]
+        at += n
+    return hi, lo, pos, n_committed, n_earlier
+
+
 def dedup_partition(batch: Batch, j: int) -> np.ndarray:
     """Step 2 for partition ``j``: returns the duplicates of partition j per staged chunk."""
     rd = RunDir(batch.url)
@@ -208,21 +254,20 @@ def dedup_partition(batch: Batch, j: int) -> np.ndarray:
     if rd.fs.exists(rd.path(dups_path(j))) and rd.fs.exists(rd.path(gen_path(j, batch.gen))):
         pos = read_ranges(rd, dups_path(j), POS, 0, batch.groups)
     else:
-        committed = [read_ranges(rd, gen_path(j, g), KEY, 0, 1) for g in range(batch.gen)
-                     if rd.fs.exists(rd.path(gen_path(j, g)))]
-        old = [read_ranges(rd, keys_path("old", g), REC, j, j + 1)[["hi", "lo"]]
-               for g in range(batch.old_groups)]
-        new = np.concatenate([read_ranges(rd, keys_path("keys", g), REC, j, j + 1)
-                              for g in range(batch.groups)] or [np.empty(0, REC)])
-        old_keys = np.concatenate(old or [np.empty(0, KEY)]).astype(KEY)
-        earlier = np.concatenate([*committed, old_keys]).astype(KEY)
-        both = np.concatenate([earlier, new[["hi", "lo"]].astype(KEY)])
-        dup = repeats(both)[len(earlier):]
-        fresh = np.concatenate([old_keys[~repeats(old_keys)],
-                                new[~dup][["hi", "lo"]].astype(KEY)])
-        fresh = fresh[np.lexsort((fresh["lo"], fresh["hi"]))]
+        hi, lo, pos, n_committed, n_earlier = _load_partition(rd, batch, j)
+        order, first = first_of_key(hi, lo)
+        # the batch's keys of j: first of their key, not committed before (old or new)
+        keep = order[first & (order >= n_committed)]
+        fresh = np.empty(len(keep), KEY)
+        fresh["hi"], fresh["lo"] = hi[keep], lo[keep]
+        del hi, lo, keep
         write_ranges(rd, gen_path(j, batch.gen), fresh, np.array([0, len(fresh)]))
-        pos = new[dup][["chunk", "row"]].astype(POS)  # in pool order: by chunk, then row
+        del fresh
+        is_new = order >= n_earlier
+        dup = np.zeros(len(pos), bool)
+        dup[order[is_new] - n_earlier] = ~first[is_new]
+        del order, first, is_new
+        pos = pos[dup]  # in pool order: by chunk, then row
         group_of = (pos["chunk"].astype(np.int64) - batch.first) // batch.group
         write_ranges(rd, dups_path(j), pos,
                      np.searchsorted(group_of, np.arange(batch.groups + 1)))
@@ -235,7 +280,9 @@ def _dups_of(rd: RunDir, batch: Batch, c0: int, c1: int) -> dict[int, np.ndarray
     pos = np.concatenate([read_ranges(rd, dups_path(j), POS, g0, g1 + 1)
                           for j in range(batch.partitions)] or [np.empty(0, POS)])
     pos = pos[(pos["chunk"] >= c0) & (pos["chunk"] <= c1)]
-    return {int(c): pos["row"][pos["chunk"] == c] for c in np.unique(pos["chunk"])}
+    pos = pos[np.argsort(pos["chunk"], kind="stable")]
+    chunks, starts = np.unique(pos["chunk"], return_index=True)
+    return {int(c): rows for c, rows in zip(chunks, np.split(pos["row"], starts[1:]))}
 
 
 def write_shards(batch: Batch, specs: list[dict[str, Any]]) -> int:
@@ -250,7 +297,7 @@ def write_shards(batch: Batch, specs: list[dict[str, Any]]) -> int:
     def kept(c: int) -> pa.Table:
         if c not in cache:
             cache.clear()  # specs come in pool order: a chunk is never needed again
-            t = rd.read(STAGING, f"part-{c:05d}.parquet")
+            t = rd.read(STAGING, shard_name(c))
             if c in dups:
                 mask = np.ones(t.num_rows, bool)
                 mask[dups[c]] = False
@@ -264,7 +311,7 @@ def write_shards(batch: Batch, specs: list[dict[str, Any]]) -> int:
         if rd.fs.exists(dst):  # written by an attempt that did not finish
             continue
         if s["rename"]:
-            _move(rd, rd.path(STAGING, f"part-{s['parts'][0][0]:05d}.parquet"), dst)
+            _move(rd, rd.path(STAGING, shard_name(s["parts"][0][0])), dst)
         else:
             t = pa.concat_tables([kept(c).slice(a, b - a) for c, a, b in s["parts"]],
                                  promote_options="permissive")
@@ -276,8 +323,8 @@ def write_shards(batch: Batch, specs: list[dict[str, Any]]) -> int:
 
 
 def final_layout(files: list[dict[str, Any]], dups: np.ndarray, first: int, size: int
-                 ) -> list[list[dict[str, Any]]]:
-    """The final shards of a batch, as ``write_shards`` specs, grouped in pool order.
+                 ) -> list[dict[str, Any]]:
+    """The final shards of a batch, as ``write_shards`` specs, in pool order.
 
     ``files``: the pending files (``first`` staged chunk, ``chunks`` rows per chunk);
     ``dups``: duplicates per staged chunk of the batch. Also sets each file's ``rows`` and
@@ -303,27 +350,33 @@ def final_layout(files: list[dict[str, Any]], dups: np.ndarray, first: int, size
                     ci, at = ci + 1, 0
             c, a, b = parts[0]
             whole = (len(parts) == 1 and a == 0 and b == f["chunks"][c - f["first"]])
-            name = f"part-{nxt:05d}.parquet"
+            name = shard_name(nxt)
             specs.append({"name": name, "source": f["path"], "parts": parts, "rename": whole})
             f["shards"].append(name)
             nxt += 1
     return specs
 
 
-def run_step(fn: Any, items: list[Any], desc: str, fold: Any = None) -> None:
+def _ray_running() -> bool:
+    """Whether this process started or joined Ray (then the steps run on its workers)."""
+    from curate.core import engine
+
+    return engine.is_initialized()
+
+
+def run_step(fn: Any, items: list[Any], desc: str, fold: Any = None) -> float:
     """``fold(fn(item))`` for every item as it finishes, in any order: on Ray workers
     (``engine.map_items``, retried) when Ray is initialised, as ``curate run`` does before
     ingest; in this process otherwise (ingest called as a library, tests), where starting
     Ray would cost more than a small pool's work. Any item that still fails is an error
-    (exit 3): the batch stays pending, and a rerun finishes it."""
-    import ray
-
-    if not ray.is_initialized():
+    (exit 3): the batch stays pending, and a rerun finishes it. Returns the seconds taken."""
+    t = time.monotonic()
+    if not _ray_running():
         for item in items:
             value = fn(item)
             if fold is not None:
                 fold(value)
-        return
+        return time.monotonic() - t
     from curate.core import engine
 
     errors: list[str] = []
@@ -340,3 +393,4 @@ def run_step(fn: Any, items: list[Any], desc: str, fold: Any = None) -> None:
         raise FailedShardsError(
             f"{desc}: {len(errors)} of {len(items)} tasks failed (e.g. {errors[0]}); "
             "rerun the same command to finish the pool's duplicate detection")
+    return time.monotonic() - t

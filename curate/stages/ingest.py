@@ -1,10 +1,21 @@
 """Ingest: read a pool (a Parquet file, a folder or a glob of them) into ``pool/part-NNNNN``.
 
 Columns are mapped to canonical names (``pool.columns``), every other column is kept, a
-``uid`` is derived (DESIGN §3) unless the pool brings one, exact duplicate pairs are dropped
+``uid`` is derived (docs/ARCHITECTURE.md, "uids") unless the pool brings one, exact duplicate pairs are dropped
 and counted, and rows are cut into shards of ``pool.shard_size``. A shard never spans two
 input files, so a pool that gains files later is ingested incrementally: files already
 recorded in the manifest (same path, size and modification time) are skipped.
+
+Duplicates (a uid seen earlier in the pool: earlier run, file or row; the first wins) are
+found on Ray workers, not in a set on the driver, which would hold 16 B per pair
+(``_pool_dedup`` says how). So with ``drop_duplicates`` (the default) the new files of a
+call are a *batch*: read and checked here, one file at a time, into ``pool/_staging``
+(recorded in run.json as ``pool.pending`` after each file), then deduplicated and cut into
+their final shards by workers, and committed to ``pool.inputs`` in one save. The shards
+are exactly those of an ingest that drops each duplicate as it reads it. A rerun finishes
+a pending batch before anything else, and ingest returns only when none is pending: no
+stage ever sees a pool with duplicates left in it. Without ``drop_duplicates`` files are
+cut straight into ``pool/`` and recorded one by one.
 
 Bad rows (null, empty, huge or NUL-holding captions, non-http URLs, null, ragged or
 non-finite embeddings) are errors naming file, row and field. Real pools carry such rows,
@@ -40,7 +51,7 @@ import pyarrow.parquet as pq
 
 from curate.config import PoolConfig
 from curate.core import faults
-from curate.core.io import shard_name, url_to_fs, write_parquet_atomic
+from curate.core.io import shard_index, shard_name, url_to_fs, write_parquet_atomic
 from curate.core.rundir import RunDir
 from curate.errors import InputError
 from curate.stages._pool_dedup import (
@@ -89,7 +100,7 @@ def resolve_pool(spec: str) -> tuple[Any, list[str]]:
 
 
 def compute_uids(urls: pa.Array | None, captions: pa.Array) -> pa.Array:
-    """uid = hex of the first 16 bytes of sha256(url + "\\n" + caption) (DESIGN §3)."""
+    """uid = hex of the first 16 bytes of sha256(url + "\\n" + caption)."""
     caps = captions.to_pylist()
     us = urls.to_pylist() if urls is not None else [""] * len(caps)
     out = [hashlib.sha256(f"{u or ''}\n{c}".encode()).hexdigest()[:32] for u, c in zip(us, caps)]
@@ -246,7 +257,7 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
     _remove_leftovers(rd, pool_m)
     done = {(i["path"], i["size"], i["mtime"]) for i in pool_m["inputs"]}
     existing = rd.pool_shards()
-    next_index = (int(existing[-1][5:10]) + 1) if existing else 0
+    next_index = max((shard_index(s) + 1 for s in existing), default=0)  # 6 digits sort early
     dims = EmbeddingDims(pool_m.get("embedding_dims"))
     pend: dict[str, Any] | None = None
     if cfg.drop_duplicates:
@@ -317,22 +328,24 @@ def _finish(rd: RunDir, manifest: dict[str, Any], save: Any, stats: IngestStats)
     batch = Batch(rd.url, pool_m["dedup"]["partitions"], pend["gen"], first, n, per,
                   -(-len(old) // per))
     dups = np.zeros(n, np.int64)
+    seconds: dict[str, float] = {}
     if n or old:
         staged = [shard_name(first + i) for i in range(n)]
         items = ([("keys", g, staged[g * per:(g + 1) * per]) for g in range(batch.groups)]
                  + [("old", g, old[g * per:(g + 1) * per]) for g in range(batch.old_groups)])
-        run_step(partial(write_keys, batch), items, "ingest.keys")
+        seconds["keys"] = run_step(partial(write_keys, batch), items, "ingest.keys")
 
         def fold(counts: np.ndarray) -> None:
             dups[:] += counts
 
-        run_step(partial(dedup_partition, batch), list(range(batch.partitions)),
-                 "ingest.dedup", fold)
+        seconds["dedup"] = run_step(partial(dedup_partition, batch),
+                                    list(range(batch.partitions)), "ingest.dedup", fold)
     specs = final_layout(pend["files"], dups, first, size)
     groups: dict[int, list[dict[str, Any]]] = {}
     for s in specs:
         groups.setdefault((s["parts"][0][0] - first) // per, []).append(s)
-    run_step(partial(write_shards, batch), list(groups.values()), "ingest.write")
+    seconds["write"] = run_step(partial(write_shards, batch), list(groups.values()),
+                                "ingest.write")
     faults.maybe_fail("ingest.dedup", "commit")
     for f in pend["files"]:
         f_dups = int(dups[f["first"] - first: f["first"] - first + len(f["chunks"])].sum())
@@ -343,7 +356,8 @@ def _finish(rd: RunDir, manifest: dict[str, Any], save: Any, stats: IngestStats)
         stats.shards_new.extend(f["shards"])
     for i in pool_m["inputs"]:
         i["keyed"] = True
-    pool_m["dedup"]["batches"] = pend["gen"] + 1
+    pool_m["dedup"].update(batches=pend["gen"] + 1,
+                           seconds={k: round(v, 3) for k, v in seconds.items()})
     del pool_m["pending"]
     save(manifest)
     _remove_leftovers(rd, pool_m)
