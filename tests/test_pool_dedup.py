@@ -215,6 +215,15 @@ def _uninterrupted(tmp_path, d, size):
     return pool_shards(rd), counts(m)
 
 
+@pytest.fixture
+def in_process(monkeypatch):
+    """The steps run in this process even when the session's Ray is up (the crash tests
+    expect the injected fault itself, not the engine's retries)."""
+    from curate.stages import _pool_dedup
+
+    monkeypatch.setattr(_pool_dedup, "_ray_running", lambda: False)
+
+
 def _pool_for_crashes(tmp_path):
     d = tmp_path / "pool"
     tables = [put(d, "a.parquet", table([0, 1, 2, 1, 3, 4, 5, 0])),
@@ -223,7 +232,8 @@ def _pool_for_crashes(tmp_path):
     return d, tables
 
 
-def test_crash_between_keys_and_partitions_then_rerun(tmp_path, small_groups, monkeypatch):
+def test_crash_between_keys_and_partitions_then_rerun(tmp_path, small_groups, monkeypatch,
+                                                      in_process):
     d, tables = _pool_for_crashes(tmp_path)
     clean, clean_counts = _uninterrupted(tmp_path, d, 2)
 
@@ -254,7 +264,7 @@ def test_crash_between_keys_and_partitions_then_rerun(tmp_path, small_groups, mo
     "ingest.write:part-00003.parquet:raise:after",  # some final shards written
     "ingest.dedup:commit:raise",  # every shard written, run.json not yet updated
 ])
-def test_crash_at_any_step_then_rerun_equals_uninterrupted(tmp_path, small_groups,
+def test_crash_at_any_step_then_rerun_equals_uninterrupted(tmp_path, small_groups, in_process,
                                                            monkeypatch, fault):
     d, tables = _pool_for_crashes(tmp_path)
     clean, clean_counts = _uninterrupted(tmp_path, d, 2)
