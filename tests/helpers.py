@@ -56,3 +56,33 @@ def read_parts(folder: Path) -> pa.Table:
     """Every ``part-*.parquet`` of a stage folder, in shard order."""
     return pa.concat_tables([pq.read_table(p) for p in sorted(Path(folder)
                                                                .glob("part-*.parquet"))])
+
+
+# ----------------------------------------------------------------------------- ingest only
+POOL_URL = "http://example.com/x.jpg"
+
+
+def write_columns(path, n: int | None = None, **cols) -> str:
+    """A pool file; url and caption are filled in (distinct per row) when not given."""
+    n = n if n is not None else len(next(iter(cols.values())))
+    cols.setdefault("url", [f"{POOL_URL}?{i}" for i in range(n)])
+    cols.setdefault("caption", [f"caption {i}" for i in range(n)])
+    pq.write_table(pa.table(cols), str(path))
+    return str(path)
+
+
+def ingest_into(tmp_path, spec, manifest: dict | None = None, **pool):
+    """Ingest ``spec`` into ``tmp_path/run`` with ``PoolConfig(**pool)``, without a pipeline."""
+    from curate.config import PoolConfig
+    from curate.core.rundir import RunDir
+    from curate.stages.ingest import ingest
+
+    rd = RunDir(str(tmp_path / "run"))
+    manifest = {} if manifest is None else manifest
+    ingest(rd, str(spec), PoolConfig(**pool), manifest)
+    return rd, manifest
+
+
+def pool_table(rd) -> pa.Table:
+    """Every pool shard of a run directory, in shard order."""
+    return pa.concat_tables([rd.read("pool", s) for s in rd.pool_shards()])

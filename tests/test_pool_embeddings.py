@@ -9,33 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import POOL_URL as URL
+from helpers import ingest_into as run
+from helpers import pool_table as shards
+from helpers import write_columns as write
 
 from curate.config import PoolConfig
-from curate.core.rundir import RunDir
 from curate.errors import InputError
 from curate.stages.ingest import ingest
-
-URL = "http://example.com/x.jpg"
-
-
-def write(path, n: int | None = None, **cols) -> str:
-    """A pool file; url and caption are filled in (distinct per row) when not given."""
-    n = n if n is not None else len(next(iter(cols.values())))
-    cols.setdefault("url", [f"{URL}?{i}" for i in range(n)])
-    cols.setdefault("caption", [f"caption {i}" for i in range(n)])
-    pq.write_table(pa.table(cols), str(path))
-    return str(path)
-
-
-def run(tmp_path, spec, manifest: dict | None = None, **pool):
-    rd = RunDir(str(tmp_path / "run"))
-    manifest = {} if manifest is None else manifest
-    ingest(rd, str(spec), PoolConfig(**pool), manifest)
-    return rd, manifest
-
-
-def shards(rd: RunDir) -> pa.Table:
-    return pa.concat_tables([rd.read("pool", s) for s in rd.pool_shards()])
 
 
 def fails(tmp_path, spec, *needles: str, **pool) -> str:

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from helpers import POOL_URL as URL
+from helpers import ingest_into as run
+from helpers import pool_table as shards
+from helpers import write_columns as write
 
 from curate.config import PoolConfig
-from curate.core.rundir import RunDir
 from curate.errors import InputError
 from curate.stages._pool_dedup import first_of_key, uid_keys128
 from curate.stages.ingest import compute_uids, ingest
-
-URL = "http://example.com/x.jpg"
 
 ODD_UIDS = [
     "0123456789abcdef0123456789abcdef",  # our own form
@@ -27,23 +27,10 @@ ODD_UIDS = [
 ]
 
 
-def write(path, **cols) -> str:
-    n = len(next(iter(cols.values())))
-    cols.setdefault("url", [f"{URL}?{i}" for i in range(n)])
-    cols.setdefault("caption", [f"caption {i}" for i in range(n)])
-    pq.write_table(pa.table(cols), str(path))
-    return str(path)
 
 
-def run(tmp_path, spec, manifest: dict | None = None, **pool):
-    rd = RunDir(str(tmp_path / "run"))
-    manifest = {} if manifest is None else manifest
-    ingest(rd, str(spec), PoolConfig(**pool), manifest)
-    return rd, manifest
 
 
-def shards(rd: RunDir) -> pa.Table:
-    return pa.concat_tables([rd.read("pool", s) for s in rd.pool_shards()])
 
 
 @pytest.mark.parametrize("shard_size", [2, 1000])  # batches of 4 rows, or one batch
