@@ -22,6 +22,22 @@ from curate.errors import ConfigError
 STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
+#: marks a field that changes how a stage runs, not what it outputs (``Field(...,
+#: json_schema_extra=OPERATIONAL)``): it is left out of the stage's fingerprint, so changing
+#: it (more download threads) does not discard finished outputs
+OPERATIONAL = {"operational": True}
+
+
+def identity(section: BaseModel) -> dict[str, Any]:
+    """A section as its fingerprint sees it: every field but the operational ones."""
+    data = section.model_dump(mode="json", by_alias=True)
+    for name, info in type(section).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("operational"):
+            data.pop(info.alias or name, None)
+    return data
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors that name the key."""
 

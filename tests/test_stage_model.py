@@ -226,3 +226,13 @@ def test_any_uid_survives_ingest_prune_and_webdataset(tmp_path, ray_session):
             assert sample["txt"].decode() == meta["caption"]
             seen.append(meta["uid"])
     assert sorted(seen) == sorted(kept)
+
+
+def test_operational_settings_keep_outputs():
+    """More download threads change how the stage runs, not what it writes: same
+    fingerprint, nothing discarded; a timeout can change what is fetched: new fingerprint."""
+    base = base_config(stages=["download", "match"]).fingerprints()
+    more = base_config(stages=["download", "match"],
+                       download={"threads": 99, "processes": 3}).fingerprints()
+    other = base_config(stages=["download", "match"], download={"timeout": 7}).fingerprints()
+    assert base == more and base["download"] != other["download"]

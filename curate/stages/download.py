@@ -26,7 +26,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curate.config import Section
+from curate.config import OPERATIONAL, Section
 from curate.core.engine import Resources
 from curate.media import imagecheck, netguard
 from curate.stages.base import DECISION_FIELDS, Stage
@@ -53,10 +53,11 @@ class ResizeConfig(Section):
 class DownloadConfig(Section):
     """img2dataset settings; the limits guard workers against hostile servers."""
 
-    threads: int = Field(32, ge=1, le=1024, description="fetch threads per shard task")
+    threads: int = Field(32, ge=1, le=1024, description="fetch threads per shard task",
+                         json_schema_extra=OPERATIONAL)
     processes: int | None = Field(
-        None, ge=1, description="shard tasks at once (default: one per CPU of the Ray cluster)"
-    )
+        None, ge=1, description="shard tasks at once (default: one per CPU of the Ray cluster)",
+        json_schema_extra=OPERATIONAL)
     timeout: float = Field(10, gt=0, le=600)
     retries: int = Field(0, ge=0, le=10)
     max_image_bytes: int = Field(20_000_000, ge=1)

@@ -3,8 +3,9 @@
 Columns are mapped to canonical names (``pool.columns``), every other column is kept, a
 ``uid`` is derived (docs/ARCHITECTURE.md, "uids") unless the pool brings one, exact
 duplicate pairs are dropped and counted, and rows are cut into shards of
-``pool.shard_size``. A shard never spans two input files, so a pool that gains files later is ingested incrementally: files already
-recorded in the manifest (same path, size and modification time) are skipped.
+``pool.shard_size``. A shard never spans two input files, so a pool that gains files later
+is ingested incrementally: files already recorded in the manifest (same path, size and
+modification time) are skipped.
 
 Duplicates (a uid seen earlier in the pool: earlier run, file or row; the first wins) are
 found on Ray workers, not in a set on the driver, which would hold 16 B per pair

@@ -32,6 +32,7 @@ from curate.config import (
     PoolConfig,
     RunConfig,
     fingerprint,
+    identity,
     read_config_data,
     validate,
 )
@@ -202,7 +203,7 @@ class Pipeline:
         for n in self.stages:
             inst = self._inst[n]
             up = fingerprint({"stage": n, "kind": inst.kind_spec, "up": up,
-                              "cfg": inst.section.model_dump(mode="json", by_alias=True)})
+                              "cfg": identity(inst.section)})
             out[n] = up
         return out
 
