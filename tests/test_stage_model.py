@@ -236,3 +236,24 @@ def test_operational_settings_keep_outputs():
                        download={"threads": 99, "processes": 3}).fingerprints()
     other = base_config(stages=["download", "match"], download={"timeout": 7}).fingerprints()
     assert base == more and base["download"] != other["download"]
+
+
+def test_prune_with_a_shard_emptied_by_an_earlier_stage(tmp_path, ray_session):
+    """A pool shard whose pairs were all dropped before prune (here: no caption matches the
+    vocabulary) must not break the k-means sample or the assignment."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    n = 60
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    caps = [f"a dog #{i}" if i < 40 else f"zzz #{i}" for i in range(n)]
+    pq.write_table(pa.table({"caption": caps, "image_emb": pa.FixedSizeListArray.from_arrays(
+        pa.array(x.reshape(-1)), 8)}), tmp_path / "pool.parquet")
+    cfg = base_config(stages=["match", "balance", "prune", "emit"], pool={"shard_size": 20},
+                      match={"metadata": write_vocab(tmp_path)}, balance={"t": 1000},
+                      prune={"k": 2, "niter": 3, "dedup_eps": 0.001})
+    out = tmp_path / "run"
+    m = run_pipeline(cfg, str(out), pool=str(tmp_path / "pool.parquet"))
+    assert m["stages"]["balance"]["dropped"] == {"no_metadata_match": 20}
+    assert pq.read_table(out / "prune" / "part-00002.parquet").num_rows == 0
+    assert read_parts(out / "curated").num_rows == m["stages"]["prune"]["kept"] > 0

@@ -106,6 +106,8 @@ def assign_shard(w: Where, buckets: int, shard: str) -> tuple[np.ndarray, np.nda
     work = w.work
     model = load_model(w)
     uids, x = load_embeddings(w, shard)
+    if len(uids) == 0:  # every pair of this shard was dropped before prune
+        x = np.zeros((0, model.d), np.float32)
     labels, sims = model.assign(x)
     dist = (1.0 - sims).astype(np.float32)
     table = pa.table({"uid": uids, "cluster_id": pa.array(labels, pa.int32()),

@@ -163,7 +163,9 @@ class PruneStage(Stage):
         s = self.section
         cap = s.sample_size or s.max_points_per_centroid * s.k
         parts.sort(key=lambda p: p[0])  # shard order: the sample's row order is fixed
-        sample = np.concatenate([p for _, p in parts]).astype(np.float32)
+        # a shard whose pairs were all dropped earlier contributes nothing (its array may
+        # not even know the embedding width)
+        sample = np.concatenate([p for _, p in parts if len(p)]).astype(np.float32)
         parts.clear()
         if len(sample) < s.k:
             raise InputError(f"{self.name}: the k-means sample has {len(sample)} rows, fewer "
