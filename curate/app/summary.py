@@ -59,7 +59,8 @@ def print_summary(run: str, manifest: dict[str, Any]) -> None:
     console.print(t)
     for name, st in s["stages"].items():
         if st["error"] and st["status"] in ("incomplete", "failed"):
-            console.print(f"[red]{name}[/red]: {st['error']}")
+            err = st["error"]  # most errors already start with the stage's name
+            console.print(err if err.startswith(f"{name}") else f"[red]{name}[/red]: {err}")
         elif st["status"] == "blocked":
             console.print(f"{name}: waits for {st['blocked_by']}")
     for name in manifest.get("config", {}).get("stages", []):
