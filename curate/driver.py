@@ -272,7 +272,7 @@ def _run_global(stage: Any, spec: StageSpec, cls: type, step: GlobalStep, cfg: P
         if not outcome.ok:
             errors.append((outcome.item, outcome.error or "failed"))
             return
-        acc = (step.fold or _append)(acc, outcome.item, outcome.value)
+        acc = step.fold(acc, outcome.item, outcome.value)
         outcome.value = None  # the driver keeps only the fold
 
     try:
@@ -298,11 +298,6 @@ def _run_global(stage: Any, spec: StageSpec, cls: type, step: GlobalStep, cfg: P
         log.exception("%s: commit failed", where)
         raise StageIncomplete(f"{where}: commit failed: {_one_line(err)}; rerun the same "
                               "command to retry") from None
-
-
-def _append(acc: list, item: Any, result: Any) -> list:
-    acc.append((item, result))
-    return acc
 
 
 def _item_label(item: Any) -> str:

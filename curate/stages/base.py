@@ -81,6 +81,16 @@ class ShardStep:
     name: str = "shards"
 
 
+def append(acc: list, item: Any, result: Any) -> list:
+    """The default fold: keep every (small) result, in completion order."""
+    acc.append((item, result))
+    return acc
+
+
+def _nothing(item: Any) -> None:
+    return None
+
+
 @dataclass
 class GlobalStep:
     """plan (driver) -> map (workers, one engine call) -> fold (driver) -> commit (driver)."""
@@ -89,15 +99,14 @@ class GlobalStep:
     plan: Callable[[], list[Any]]
     map: Callable[[Any], Any]
     commit: Callable[[Any], dict[str, Any]]
-    fold: Callable[[Any, Any, Any], Any] | None = None
+    fold: Callable[[Any, Any, Any], Any] = append
     start: Callable[[], Any] = list
     resources: Resources | None = None
 
-
-def append(acc: list, item: Any, result: Any) -> list:
-    """The default fold: keep every (small) result, in completion order."""
-    acc.append((item, result))
-    return acc
+    @classmethod
+    def on_driver(cls, name: str, commit: Callable[[Any], dict[str, Any]]) -> GlobalStep:
+        """A step with no items: its commit alone (check a model, write a summary file)."""
+        return cls(name, plan=list, map=_nothing, commit=commit)
 
 
 class Stage:
@@ -332,7 +341,7 @@ def run_inline(stage: Stage, shards: list[str],
         items = step.plan()
         acc = step.start()
         for item, result in zip(items, mapper(step.map, items)):
-            acc = (step.fold or append)(acc, item, result)
+            acc = step.fold(acc, item, result)
         info = step.commit(acc) or {}
         state[step.name] = info
         merged.update(info)

@@ -47,8 +47,7 @@ class MatchStage(Stage):
 
     def steps(self) -> list:
         # fail on a bad vocabulary once, on the driver, before any worker starts
-        return [GlobalStep("vocabulary", plan=list, map=_no_map, commit=self._check),
-                ShardStep()]
+        return [GlobalStep.on_driver("vocabulary", self._check), ShardStep()]
 
     def setup(self) -> None:
         get_matcher(self.section.metadata, self.section.boundary)
@@ -62,7 +61,3 @@ class MatchStage(Stage):
         matcher, _ = get_matcher(self.section.metadata, self.section.boundary)
         ids = matcher.match(inputs["caption"].combine_chunks())
         return pa.table({"uid": inputs["uid"].combine_chunks(), "entry_ids": ids})
-
-
-def _no_map(item: object) -> None:
-    return None

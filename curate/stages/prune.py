@@ -110,13 +110,12 @@ class PruneStage(Stage):
             steps.append(GlobalStep("dedup", plan=self._buckets, map=self._dedup,
                                     start=self._sums0, fold=_sum_add,
                                     commit=partial(self._save_sums, "deduplicated")))
-        steps.append(GlobalStep("clusters", plan=list, map=_none, commit=self._clusters))
+        steps.append(GlobalStep.on_driver("clusters", self._clusters))
         if s.dbp:
             steps.append(GlobalStep("select", plan=self._buckets, map=self._select,
                                     start=int, fold=lambda a, i, r: a + r,
                                     commit=lambda n: {"over_quota": n}))
-        steps += [ShardStep(), GlobalStep("cleanup", plan=list, map=_none,
-                                          commit=self._cleanup)]
+        steps += [ShardStep(), GlobalStep.on_driver("cleanup", self._cleanup)]
         return steps
 
     # ------------------------------------------------------------------ where things are
@@ -279,10 +278,6 @@ class PruneStage(Stage):
             if path.rstrip("/").rsplit("/", 1)[-1] != current.rsplit("/", 1)[-1]:
                 fs.rm(path, recursive=True)
         return {"kmeans_device": self.state["train"]["kmeans_device"]}
-
-
-def _none(item: Any) -> None:
-    return None
 
 
 def _count0() -> dict[str, Any]:

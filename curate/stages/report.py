@@ -74,7 +74,7 @@ class ReportStage(Stage):
     help = "Reports: concept frequencies, stage summary by reason code, one HTML page."
 
     def steps(self) -> list:
-        return [GlobalStep("plan", plan=list, map=_none, commit=self._plan),
+        return [GlobalStep.on_driver("plan", self._plan),
                 GlobalStep("count", plan=lambda: list(self.shards), map=self._count_shard,
                            start=self._totals, fold=_add, commit=self._write)]
 
@@ -384,10 +384,6 @@ class ReportStage(Stage):
                  totals.final, len(totals.shards))
         return {"outputs": urls, "pairs_final": totals.final,
                 "shards_counted": len(totals.shards)}
-
-
-def _none(item: Any) -> None:
-    return None
 
 
 def _add(totals: Totals, shard: str, r: dict[str, Any]) -> Totals:

@@ -33,7 +33,7 @@ from curate.config import Section
 from curate.core import engine
 from curate.core.engine import Resources
 from curate.stages import _top_fraction as top
-from curate.stages.base import DECISION_FIELDS, GlobalStep, ShardStep, Stage, decisions
+from curate.stages.base import GlobalStep, ShardStep, Stage, decisions
 from curate.stages.score_filters import BasicFilterConfig, basic_reasons
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,6 @@ class ScoreConfig(Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
 
-def output_schema(dim: int | None = None) -> pa.Schema:
-    """The per-shard output (the embedding width depends on the model or the pool)."""
-    emb = pa.list_(pa.float16(), dim) if dim else pa.list_(pa.float16())
-    return pa.schema([("uid", pa.string()), ("clip_score", pa.float32()),
-                      ("image_emb", emb), ("text_emb", emb), *DECISION_FIELDS])
-
-
 class ScoreStage(Stage):
     kind = "score"
     folder = "scores"
@@ -108,7 +101,7 @@ class ScoreStage(Stage):
 
     def steps(self) -> list:
         steps: list = [ShardStep()]
-        steps.insert(0, GlobalStep("model", plan=list, map=_no_map, commit=self._check_model))
+        steps.insert(0, GlobalStep.on_driver("model", self._check_model))
         if self.section.filter.top_fraction is not None:
             steps += [GlobalStep(f"select{level}", plan=partial(self._plan_level, level),
                                  map=partial(self._histogram, level), start=top.zeros,
@@ -319,10 +312,6 @@ class ScoreStage(Stage):
                 ie, te, sc = encode(loaded, torch.cat(tensors), [captions[i] for i in good])
                 img_emb[good], txt_emb[good], scores[good] = ie, te, sc
         return img_emb, txt_emb, scores, errs
-
-
-def _no_map(item: Any) -> None:
-    return None
 
 
 def _load(spec: Any) -> Any:
