@@ -9,6 +9,8 @@ score filter. They must all agree, so the rule lives here once:
 - :func:`uid_key` / :func:`uid_keys`: ``int(uid[:16], 16)`` when the first 16 characters
   are hex digits (so curate's own uids map to their leading 64 bits, cheaply and without
   hashing), otherwise the first 8 bytes of ``sha256(uid as UTF-8)`` read big-endian.
+- :func:`uid_keys128`: a 128-bit key (hex uids decoded, others hashed) for ingest's
+  duplicate check, where 64 bits would collide at web scale.
 - :func:`splitmix64` / :func:`mix64`: the splitmix64 finaliser (Steele et al. 2014), used
   to turn keys into independent-looking uniform bits.
 - :func:`wds_key` / :func:`wds_keys`: a tar-safe WebDataset key for any uid.
@@ -136,6 +138,37 @@ def _as_string_array(uids: Any) -> pa.Array:
     return uids
 
 
+def _nibbles(fixed: pa.Array, width: int) -> np.ndarray:
+    """The hex value of every byte of ``fixed`` (each element exactly ``width`` bytes), 255
+    where a byte is not a hex digit: read from the string buffer, no Python string per uid."""
+    fixed = fixed.cast(pa.large_string())
+    offsets = np.frombuffer(fixed.buffers()[1], np.int64)[fixed.offset:]
+    raw = np.frombuffer(fixed.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[len(fixed)]]
+    return _HEX_VALUE[raw.reshape(-1, width)]
+
+
+def uid_keys128(uids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A 128-bit key per uid, as two uint64 halves (hi, lo): ingest's duplicate check.
+
+    The uid's 16 bytes when it is 32 lowercase hex digits (curate's own uids: decoded, not
+    hashed), else the first 16 bytes of its sha256 (so it is never mistaken for a hex one).
+    Two distinct uids share a key with probability ~n^2 / 2^129.
+    """
+    arr = _as_string_array(uids)
+    n = len(arr)
+    raw = np.empty((n, 16), np.uint8)
+    is_hex = pc.match_substring_regex(arr, "^[0-9a-f]{32}$").to_numpy(zero_copy_only=False)
+    if is_hex.any():
+        nib = _nibbles(arr if is_hex.all() else arr.filter(pa.array(is_hex)), 32)
+        raw[is_hex] = (nib[:, 0::2] << 4) | nib[:, 1::2]
+    if not is_hex.all():
+        others = arr.filter(pa.array(~is_hex)).to_pylist()
+        raw[~is_hex] = np.frombuffer(b"".join(hashlib.sha256(u.encode()).digest()[:16]
+                                              for u in others), np.uint8).reshape(-1, 16)
+    keys = np.ascontiguousarray(raw).view("<u8").reshape(-1, 2)
+    return keys[:, 0].copy(), keys[:, 1].copy()
+
+
 def uid_keys(uids: Any) -> np.ndarray:
     """:func:`uid_key` of every uid, as uint64, vectorised.
 
@@ -154,11 +187,7 @@ def uid_keys(uids: Any) -> np.ndarray:
     ok = pc.binary_length(head).to_numpy(zero_copy_only=False) == 16
     nib = np.full((n, 16), 255, dtype=np.uint8)
     if ok.any():
-        full = head if ok.all() else head.filter(pa.array(ok))
-        offsets = np.frombuffer(full.buffers()[1], np.int64)[full.offset :]
-        start, stop = offsets[0], offsets[len(full)]
-        raw = np.frombuffer(full.buffers()[2], dtype=np.uint8)[start:stop]
-        nib[ok] = _HEX_VALUE[raw.reshape(-1, 16)]  # every kept head is exactly 16 bytes
+        nib[ok] = _nibbles(head if ok.all() else head.filter(pa.array(ok)), 16)
     hexa = ok & (nib < 16).all(axis=1)
     packed = (nib[hexa, 0::2] << 4) | nib[hexa, 1::2]  # 8 bytes per uid, most significant first
     keys[hexa] = np.ascontiguousarray(packed).view(">u8").ravel()

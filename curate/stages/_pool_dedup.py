@@ -6,10 +6,9 @@ driver holds counts per shard; each worker task holds 1/P of the keys.
 
 The rule is unchanged: a uid that occurred earlier in the pool (in an earlier run's shards,
 an earlier file in processing order or an earlier row of the same file) is a duplicate; the
-first occurrence wins. Two uids are one when they are the same string. A uid's 128-bit key
-is its 16 bytes when it is 32 lowercase hex digits (curate's own uids, decoded in one call),
-else the first 16 bytes of its sha256 (any other uid: hashed, so it is never mistaken for a
-hex one); two distinct uids share a key with probability ~n²/2¹²⁹, nil for any real pool.
+first occurrence wins. Two uids are one when they are the same string; uids are compared by
+their 128-bit key (``curate.algorithms.uids.uid_keys128``), which two distinct uids share
+with probability ~n²/2¹²⁹, nil for any real pool.
 
 ingest.py stages a *batch* (the new files of one ingest call) as ``pool/_staging/part-N``
 chunks, rows exactly as read, then runs three steps (``engine.map_items``; in-process when
@@ -44,7 +43,6 @@ the pending batch first), gives what an uninterrupted ingest gives. Fault points
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -52,9 +50,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from curate.algorithms.uids import mix64
+from curate.algorithms.uids import mix64, uid_keys128
 from curate.core import faults
 from curate.core.io import (
     is_local,
@@ -95,41 +92,6 @@ class Batch:
     @property
     def groups(self) -> int:
         return -(-self.chunks // self.group)
-
-
-def uid_keys128(uids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """The 128-bit key of every uid as two uint64 halves (see the module docstring)."""
-    if isinstance(uids, pa.ChunkedArray):
-        uids = uids.combine_chunks() if uids.num_chunks else pa.array([], pa.string())
-    is_hex = pc.fill_null(pc.match_substring_regex(uids, "^[0-9a-f]{32}$"), False)
-    if pc.all(is_hex).as_py() in (True, None):
-        raw = _hex_bytes(uids)
-    else:
-        raw = np.empty((len(uids), 16), np.uint8)
-        mask = is_hex.to_numpy(zero_copy_only=False)
-        if mask.any():
-            raw[mask] = _hex_bytes(uids.filter(is_hex))
-        raw[~mask] = np.frombuffer(b"".join(
-            hashlib.sha256(u.encode()).digest()[:16]
-            for u in uids.filter(pc.invert(is_hex)).to_pylist()), np.uint8).reshape(-1, 16)
-    keys = np.ascontiguousarray(raw).view("<u8").reshape(-1, 2)
-    return keys[:, 0].copy(), keys[:, 1].copy()
-
-
-_NIBBLE = np.zeros(256, np.uint8)
-_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
-
-
-def _hex_bytes(uids: pa.Array) -> np.ndarray:
-    """The 16 bytes of each of ``uids``, all 32 lowercase hex digits: decoded from the
-    string buffer in NumPy, no Python string per uid."""
-    n = len(uids)
-    if n == 0:
-        return np.empty((0, 16), np.uint8)
-    width = np.int64 if pa.types.is_large_string(uids.type) else np.int32
-    off = np.frombuffer(uids.buffers()[1], width)[uids.offset: uids.offset + n + 1]
-    nib = _NIBBLE[np.frombuffer(uids.buffers()[2], np.uint8)[off[0]: off[-1]]].reshape(n, 32)
-    return (nib[:, 0::2] << 4) | nib[:, 1::2]
 
 
 def partition_of(hi: np.ndarray, lo: np.ndarray, partitions: int) -> np.ndarray:
