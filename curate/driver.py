@@ -131,7 +131,7 @@ def run_pipeline(
             upstream.append(st["output_id"])
             if _too_many(failed_any, shards, cfg):
                 # later stages would only curate what is left: stop here, resumable
-                _block_after(manifest, cfg, name, st.get("status", "failed"), keep=True)
+                _block_after(manifest, cfg, name)
                 rd.save_manifest(manifest)
                 raise _failed_shards(out, failed_any, shards, cfg, name)
         manifest["finished"] = now()
@@ -154,12 +154,12 @@ def _failed_shards(out: str, failed: set[str], shards: list[str], cfg: Pipeline,
         "`curate status` lists them; rerun the same command to retry them")
 
 
-def _block_after(manifest: dict[str, Any], cfg: Pipeline, name: str, why: str,
-                 keep: bool = False) -> None:
-    """Mark the failed stage (unless ``keep``) and every later one as waiting for it."""
-    st = manifest["stages"][name]
-    if not keep:
-        st.update(status="incomplete", error=why, finished=now())
+def _block_after(manifest: dict[str, Any], cfg: Pipeline, name: str,
+                 why: str | None = None) -> None:
+    """Mark every stage after ``name`` as waiting for it, and ``name`` itself incomplete
+    when ``why`` says why (a stage that finished with failed shards keeps its status)."""
+    if why is not None:
+        manifest["stages"][name].update(status="incomplete", error=why, finished=now())
     for later in cfg.stages[cfg.stages.index(name) + 1:]:
         lst = manifest["stages"].setdefault(later, {})
         if lst.get("status") != "done":
@@ -186,7 +186,6 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
     t0 = time.monotonic()
     failed: set[str] = set()
     produced = ""  # fold of the shard outputs (order-independent)
-    counts: dict[str, Any] = {}
     log.info("%s: %d shards", name, len(todo))
     for i, step in enumerate(steps):
         spec = StageSpec(name, rd.url, conf, fingerprint, dict(options), dict(state))
@@ -196,25 +195,7 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
                 partial(run_shard, spec, cls), todo, resources=stage.resources(),
                 max_in_flight=stage.max_in_flight(), num_actors=stage.num_actors(),
                 desc=name, **_engine_opts(cfg))
-            failed = {o.item for o in outcomes if not o.ok}
-            ok = [o for o in outcomes if o.ok]
-            dropped: dict[str, int] = {}
-            for o in ok:
-                for k, v in o.value.get("dropped", {}).items():
-                    dropped[k] = dropped.get(k, 0) + v
-            counts = {"rows_in": sum(o.value.get("rows_in", 0) for o in ok),
-                      "kept": sum(o.value.get("kept", 0) for o in ok), "dropped": dropped}
-            st.update(shards_done=len(ok), shards_skipped=sum(
-                1 for o in ok if o.value.get("skipped")), failed_shards=sorted(failed),
-                errors={o.item: o.error for o in outcomes if not o.ok}, **counts)
-            produced = _digest(sorted((o.item, o.value.get("output")) for o in ok))
-            timings: dict[str, float] = {}
-            for o in ok:
-                for k, v in (o.value.get("timings") or {}).items():
-                    timings[k] = round(timings.get(k, 0.0) + v, 3)
-            # worker seconds by phase, summed over shards; "engine" is what the wall time
-            # of the engine call adds beyond them (Ray, scheduling, idle workers)
-            st["worker_seconds"] = timings
+            failed, produced = _fold_shards(outcomes, st)
             if failed and any(isinstance(s, GlobalStep) for s in steps[i + 1:]):
                 later = next(s.name for s in steps[i + 1:] if isinstance(s, GlobalStep))
                 raise StageIncomplete(
@@ -231,12 +212,10 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
         else:
             info = _run_global(stage, spec, cls, step, cfg)
             records[step.name] = {"key": key, "info": info, "finished": now()}
-            manifest["updated"] = now()
             rd.save_manifest(manifest)
         state[step.name] = info
-        if isinstance(info, dict) and "counts" in info:
-            counts = info["counts"]
-            st.update(**counts)
+        if isinstance(info, dict) and "counts" in info:  # a step that rewrote decisions
+            st.update(**info["counts"])
     st["global"] = {k: v for step_info in state.values() if isinstance(step_info, dict)
                     for k, v in step_info.items() if k not in ("counts", "outputs")
                     and (not isinstance(v, list | dict) or len(str(v)) < 2000)}
@@ -251,6 +230,28 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
               output_id=_digest(fingerprint, input_id, produced,
                                 {k: r.get("key") for k, r in records.items()}))
     return failed
+
+
+def _fold_shards(outcomes: list[engine.Outcome], st: dict[str, Any]
+                 ) -> tuple[set[str], str]:
+    """Record a shard step's outcomes in ``st``: counts by reason, failures, worker seconds
+    by phase; returns the failed shards and the fold of the shards' output digests."""
+    failed = {o.item for o in outcomes if not o.ok}
+    ok = [o.value for o in outcomes if o.ok]
+    dropped: dict[str, int] = {}
+    timings: dict[str, float] = {}
+    for v in ok:
+        for k, n in v.get("dropped", {}).items():
+            dropped[k] = dropped.get(k, 0) + n
+        for k, sec in (v.get("timings") or {}).items():
+            timings[k] = round(timings.get(k, 0.0) + sec, 3)
+    counts = {"rows_in": sum(v.get("rows_in", 0) for v in ok),
+              "kept": sum(v.get("kept", 0) for v in ok), "dropped": dropped}
+    st.update(shards_done=len(ok), shards_skipped=sum(1 for v in ok if v.get("skipped")),
+              failed_shards=sorted(failed), worker_seconds=timings,
+              errors={o.item: o.error for o in outcomes if not o.ok}, **counts)
+    produced = _digest(sorted((o.item, o.value.get("output")) for o in outcomes if o.ok))
+    return failed, produced
 
 
 def _run_global(stage: Any, spec: StageSpec, cls: type, step: GlobalStep, cfg: Pipeline

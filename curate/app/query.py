@@ -25,7 +25,7 @@ def views_of(pipeline: Any) -> dict[str, tuple[str, str]]:
     out = dict(BASE_VIEWS)
     for ref in pipeline.refs():
         cls = pipeline.stage_class(ref.name)
-        if getattr(cls, "per_shard", True) or ref.kind == "emit":
+        if cls.per_shard or cls.view is not None:  # emit declares its resharded view
             out[ref.view] = (ref.folder, "part-*.parquet")
         for file, view in cls.views.items():
             name = view if ref.name == ref.kind else f"{ref.name}_{view}"

@@ -194,6 +194,7 @@ class RunDir:
 
 
 def count_survivors(run_url: str, deciding: list[str], shard: str) -> tuple[int, str]:
-    """How many pairs of ``shard`` reach a stage, and a digest of them in pool order."""
+    """How many pairs of ``shard`` reach a stage, and a digest of them (pool shards are
+    immutable, so the set fixes their order)."""
     uids = RunDir(run_url).survivors(deciding, shard, ["uid"])["uid"]
-    return len(uids), hashlib.sha256("\n".join(uids.to_pylist()).encode()).hexdigest()[:16]
+    return len(uids), uid_digest(uids)

@@ -7,6 +7,7 @@ which the driver adds up in :class:`Totals` (count vectors only, never rows).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import sys
@@ -56,6 +57,13 @@ def imagenet_classnames() -> list[str]:
         mod = importlib.util.module_from_spec(file_spec)
         file_spec.loader.exec_module(mod)
     return list(mod.IMAGENET_CLASSNAMES)
+
+
+@functools.cache
+def imagenet_classes() -> tuple[list[int], list[str]]:
+    """:func:`distinct_classes` of ImageNet's names, read once per process (every shard of
+    the report's count step asks for them)."""
+    return distinct_classes(imagenet_classnames())
 
 
 def distinct_classes(names: list[str]) -> tuple[list[int], list[str]]:

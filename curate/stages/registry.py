@@ -265,7 +265,7 @@ def _order_problem(pipe: Pipeline, name: str) -> str | None:
     cls = pipe.stage_class(name)
     i = pipe.stages.index(name)
     earlier = {pipe.ref(n).kind for n in pipe.stages[:i]}
-    for need in getattr(cls, "requires", ()):
+    for need in cls.requires:
         if need not in earlier:
             return f"{name} needs a {need} stage before it"
     return None

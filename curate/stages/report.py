@@ -50,6 +50,7 @@ from curate.stages._report_counts import (
     ShardPlan,
     Totals,
     distinct_classes,
+    imagenet_classes,
     imagenet_classnames,
     shard_stats,
 )
@@ -91,7 +92,7 @@ class ReportStage(Stage):
         return None
 
     def _per_shard(self, ref: Any) -> bool:
-        return getattr(self.pipeline.stage_class(ref.name), "per_shard", True)
+        return self.pipeline.stage_class(ref.name).per_shard
 
     def _plan(self, _: Any) -> dict[str, Any]:
         ran = self._ran()
@@ -120,7 +121,7 @@ class ReportStage(Stage):
         """(first index, name) of ImageNet's distinct class names; not kept in run.json."""
         if not self.state["plan"]["coverage"]:
             return [], []
-        return distinct_classes(imagenet_classnames())
+        return imagenet_classes()
 
     def _shard_plan(self) -> ShardPlan:
         p = self.state["plan"]

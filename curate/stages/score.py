@@ -107,7 +107,7 @@ class ScoreStage(Stage):
                                  map=partial(self._histogram, level), start=top.zeros,
                                  fold=top.add, commit=partial(self._choose, level))
                       for level in range(top.LEVELS)]
-            steps.append(GlobalStep("apply", plan=self._plan_apply, map=self._apply,
+            steps.append(GlobalStep("apply", plan=self._shards, map=self._apply,
                                     start=top.no_counts, fold=top.add_counts,
                                     commit=self._applied))
         return steps
@@ -129,9 +129,6 @@ class ScoreStage(Stage):
         if prev is not None and prev["done"]:
             return prev
         return top.choose(hist, prev, self.section.filter.top_fraction)
-
-    def _plan_apply(self) -> list[str]:
-        return self._shards()
 
     def _apply(self, shard: str) -> dict[str, Any]:
         return top.apply(self.rd, self.pipeline.ref(self.name).folder, shard,
