@@ -210,6 +210,15 @@ class TopKSelector:
         elif self.n is not None and k >= self.n:
             self._finish((), self.n)
 
+    @classmethod
+    def resume(cls, k: int, n: int, prefix: Prefix, need: int) -> TopKSelector:
+        """A selector part way through (``prefix`` non-empty), rebuilt from the state a
+        driver recorded after an earlier pass (:attr:`prefix`, :attr:`need`)."""
+        sel = cls(k, n)
+        if not sel.done:
+            sel.prefix, sel.need, sel.passes = tuple(int(d) for d in prefix), int(need), len(prefix)
+        return sel
+
     def _finish(self, prefix: Prefix | None, n_kept: int) -> None:
         self.prefix, self.n_kept, self.done = prefix, n_kept, True
 

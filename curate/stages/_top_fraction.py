@@ -25,8 +25,8 @@ from curate.core.io import read_shard_meta, write_parquet_atomic
 from curate.core.rundir import RunDir
 from curate.stages.base import output_digest, summarize
 
-LEVELS = 6
-BINS = 1 << 16
+LEVELS = select.LEVELS
+BINS = select.BINS
 REASON = "below_top_fraction"
 
 
@@ -65,22 +65,19 @@ def shard_histogram(rd: RunDir, folder: str, shard: str, prefix: list[int]
 
 
 def choose(hist: np.ndarray, prev: dict[str, Any] | None, fraction: float) -> dict[str, Any]:
-    """Extend the prefix by the digit holding the k-th key (driver; O(1) in pairs)."""
+    """One pass of :class:`~curate.algorithms.select.TopKSelector` on the driver: extend the
+    prefix by the digit holding the k-th key; the state is recorded in run.json between
+    passes (each pass is its own global step)."""
     if prev is None:
         n = int(hist.sum())
-        k = int(round(fraction * n))
-        base = {"n": n, "k": k, "prefix": []}
-        if k == 0:
-            return {**base, "mode": "none", "need": 0, "done": True}
-        if k >= n:
-            return {**base, "mode": "all", "need": 0, "done": True}
-        need = k
+        sel = select.TopKSelector(int(round(fraction * n)), n)
     else:
-        base, need = {k: prev[k] for k in ("n", "k", "prefix")}, prev["need"]
-    digit, need_after, count = select.next_prefix(hist, need)
-    prefix = [*base["prefix"], int(digit)]
-    done = int(count) == int(need_after) or len(prefix) == LEVELS
-    return {**base, "prefix": prefix, "need": int(need_after), "done": done, "mode": "prefix"}
+        sel = select.TopKSelector.resume(prev["k"], prev["n"], prev["prefix"], prev["need"])
+    if not sel.done:
+        sel.feed(hist)
+    mode = "none" if sel.prefix is None else ("prefix" if sel.prefix else "all")
+    return {"n": sel.n, "k": sel.k, "prefix": [int(d) for d in sel.prefix or ()],
+            "need": int(sel.need), "done": sel.done, "mode": mode}
 
 
 def apply(rd: RunDir, folder: str, shard: str, sel: dict[str, Any]) -> dict[str, Any]:
