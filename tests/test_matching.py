@@ -224,3 +224,24 @@ def test_equals_metaclip_automaton_loop_on_default_vocabulary():
     expected = [sorted({i for _, i in automaton.iter(spacing(t))}) for t in texts]
     assert Matcher(vocab).match(texts).to_pylist() == expected
     assert sum(map(len, expected)) > 3 * len(texts)
+
+
+def test_never_matches_is_sound():
+    """An entry never_matches calls unmatchable is a substring of no spaced caption (every
+    caption of up to 5 characters over an alphabet of letters, spaces and the characters
+    spacing() touches), and the known cases go both ways."""
+    import itertools
+
+    from curate.algorithms.matching import never_matches
+
+    alphabet = "ab .,\t"
+    captions = ["".join(p) for n in range(1, 6) for p in itertools.product(alphabet, repeat=n)]
+    spaced = [spacing(c) for c in captions]
+    entries = {"".join(p) for n in range(1, 4) for p in itertools.product(alphabet, repeat=n)}
+    entries = sorted(e for e in entries if e.strip(" "))
+    for e in entries:
+        if never_matches(e):
+            assert not any(f" {e} " in s for s in spaced), e
+    assert never_matches("St. Bernard") and never_matches("a\tb")
+    assert not never_matches("tench") and not never_matches("a . b")
+    assert any(" a . b " in s for s in spaced)  # "a.b" spaced: never_matches must say no

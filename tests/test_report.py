@@ -226,6 +226,39 @@ def test_stage_summary_balances(full_run):
     assert "no_metadata_match" in balance_reasons
 
 
+def _naive_coverage(tmp, final: set[str], classes: list[str]) -> tuple[list, list]:
+    """Pairs of the pool and of ``final`` whose spaced caption holds " class "."""
+    pool = pq.read_table(tmp / "pool")
+    spaced = [spacing(c) for c in pool["caption"].to_pylist()]
+    spaced_final = [s for u, s in zip(pool["uid"].to_pylist(), spaced) if u in final]
+    return ([sum(f" {c} " in s for s in spaced) for c in classes],
+            [sum(f" {c} " in s for s in spaced_final) for c in classes])
+
+
+def test_coverage_from_match_output(tmp_path, monkeypatch):
+    """match first: classes that are vocabulary entries are read off match's counts, the
+    rest matched on captions, St. Bernard (never matchable) not at all; same numbers."""
+    from curate.stages import _report_counts
+
+    matched: list[tuple[str, ...]] = []
+    real = _report_counts._class_matcher
+    monkeypatch.setattr(_report_counts, "_class_matcher",
+                        lambda names: matched.append(names) or real(names))
+    cfg = make_run(tmp_path, ["match", "balance", "report"])
+    _report(tmp_path, cfg)
+    _, distinct = distinct_classes(imagenet_classnames())
+    cov = pq.read_table(tmp_path / "reports" / "downstream_coverage.parquet")
+    want_pool, want_final = _naive_coverage(tmp_path, _kept(tmp_path, "balance"), distinct)
+    assert cov["count_pool"].to_pylist() == want_pool
+    assert cov["count_final"].to_pylist() == want_final
+    got = dict(zip(distinct, want_pool))
+    assert got["goldfish"] > 0 and got["Siamese cat"] > 0 and got["tench"] > 0
+    names = set(matched[0])
+    assert matched and all(m == matched[0] for m in matched)
+    assert {"tench", "great white shark"} <= names
+    assert not {"goldfish", "tabby cat", "Siamese cat", "St. Bernard"} & names
+
+
 def test_coverage_equals_naive_recount(full_run):
     tmp, _, _ = full_run
     cov = pq.read_table(tmp / "reports" / "downstream_coverage.parquet")
@@ -236,13 +269,7 @@ def test_coverage_equals_naive_recount(full_run):
     assert len(names) == 1000 and cov.num_rows == len(distinct) == 998
     assert cov["classname"].to_pylist() == distinct
     assert cov["class_index"].to_pylist() == idx
-    pool = pq.read_table(tmp / "pool")
-    final = _kept(tmp, "prune")
-    spaced = [spacing(c) for c in pool["caption"].to_pylist()]
-    spaced_final = [spacing(c) for u, c in zip(pool["uid"].to_pylist(),
-                                               pool["caption"].to_pylist()) if u in final]
-    want_pool = [sum(f" {c} " in s for s in spaced) for c in distinct]
-    want_final = [sum(f" {c} " in s for s in spaced_final) for c in distinct]
+    want_pool, want_final = _naive_coverage(tmp, _kept(tmp, "prune"), distinct)
     assert cov["count_pool"].to_pylist() == want_pool
     assert cov["count_final"].to_pylist() == want_final
     got = dict(zip(distinct, want_pool))

@@ -14,8 +14,9 @@ captions into one string does not remove. A key bounded by spaces on both sides,
 matches exactly when the entry's space-separated tokens occur as consecutive tokens of
 ``spacing(caption)[1:-1].split(" ")``: the spaces of the key coincide with token boundaries.
 So the default engine ("tokens") splits and dictionary-encodes all captions in Arrow
-(vectorised C++), then walks a token trie level by level with NumPy (``searchsorted`` on
-sorted ``parent * n_tokens + token`` codes). No Python code runs per caption or per match.
+(vectorised C++), then walks a token trie level by level with NumPy (a vectorised hash
+table maps ``parent * n_tokens + token`` codes to child nodes). No Python code runs per
+caption or per match.
 Keys that are not space-bounded on a side (``boundary="metaclip2"``, below) go through
 pyahocorasick over one joined string of all captions. ``engine="ahocorasick"`` sends every
 key that way; the tests check that both engines equal :func:`naive_match`.
@@ -40,7 +41,7 @@ token vocabulary for ``pc.index_in``), so pass thousands of captions per call.
 Pickling: a :class:`Matcher` holds only NumPy arrays, an Arrow array of tokens and (when some
 keys are not space-bounded, or with ``engine="ahocorasick"``) a pyahocorasick automaton, all
 of which pickle. Measured with the default vocabulary: building takes ~0.4-0.6 s; the
-token engine's pickle is 13 MB and loads in ~1 ms, so ship the built matcher to workers.
+token engine's pickle is 22 MB and loads in ~3 ms, so ship the built matcher to workers.
 With ``engine="ahocorasick"`` the automaton makes the pickle 68 MB (~0.15 s to load, ~0.7 s
 to rebuild).
 """
@@ -98,6 +99,20 @@ _SEPARATOR_CANDIDATES = "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\ufffe\ufff
 def spacing(text: str) -> str:
     """MetaCLIP v1's caption normalisation (see the module docstring)."""
     return (" " + text + " ").translate(_SPACING_TABLE)
+
+
+def never_matches(entry: str) -> bool:
+    """True when ``entry`` can match no caption under the v1 rule (a sufficient test).
+
+    In ``spacing(c)`` every character of :data:`PUNCT_TO_WRAP` has a space on both sides
+    and none of :data:`CHARS_TO_SPACE` is left, so a key holding one of the latter, or one
+    of the former next to a non-space (``St. Bernard``), is a substring of no spaced caption.
+    False does not promise a match is possible (``a . , b`` can never match either)."""
+    key = " " + entry + " "
+    if any(c in key for c in CHARS_TO_SPACE):
+        return True
+    return any(c in PUNCT_TO_WRAP and (key[i - 1] != " " or key[i + 1] != " ")
+               for i, c in enumerate(key))
 
 
 def is_no_space_char(ch: str) -> bool:
@@ -176,13 +191,63 @@ def _to_list_array(n: int, caption_idx: np.ndarray, entry_idx: np.ndarray, n_ent
     )
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+class _CodeTable:
+    """A static hash map from non-negative int64 codes to int64 values, probed vectorised.
+
+    Open addressing with linear probing, Fibonacci hashing, load factor at most
+    1/``2**spare``. Why not ``np.searchsorted`` on the sorted codes: a binary search makes
+    ~18 dependent random reads per query over 260k codes, a probe here ~1.2; the trie walk
+    is the matcher's inner loop (measured: 35% of its time went to ``searchsorted``).
+    """
+
+    def __init__(self, codes: np.ndarray, values: np.ndarray, spare: int = 1):
+        self.bits = max(4, int(codes.size).bit_length() + spare)
+        size = 1 << self.bits
+        self.keys = np.full(size, -1, np.int64)
+        self.values = np.zeros(size, values.dtype)
+        slot = self._slot(codes)
+        pending = np.arange(codes.size)
+        while pending.size:  # a round places, per free slot, the first key wanting it
+            s = slot[pending]
+            free = self.keys[s] == -1
+            taken, first = np.unique(s[free], return_index=True)
+            won = pending[free][first]
+            self.keys[taken], self.values[taken] = codes[won], values[won]
+            placed = np.zeros(codes.size, bool)
+            placed[won] = True
+            pending = pending[~placed[pending]]
+            slot[pending] = (slot[pending] + 1) & (size - 1)
+
+    def _slot(self, codes: np.ndarray) -> np.ndarray:
+        h = codes.astype(np.uint64) * _GOLDEN
+        return (h >> np.uint64(64 - self.bits)).astype(np.int64)
+
+    def get(self, codes: np.ndarray) -> np.ndarray:
+        """The value of each code, -1 where absent."""
+        out = np.full(codes.size, -1, np.int64)
+        slot = self._slot(codes)
+        active = np.arange(codes.size)
+        mask = self.keys.size - 1
+        while active.size:
+            k = self.keys[slot]
+            want = codes[active]
+            hit = k == want
+            out[active[hit]] = self.values[slot[hit]]
+            go = (k != want) & (k != -1)
+            active, slot = active[go], (slot[go] + 1) & mask
+        return out
+
+
 class _TokenTrie:
     """Space-bounded keys as a trie over token ids, stored as sorted NumPy arrays.
 
     ``tokens`` is the token vocabulary (Arrow, so ``pc.index_in`` encodes captions in C++).
     ``first_node[token]`` is the trie node of a one-token prefix (-1: no entry starts with
-    it). A longer prefix ``node`` extended by ``token`` is ``child[i]`` where
-    ``codes[i] == node * n_tokens + token`` (``codes`` sorted). ``node_entry[node]`` is the
+    it). A longer prefix ``node`` extended by ``token`` is the node ``children`` maps the
+    code ``node * n_tokens + token`` to. ``node_entry[node]`` is the
     entry id whose token sequence ends at that node, -1 if none.
     """
 
@@ -220,13 +285,13 @@ class _TokenTrie:
             node_of_entry_end[alive[ends_here]] = node[ends_here]
             alive, node = alive[~ends_here], node[~ends_here]
         codes_all = np.concatenate(codes) if codes else np.zeros(0, np.int64)
-        child_all = np.concatenate(children) if children else np.zeros(0, np.int64)
-        order = np.argsort(codes_all, kind="stable")
-        self.codes, self.child = codes_all[order], child_all[order]
+        child_all = (np.concatenate(children) if children else np.zeros(0, np.int64)).astype(
+            np.int32 if n_nodes < 2**31 else np.int64)
+        self.children = _CodeTable(codes_all, child_all)
         self.node_entry = np.full(n_nodes, -1, dtype=np.int64)
         self.node_entry[node_of_entry_end] = entry_ids
         self.has_child = np.zeros(n_nodes, dtype=bool)
-        self.has_child[self.codes // max(n_tokens, 1)] = True
+        self.has_child[codes_all // max(n_tokens, 1)] = True
         self.n_tokens = n_tokens
 
     def match(self, spaced_inner: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -256,11 +321,9 @@ class _TokenTrie:
             pos, node, nxt = pos[ok], node[ok], nxt[ok]
             ok = (parent[nxt] == parent[pos]) & (tok[nxt] >= 0)
             pos, node, nxt = pos[ok], node[ok], nxt[ok]
-            code = node * self.n_tokens + tok[nxt]
-            i = np.searchsorted(self.codes, code)
-            i[i == self.codes.size] = 0
-            ok = self.codes[i] == code
-            pos, node = pos[ok], self.child[i[ok]]
+            child = self.children.get(node * self.n_tokens + tok[nxt])
+            ok = child >= 0
+            pos, node = pos[ok], child[ok]
             length += 1
         return np.concatenate(found_caption), np.concatenate(found_entry)
 

@@ -74,6 +74,63 @@ def distinct_classes(names: list[str]) -> tuple[list[int], list[str]]:
     return list(seen.values()), list(seen.keys())
 
 
+#: :func:`coverage_entries` codes besides an entry id
+MATCH_CAPTIONS, NEVER = -1, -2
+
+
+def coverage_entries(classes: list[str], entries: list[str], boundary: str) -> list[int]:
+    """How each class's coverage is counted when match ran over every pool pair: the id of
+    the match vocabulary's entry that is the class name with the same key as under v1 (its
+    pool and final counts are then that entry's, read off the concept counts: no second
+    pass over the captions), :data:`NEVER` when the v1 rule can match it to no caption,
+    :data:`MATCH_CAPTIONS` otherwise (matched on the captions, shard by shard)."""
+    from curate.algorithms.matching import entry_key, never_matches
+
+    ids = {e: i for i, e in enumerate(entries)}
+    out = []
+    for name in classes:
+        i = ids.get(name)
+        if never_matches(name):
+            out.append(NEVER)
+        elif i is not None and entry_key(name, boundary) == entry_key(name, "metaclip1"):
+            out.append(i)
+        else:
+            out.append(MATCH_CAPTIONS)
+    return out
+
+
+def full_coverage(class_entries: list[int] | None, totals: Totals
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, final) counts of every class: the ones matched on captions from ``totals``'
+    coverage vectors, the others from its concept counts (see :func:`coverage_entries`)."""
+    if class_entries is None:
+        return totals.cov_pool, totals.cov_final
+    code = np.asarray(class_entries, np.int64)
+    out = []
+    for cov, col in ((totals.cov_pool, "count_pool"), (totals.cov_final, "count_final")):
+        full = np.zeros(code.size, np.int64)
+        full[code == MATCH_CAPTIONS] = cov
+        counts = totals.concepts.get(col, np.zeros(0, np.int64))
+        known = np.flatnonzero((code >= 0) & (code < counts.size))
+        full[known] = counts[code[known]]
+        out.append(full)
+    return out[0], out[1]
+
+
+def coverage_table(indices: list[int], names: list[str], cp: np.ndarray, cf: np.ndarray
+                   ) -> pa.Table:
+    """downstream_coverage.parquet from the classes' pool and final counts."""
+    idx = np.asarray(indices, np.int64)
+    order = np.lexsort((idx, -cp, -cf))
+    rank = np.empty(idx.size, np.int64)
+    rank[order] = np.arange(1, idx.size + 1)
+    return pa.table({"class_index": pa.array(idx, pa.int32()),
+                     "classname": pa.array(names, pa.string()),
+                     "count_pool": pa.array(cp, pa.int64()),
+                     "count_final": pa.array(cf, pa.int64()),
+                     "rank_final": pa.array(rank, pa.int32())})
+
+
 _MATCHERS: dict[tuple[str, ...], Any] = {}
 
 
@@ -102,7 +159,7 @@ class ShardPlan:
     deciding: tuple[str, ...]
     #: deciding stages after match: one count_after_<stage> column each
     after_match: tuple[str, ...]
-    #: distinct ImageNet class names (empty: no coverage)
+    #: the distinct ImageNet class names matched on captions (empty: none)
     classnames: tuple[str, ...] = ()
     #: the match and score instances whose outputs the report reads (None: none ran)
     match: str | None = None

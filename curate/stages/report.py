@@ -16,9 +16,11 @@ Outputs (``reports/``):
 - ``downstream_coverage.parquet``: class_index (first index in open_clip's
   IMAGENET_CLASSNAMES), classname, count_pool, count_final, rank_final (1 = most covered;
   ties by count_pool, then class_index). MetaCLIP's matching rule over the captions of every
-  pool shard and of the final pairs. IMAGENET_CLASSNAMES has 1000 names but fewer distinct
-  ones (998 in open_clip 3.3: "missile" and "sunglasses" appear twice, while the two
-  cranes are already "crane bird" and "construction crane"): one row per distinct name.
+  pool shard and of the final pairs (read off match's output for the class names that are
+  vocabulary entries when match saw every pair: same rule, no second pass).
+  IMAGENET_CLASSNAMES has 1000 names but fewer distinct ones (998 in open_clip 3.3:
+  "missile" and "sunglasses" appear twice, while the two cranes are already "crane bird"
+  and "construction crane"): one row per distinct name.
 - ``report.html``: plots and tables of all of it (:mod:`curate.report.html`).
 
 "Final" is the set of pairs kept by the last deciding stage that ran (what emit writes);
@@ -45,16 +47,21 @@ from curate.config import Section
 from curate.core.io import join, list_shards, write_bytes_atomic, write_parquet_atomic
 from curate.core.rundir import now
 from curate.stages._report_counts import (
+    MATCH_CAPTIONS,
     OUTPUTS,
     SCORE_EDGES,
     ShardPlan,
     Totals,
+    coverage_entries,
+    coverage_table,
     distinct_classes,
+    full_coverage,
     imagenet_classes,
     imagenet_classnames,
     shard_stats,
 )
 from curate.stages.base import GlobalStep, Stage
+from curate.vocab import load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +118,17 @@ class ReportStage(Stage):
             log.warning("report: ImageNet class names unavailable (%s)", err)
             all_classes, classes = [], []
             note = f"ImageNet class names unavailable ({err}); open_clip is needed."
+        class_entries = None
+        if classes and match and not [d for d in deciding if d in names[:names.index(
+                match.name)]]:  # match saw every pool pair: its counts give most classes
+            m = self.pipeline.section(match.name)
+            class_entries = coverage_entries(classes, load_vocabulary(m.metadata), m.boundary)
         return {"ran": ran, "stages": [r.name for r in per_shard],
                 "folders": [r.folder for r in per_shard], "deciding": deciding,
                 "after_match": after_match, "match": match.name if match else None,
                 "score": score.name if score else None, "coverage": bool(classes),
-                "all_classes": len(all_classes), "coverage_note": note}
+                "all_classes": len(all_classes), "coverage_note": note,
+                "class_entries": class_entries}
 
     def _classes(self) -> tuple[list[int], list[str]]:
         """(first index, name) of ImageNet's distinct class names; not kept in run.json."""
@@ -123,12 +136,18 @@ class ReportStage(Stage):
             return [], []
         return imagenet_classes()
 
+    def _matched_classes(self) -> list[str]:
+        """The class names counted on captions by the workers (coverage_entries)."""
+        codes = self.state["plan"].get("class_entries")
+        names = self._classes()[1]
+        return names if codes is None else [n for n, c in zip(names, codes)
+                                            if c == MATCH_CAPTIONS]
+
     def _shard_plan(self) -> ShardPlan:
         p = self.state["plan"]
         return ShardPlan(self.rd.url, tuple(p["stages"]), tuple(p["folders"]),
                          tuple(p["deciding"]), tuple(p["after_match"]),
-                         tuple(self._classes()[1]),
-                         p["match"], p["score"])
+                         tuple(self._matched_classes()), p["match"], p["score"])
 
     def _count_shard(self, shard: str) -> dict[str, Any]:
         try:
@@ -138,7 +157,7 @@ class ReportStage(Stage):
             return {"shard": shard, "error": f"{type(err).__name__}: {err}"}
 
     def _totals(self) -> Totals:
-        return Totals(len(self._classes()[1]))
+        return Totals(len(self._matched_classes()))
 
     def _entries(self, n: int) -> list[str]:
         """Entry strings by id: balance's entry_counts.parquet, else the vocabulary."""
@@ -153,8 +172,6 @@ class ReportStage(Stage):
                 for i, e in zip(t["entry_id"].to_pylist(), t["entry"].to_pylist()):
                     names[i] = e
             else:
-                from curate.vocab import load_vocabulary
-
                 names = load_vocabulary(self.pipeline.section(self._first("match").name)
                                         .metadata)
         except Exception as err:  # noqa: BLE001 - names are cosmetic; ids still identify
@@ -237,19 +254,6 @@ class ReportStage(Stage):
         data["rank"] = pa.array(rank, pa.int64())
         data["head"] = pa.array(pool > t, pa.bool_())
         return pa.table(data)
-
-    @staticmethod
-    def _coverage(indices: list[int], names: list[str], totals: Totals) -> pa.Table:
-        cp, cf = totals.cov_pool, totals.cov_final
-        idx = np.asarray(indices, np.int64)
-        order = np.lexsort((idx, -cp, -cf))
-        rank = np.empty(idx.size, np.int64)
-        rank[order] = np.arange(1, idx.size + 1)
-        return pa.table({"class_index": pa.array(idx, pa.int32()),
-                         "classname": pa.array(names, pa.string()),
-                         "count_pool": pa.array(cp, pa.int64()),
-                         "count_final": pa.array(cf, pa.int64()),
-                         "rank_final": pa.array(rank, pa.int32())})
 
     def _score_data(self, totals: Totals, manifest: dict[str, Any]) -> dict[str, Any] | None:
         s = totals.score
@@ -347,7 +351,8 @@ class ReportStage(Stage):
         coverage, coverage_note = None, plan["coverage_note"]
         class_index, class_names = self._classes()
         if class_names:
-            coverage = self._coverage(class_index, class_names, totals)
+            coverage = coverage_table(class_index, class_names, *full_coverage(
+                plan.get("class_entries"), totals))
             write_parquet_atomic(rd.fs, join(out_dir, OUTPUTS["downstream coverage"]), coverage)
             outputs["downstream coverage"] = OUTPUTS["downstream coverage"]
             from curate.algorithms.matching import spacing
