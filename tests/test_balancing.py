@@ -168,3 +168,25 @@ def test_per_language_t_matches_tail_share():
     assert abs(tail_share(de, t["de"]) - p) <= abs(tail_share(de, t["de"] + 50) - p)
     with pytest.raises(ValueError, match="no counts for 'en'"):
         per_language_t({"de": de}, 100)
+
+
+def test_balance_equals_drawing_every_entry():
+    """balance() skips the draws of pairs holding a tail entry; the kept set and P(keep)
+    must equal the documented rule applied to every (pair, entry) with draw_u."""
+    from curate.algorithms.balancing import balance
+
+    rng = np.random.default_rng(5)
+    n = 400
+    rows = [sorted(set(rng.integers(0, 12, size=rng.integers(0, 4)).tolist()))
+            for _ in range(n)]
+    counts = np.array([5, 10, 40, 80, 160, 320, 640, 3, 2, 1, 1000, 0])
+    t = 20
+    uids = _uids(n).to_pylist()
+    prob, kept = balance(pa.array(uids), _lists(rows), counts, t, seed=9)
+    p = {e: min(1.0, t / c) if c else 1.0 for e, c in enumerate(counts)}
+    want = [any(draw_u(9, u, e) < p[e] for e in r) for u, r in zip(uids, rows)]
+    assert kept.tolist() == want
+    assert 0 < sum(want) < n and any(all(p[e] < 1 for e in r) and r for r in rows)
+    want_p = [1 - float(np.prod([1 - p[e] for e in r])) if r else 0.0 for r in rows]
+    np.testing.assert_allclose(prob, want_p, rtol=1e-6, atol=1e-7)
+    assert prob.dtype == np.float32

@@ -21,7 +21,7 @@ from conftest import pool_rows, write_pool
 from helpers import TINY
 
 KILLS = [
-    "ingest:part-00001.parquet:kill:after",   # driver, mid-ingest
+    "ingest:part-00001.parquet:kill-driver:after",  # a read task, mid-ingest
     "download:1:kill-driver",
     "score:2:kill-driver",
     "match:0:kill-driver",

@@ -245,3 +245,23 @@ def test_never_matches_is_sound():
     assert never_matches("St. Bernard") and never_matches("a\tb")
     assert not never_matches("tench") and not never_matches("a . b")
     assert any(" a . b " in s for s in spaced)  # "a.b" spaced: never_matches must say no
+
+
+def test_code_table_equals_a_dict():
+    """The trie's child lookup: every code maps to its value, absent codes to -1, also
+    with codes crowded into one region of the table (long probe runs)."""
+    import numpy as np
+
+    from curate.algorithms.codetable import CodeTable
+
+    rng = np.random.default_rng(0)
+    for codes in (rng.choice(10**12, 5000, replace=False),
+                  np.arange(3000) << 40,  # Fibonacci hashing must still spread these
+                  np.array([0, 1, 2**62]), np.zeros(0, np.int64)):
+        codes = codes.astype(np.int64)
+        values = rng.integers(0, 2**31, codes.size).astype(np.int32)
+        table = CodeTable(codes, values)
+        want = dict(zip(codes.tolist(), values.tolist()))
+        queries = np.concatenate([codes, rng.integers(0, 10**12, 2000), codes[:50] + 1])
+        got = table.get(queries.astype(np.int64))
+        assert got.tolist() == [want.get(q, -1) for q in queries.tolist()]

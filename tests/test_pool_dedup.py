@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 from test_pool_uids import ODD_UIDS
 
+import curate.stages._pool_read as pool_read
 import curate.stages.ingest as ingest_mod
 from curate.config import PoolConfig
 from curate.core.faults import InjectedFault
 from curate.core.rundir import RunDir
-from curate.errors import FailedShardsError
+from curate.errors import FailedShardsError, InputError
 from curate.stages.ingest import ingest
 
 
@@ -85,6 +86,7 @@ def small_groups(monkeypatch):
     """Several keys/write groups and few partitions even for small pools."""
     monkeypatch.setattr(ingest_mod, "GROUP_ROWS", 5)
     monkeypatch.setattr(ingest_mod, "PARTITIONS", 3)
+    monkeypatch.setattr(pool_read, "PIECE_ROWS", 4)  # files of several read pieces
 
 
 def test_within_and_across_files_equals_the_oracle(tmp_path, small_groups):
@@ -102,7 +104,8 @@ def test_within_and_across_files_equals_the_oracle(tmp_path, small_groups):
         ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"],
         ["part-00003.parquet", "part-00004.parquet"], [], ["part-00005.parquet"]]
     assert p["dedup"]["partitions"] == 3 and p["dedup"]["batches"] == 1
-    assert set(p["dedup"]["seconds"]) == {"keys", "dedup", "write"} and "pending" not in p
+    assert set(p["dedup"]["seconds"]) == {"read", "keys", "dedup", "write"}
+    assert "pending" not in p
     assert not (tmp_path / "run" / "pool" / "_staging").exists()
     assert not (tmp_path / "run" / "pool" / "_dedup").exists()
     # what the run recorded is what run.json holds
@@ -294,3 +297,31 @@ def test_on_ray_workers_equals_the_oracle_and_resumes(tmp_path, small_groups, mo
     monkeypatch.delenv("CURATE_FAULT")
     rd, m2 = run(tmp_path, d, shard_size=2)
     assert pool_shards(rd) == clean and counts(m2) == counts(m)
+
+
+def _with_bad_rows(d) -> tuple[pa.Table, list[int]]:
+    """A file of 3-row row groups (several read pieces) with null captions in places."""
+    ids = [0, 1, 2, 3, 1, 4, 5, 6, 7, 8, 2, 9, 10, 11, 12, 13, 14]
+    bad = [2, 7, 8, 15]
+    t = table(ids)
+    caps = [None if i in bad else c for i, c in enumerate(t["caption"].to_pylist())]
+    t = t.set_column(t.column_names.index("caption"), "caption", pa.array(caps, pa.string()))
+    return put(d, "a.parquet", t, row_group_size=3), bad
+
+
+@pytest.mark.parametrize("where", ["in_process", "ray"])
+def test_bad_rows_across_read_pieces(tmp_path, small_groups, request, where):
+    """Dropped bad rows leave short staged chunks; the final shards are still the file's
+    good rows cut in shard_size. Under on_bad_row=error the error names the first bad row
+    of the pool, whichever piece finishes first."""
+    request.getfixturevalue("in_process" if where == "in_process" else "ray_session")
+    d = tmp_path / "pool"
+    t, bad = _with_bad_rows(d)
+    good = t.filter(pa.array([i not in bad for i in range(t.num_rows)]))
+    rd, m = run(tmp_path, d, name="drop", shard_size=4, on_bad_row="drop")
+    assert pool_shards(rd) == oracle([good], 4)
+    assert m["pool"]["bad_rows"] == {"caption_null": 4} and m["pool"]["rows_read"] == 17
+    # the later bad rows' pieces may finish first: the error is still row 2's
+    put(d, "b.parquet", table([20, 21]))
+    with pytest.raises(InputError, match=r"a\.parquet: row 2: caption is null"):
+        run(tmp_path, d, name="error", shard_size=4)

@@ -15,7 +15,8 @@ from helpers import write_columns as write
 from curate.config import PoolConfig
 from curate.errors import InputError
 from curate.stages._pool_dedup import first_of_key, uid_keys128
-from curate.stages.ingest import compute_uids, ingest
+from curate.stages._pool_read import compute_uids
+from curate.stages.ingest import ingest
 
 ODD_UIDS = [
     "0123456789abcdef0123456789abcdef",  # our own form

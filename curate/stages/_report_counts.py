@@ -222,13 +222,13 @@ def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
             out["stages"][s] = {"rows_in": n, "kept": n, "dropped": {}}
     final = kept[plan.deciding[-1]] if plan.deciding else None
 
-    pool = rd.read("pool", shard, ["uid", "caption"] if plan.classnames else ["uid"])
-    uids = pool["uid"].combine_chunks()
-    in_final = (pc.is_in(uids, value_set=final) if final is not None
-                else pa.array(np.ones(len(uids), bool)))
-    out["pool_rows"] = pool.num_rows
-    out["final"] = int(pc.sum(in_final).as_py() or 0)
+    out["pool_rows"] = _num_rows(rd, "pool", shard)
+    out["final"] = len(final) if final is not None else out["pool_rows"]
     if plan.classnames:
+        pool = rd.read("pool", shard, ["uid", "caption"])
+        uids = pool["uid"].combine_chunks()
+        in_final = (pc.is_in(uids, value_set=final) if final is not None
+                    else pa.array(np.ones(len(uids), bool)))
         ids = _class_matcher(plan.classnames).match(pool["caption"].combine_chunks())
         n = len(plan.classnames)
         out["cov_pool"] = np.bincount(_flat_ids(ids), minlength=n)
@@ -242,8 +242,12 @@ def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
         for s in plan.after_match:
             conc[f"count_after_{s}"] = _sparse_counts(ids.filter(pc.is_in(uids,
                                                                            value_set=kept[s])))
-        conc["count_final"] = (_sparse_counts(ids.filter(pc.is_in(uids, value_set=final)))
-                               if final is not None else conc["count_pool"])
+        if final is None:
+            conc["count_final"] = conc["count_pool"]
+        elif plan.after_match and plan.after_match[-1] == plan.deciding[-1]:
+            conc["count_final"] = conc[f"count_after_{plan.after_match[-1]}"]
+        else:
+            conc["count_final"] = _sparse_counts(ids.filter(pc.is_in(uids, value_set=final)))
         out["concepts"] = conc
 
     if plan.score:

@@ -108,14 +108,13 @@ class BalanceStage(Stage):
         return _COUNTS[key]
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
-        from curate.algorithms.balancing import draw_kept, keep_prob
+        from curate.algorithms.balancing import balance
 
         m = matched(self.rd, self.deciding_before(), self._match().folder, shard)
         ids = m["entry_ids"].combine_chunks()
         counts = self._counts()
         t, seed = self.section.t, self.section.seed
-        prob = keep_prob(ids, counts, t).astype(np.float32)
-        kept = draw_kept(m["uid"].combine_chunks(), ids, counts, t, seed)
+        prob, kept = balance(m["uid"].combine_chunks(), ids, counts, t, seed)
         no_match = pc.equal(pc.list_value_length(ids), 0)
         reason = pc.if_else(no_match, "no_metadata_match", "not_sampled")
         return pa.table({"uid": m["uid"], "keep_prob": pa.array(prob, pa.float32()),

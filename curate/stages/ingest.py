@@ -10,9 +10,9 @@ modification time) are skipped.
 Duplicates (a uid seen earlier in the pool: earlier run, file or row; the first wins) are
 found on Ray workers, not in a set on the driver, which would hold 16 B per pair
 (``_pool_dedup`` says how). So with ``drop_duplicates`` (the default) the new files of a
-call are a *batch*: read and checked here, one file at a time, into ``pool/_staging``
-(recorded in run.json as ``pool.pending`` after each file), then deduplicated and cut into
-their final shards by workers, and committed to ``pool.inputs`` in one save. The shards
+call are a *batch*: read and checked by workers, piece by piece, into ``pool/_staging``
+(``_pool_read`` says how; recorded in run.json as ``pool.pending``), then deduplicated
+and cut into their final shards by workers, and committed to ``pool.inputs`` in one save. The shards
 are exactly those of an ingest that drops each duplicate as it reads it. A rerun finishes
 a pending batch before anything else, and ingest returns only when none is pending: no
 stage ever sees a pool with duplicates left in it. Without ``drop_duplicates`` files are
@@ -40,7 +40,6 @@ a broken pool column, not a row to drop.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,19 +66,12 @@ from curate.stages._pool_dedup import (
     write_keys,
     write_shards,
 )
+from curate.stages._pool_read import Piece, batches, column_map, plan_file, prepare, read_piece
 from curate.stages.pool_checks import (
     EmbeddingDims,
-    check_rows,
-    check_uid_conflicts,
-    check_uids,
-    embeddings_as_float,
 )
 
 log = logging.getLogger(__name__)
-
-CANONICAL_DEFAULTS = {"uid": "uid", "url": "url", "caption": "caption", "image": "image",
-                      "image_emb": "image_emb", "text_emb": "text_emb"}
-
 
 def resolve_pool(spec: str) -> tuple[Any, list[str]]:
     """The Parquet files a pool spec names: one file, a folder (recursive) or a glob."""
@@ -98,14 +90,6 @@ def resolve_pool(spec: str) -> tuple[Any, list[str]]:
     if not files:
         raise InputError(f"pool {spec}: matches no Parquet file")
     return fs, files
-
-
-def compute_uids(urls: pa.Array | None, captions: pa.Array) -> pa.Array:
-    """uid = hex of the first 16 bytes of sha256(url + "\\n" + caption)."""
-    caps = captions.to_pylist()
-    us = urls.to_pylist() if urls is not None else [""] * len(caps)
-    out = [hashlib.sha256(f"{u or ''}\n{c}".encode()).hexdigest()[:32] for u, c in zip(us, caps)]
-    return pa.array(out, pa.string())
 
 
 @dataclass
@@ -152,25 +136,6 @@ class _ShardWriter:
             self.buffered = rest.num_rows
 
 
-def _column_map(cfg: PoolConfig, names: list[str], path: str) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for canon, default in CANONICAL_DEFAULTS.items():
-        src = cfg.columns.get(canon, default)
-        if src in names:
-            mapping[canon] = src
-        elif canon in cfg.columns:
-            raise InputError(
-                f"pool {path}: column '{src}' (pool.columns.{canon}) not found; "
-                f"columns are: {', '.join(names)}")
-    if "caption" not in mapping:
-        raise InputError(
-            f"pool {path}: no caption column 'caption'; columns are: {', '.join(names)} "
-            f"(map one with pool.columns.caption, e.g. --set pool.columns.caption=TEXT)")
-    return mapping
-
-
-
-
 def _stage_file(rd: RunDir, fs: Any, path: str, key: tuple[str, int, str], cfg: PoolConfig,
                 dims: EmbeddingDims, next_index: int, folder: str) -> dict[str, Any]:
     """Read, check and cut one input file into ``folder``/part-N from ``next_index`` on.
@@ -181,46 +146,22 @@ def _stage_file(rd: RunDir, fs: Any, path: str, key: tuple[str, int, str], cfg: 
     try:
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
-            mapping = _column_map(cfg, pf.schema_arrow.names, path)
-            rename = {src: canon for canon, src in mapping.items()}
-            extras = [c for c in pf.schema_arrow.names
-                      if c not in rename and not c.startswith("__index_level_")]
+            mapping = column_map(cfg, pf.schema_arrow.names, path)
             writer = _ShardWriter(rd, cfg.shard_size, next_index, path, folder)
-            row0 = 0
+            rows_read = 0
             bad: dict[str, int] = {}
-            # one row group at a time: iter_batches over the whole file keeps every read
-            # buffer alive until it ends (measured: the whole file in memory)
-            batches = (b for rg in range(pf.num_row_groups)
-                       for b in pf.iter_batches(batch_size=min(65_536, cfg.shard_size * 2),
-                                                row_groups=[rg]))
-            for batch in batches:
-                t = pa.Table.from_batches([batch])
-                t = t.rename_columns([rename.get(c, c) for c in t.column_names])
-                t = t.select([c for c in ("uid", "url", "caption", "image", "image_emb",
-                                          "text_emb") if c in t.column_names] + extras)
-                good, bad_counts = check_rows(t, cfg, path, row0, dims)
-                if "uid" in t.column_names:
-                    t = check_uids(t, good, path, row0)
-                rows = row0 + np.flatnonzero(good)  # each kept row's number in the file
-                row0 += t.num_rows
-                if bad_counts:
-                    for code, n_bad in bad_counts.items():
-                        bad[code] = bad.get(code, 0) + n_bad
-                    t = t.filter(pa.array(good))
-                t = embeddings_as_float(t)
-                if "uid" in t.column_names:
-                    check_uid_conflicts(t, path, rows)
-                else:
-                    uids = compute_uids(t["url"].combine_chunks() if "url" in t.column_names
-                                        else None, t["caption"].combine_chunks())
-                    t = t.add_column(0, "uid", uids)
+            for row0, t in batches(pf, cfg, mapping, list(range(pf.num_row_groups))):
+                rows_read += t.num_rows
+                t, _, bad_counts = prepare(t, cfg, path, row0, dims)
+                for code, n_bad in bad_counts.items():
+                    bad[code] = bad.get(code, 0) + n_bad
                 writer.add(t)
             writer.flush(final=True)
     except InputError:
         raise
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"pool {path}: not a readable Parquet file ({err})") from None
-    return {"path": key[0], "size": key[1], "mtime": key[2], "rows_read": row0,
+    return {"path": key[0], "size": key[1], "mtime": key[2], "rows_read": rows_read,
             "bad_rows": bad, "first": next_index, "chunks": writer.rows,
             "rows": sum(writer.rows), "shards": writer.shards}
 
@@ -241,10 +182,11 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
            save: Any = None) -> IngestStats:
     """Ingest new pool files into ``rd/pool``; updates ``manifest['pool']`` in place.
 
-    ``save(manifest)`` is called after each input file is staged and when a batch is
-    committed, so a crash loses at most the file being read: the next run finishes the
-    batch staged before it (``pool.pending``), then reads that file again. Returns only
-    once every shard in ``pool/`` is free of duplicates.
+    ``save(manifest)`` is called once the batch's files are staged and when the batch is
+    committed, so a crash loses at most the reading of the batch: the next run finishes a
+    batch staged before it (``pool.pending``), or reads the files again. Returns only
+    once every shard in ``pool/`` is free of duplicates. Without ``drop_duplicates``
+    files are read one by one on the driver, straight into final shards.
     """
     fs, files = resolve_pool(spec)
     pool_m = manifest.setdefault("pool", {"inputs": [], "rows": 0, "duplicates": 0,
@@ -269,29 +211,37 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
                 "old": [s for i in pool_m["inputs"] if not i.get("keyed")
                         for s in i["shards"]]}
 
+    new = []
     for path in files:
         info = fs.info(path)
         key = (path, int(info.get("size") or 0), str(info.get("mtime") or info.get("LastModified")
                                                      or ""))
         if key in done:
             stats.files_skipped += 1
-            continue
-        f = _stage_file(rd, fs, path, key, cfg, dims, next_index,
-                        STAGING if pend is not None else "pool")
-        next_index += len(f["chunks"])
-        stats.rows_read += f["rows_read"]
-        for code, n_bad in f["bad_rows"].items():
-            stats.bad_rows[code] = stats.bad_rows.get(code, 0) + n_bad
-        if pend is None:
-            _record(pool_m, f, 0, keyed=False)
-            stats.files_new += 1
-            stats.rows += f["rows"]
-            stats.shards_new.extend(f["shards"])
         else:
-            del f["rows"], f["shards"]  # known once duplicates are dropped
-            pend["files"].append(f)
-            pend["next"] = next_index
+            new.append(key)
+    if pend is not None and new:
+        try:
+            pend["next"], pend["read_seconds"] = _read_batch(
+                rd, fs, new, cfg, dims, pend["files"], next_index, stats)
             pool_m["pending"] = pend
+            pool_m["embedding_dims"] = dict(dims.dims)
+            save(manifest)
+        except BaseException:  # nothing records the staged chunks: leave none behind
+            pool_m.pop("pending", None)
+            try:
+                _remove_leftovers(rd, pool_m)
+            except Exception:  # noqa: BLE001 - the next run removes them; the cause matters
+                log.warning("ingest: could not remove the staged chunks", exc_info=True)
+            raise
+    for key in new if pend is None else []:
+        f = _stage_file(rd, fs, key[0], key, cfg, dims, next_index, "pool")
+        next_index += len(f["chunks"])
+        _count_read(stats, f["rows_read"], f["bad_rows"])
+        _record(pool_m, f, 0, keyed=False)
+        stats.files_new += 1
+        stats.rows += f["rows"]
+        stats.shards_new.extend(f["shards"])
         pool_m["embedding_dims"] = dict(dims.dims)
         save(manifest)
     if pool_m.get("pending"):
@@ -307,6 +257,46 @@ def ingest(rd: RunDir, spec: str, cfg: PoolConfig, manifest: dict[str, Any],
     log.info("ingest: %d new files, %d rows, %d duplicates dropped, %d new shards",
              stats.files_new, stats.rows, stats.duplicates, len(stats.shards_new))
     return stats
+
+
+def _count_read(stats: IngestStats, rows_read: int, bad: dict[str, int]) -> None:
+    stats.rows_read += rows_read
+    for code, n_bad in bad.items():
+        stats.bad_rows[code] = stats.bad_rows.get(code, 0) + n_bad
+
+
+def _read_batch(rd: RunDir, fs: Any, new: list[tuple[str, int, str]], cfg: PoolConfig,
+                dims: EmbeddingDims, files: list[dict[str, Any]], next_index: int,
+                stats: IngestStats) -> tuple[int, float]:
+    """Stage the new files into ``pool/_staging`` on workers, piece by piece (_pool_read);
+    appends their records to ``files``; returns the next chunk number and the seconds
+    taken. The first bad row in pool order is the error (exit 2), as when files were read
+    one after another."""
+    pieces: list[Piece] = []
+    owners: list[tuple[dict[str, Any], int, int]] = []  # record, its pieces [a, b)
+    for key in new:
+        rec = {"path": key[0], "size": key[1], "mtime": key[2], "rows_read": 0,
+               "bad_rows": {}, "first": next_index, "chunks": []}
+        ps, n = plan_file(fs, key[0], cfg, dims, next_index, len(pieces), rd.url, STAGING)
+        owners.append((rec, len(pieces), len(pieces) + len(ps)))
+        pieces += ps
+        next_index += n
+    results: dict[int, dict[str, Any]] = {}
+    seconds = run_step(read_piece, pieces, "ingest.read",
+                       lambda r: results.__setitem__(r["index"], r))
+    errors = sorted((i, r["error"]) for i, r in results.items() if "error" in r)
+    if errors:
+        raise InputError(errors[0][1])
+    for rec, a, b in owners:
+        for i in range(a, b):
+            r = results[i]
+            rec["rows_read"] += r["rows_read"]
+            rec["chunks"] += r["chunks"]
+            for code, n_bad in r["bad"].items():
+                rec["bad_rows"][code] = rec["bad_rows"].get(code, 0) + n_bad
+        _count_read(stats, rec["rows_read"], rec["bad_rows"])
+        files.append(rec)
+    return next_index, seconds
 
 
 def _remove_leftovers(rd: RunDir, pool_m: dict[str, Any]) -> None:
@@ -329,7 +319,7 @@ def _finish(rd: RunDir, manifest: dict[str, Any], save: Any, stats: IngestStats)
     batch = Batch(rd.url, pool_m["dedup"]["partitions"], pend["gen"], first, n, per,
                   -(-len(old) // per))
     dups = np.zeros(n, np.int64)
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"read": pend.get("read_seconds", 0.0)}
     if n or old:
         staged = [shard_name(first + i) for i in range(n)]
         items = ([("keys", g, staged[g * per:(g + 1) * per]) for g in range(batch.groups)]

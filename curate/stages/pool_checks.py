@@ -135,6 +135,23 @@ def _embedding_problems(col: str, arr: pa.Array, path: str, dims: EmbeddingDims
             _Problem("embedding_not_finite", not_finite, first_bad_value)]
 
 
+def learn_dims(table: pa.Table, path: str, dims: EmbeddingDims, cols: list[str]) -> bool:
+    """Fix each of ``cols``' dimension from this batch as :func:`check_rows` would (the
+    column's type, else most rows); True once all of them are known. Ingest calls it on
+    the driver, on a file's first batches, before workers check the rows with the result."""
+    for col in cols:
+        if col not in table.column_names or col in dims.dims:
+            continue
+        arr = table[col].combine_chunks()
+        _embedding_type(col, arr, path, dims)
+        if col not in dims.dims:
+            null = arr.is_null().to_numpy(zero_copy_only=False)
+            lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(
+                zero_copy_only=False)
+            dims.expected(col, path, lengths, ~null)
+    return all(c in dims.dims for c in cols)
+
+
 def _np(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(mask, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
 

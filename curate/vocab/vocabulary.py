@@ -74,6 +74,26 @@ def load_vocabulary(path_or_name: str | os.PathLike) -> list[str]:
     Later duplicates are dropped with a warning; ids follow first occurrence.
     """
     path = _resolve(path_or_name)
+    try:
+        st = path.stat()
+        stamp = (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None  # _read_text names the problem
+    if stamp is not None and stamp in _LOADED:
+        return list(_LOADED[stamp])
+    entries = _load(path)
+    if stamp is not None:  # one file at a time: a run reads one vocabulary several times
+        _LOADED.clear()
+        _LOADED[stamp] = tuple(entries)
+    return entries
+
+
+#: the last vocabulary read, by (path, size, mtime): the driver and each worker process
+#: ask for it once per stage (match, balance, report), 0.2 s each for the default one
+_LOADED: dict[tuple[str, int, int], tuple[str, ...]] = {}
+
+
+def _load(path: Path) -> list[str]:
     text = _read_text(path)
     if _is_json(path):
         try:
