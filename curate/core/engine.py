@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -125,6 +126,43 @@ def _short(err: BaseException) -> str:
     return text[0][:500] if text else type(err).__name__
 
 
+#: a result whose pickle is larger comes back compressed (:func:`_pack`)
+PACK_BYTES = 64 * 1024
+
+
+class _Packed:
+    """A task's result, pickled and zstd-compressed (``size``: the pickle's length)."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: bytes, size: int):
+        self.data, self.size = data, size
+
+
+def _pack(value: Any) -> Any:
+    """Compress a large result. Why: Ray returns results over 100 KB through its
+    shared-memory object store, and every store page the driver reads stays in the
+    driver's RSS (RssShmem), so folding per-shard count vectors made the driver's RSS grow
+    with the number of shards (measured: 406 -> 477 MB from 1M to 10M text-first pairs,
+    its private memory flat). Sparse count vectors compress ~5x."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raw = pickle.dumps(value, protocol=5)
+    if len(raw) < PACK_BYTES:
+        return value
+    import pyarrow as pa
+
+    return _Packed(pa.compress(raw, codec="zstd", asbytes=True), len(raw))
+
+
+def _unpack(value: Any) -> Any:
+    if not isinstance(value, _Packed):
+        return value
+    import pyarrow as pa
+
+    return pickle.loads(pa.decompress(value.data, value.size, codec="zstd", asbytes=True))
+
+
 def _apply(fn: Callable[[Any], Any], item: Any, fault: tuple | None = None) -> Any:
     # the fault-injection hook (curate.core.faults) follows the driver's environment at submit
     # time, so tests can inject faults into a Ray instance that started before them
@@ -132,7 +170,7 @@ def _apply(fn: Callable[[Any], Any], item: Any, fault: tuple | None = None) -> A
         os.environ["CURATE_FAULT"], os.environ["CURATE_DRIVER_PID"] = fault
     else:
         os.environ.pop("CURATE_FAULT", None)
-    return fn(item)
+    return _pack(fn(item))
 
 
 class _Runner:
@@ -243,7 +281,7 @@ def map_items(
             for ref in done:
                 i, started, actor = running.pop(ref)
                 try:
-                    value = ray.get(ref)
+                    value = _unpack(ray.get(ref))
                 except Exception as err:  # noqa: BLE001 - every worker failure is retried
                     release(actor, healthy=not isinstance(err, ray.exceptions.RayActorError))
                     cause = getattr(err, "cause", None)

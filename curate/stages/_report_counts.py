@@ -180,7 +180,9 @@ def _sparse_counts(entry_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(ids, counts) of the entries present: small to ship from a worker to the driver."""
     c = np.bincount(_flat_ids(entry_ids))
     nz = np.flatnonzero(c)
-    return nz.astype(np.int32), c[nz].astype(np.int64)
+    # int32 counts (a shard holds < 2**31 pairs): results over 100 KB travel through Ray's
+    # shared-memory store, whose pages then count in the driver's RSS (see driver.py)
+    return nz.astype(np.int32), c[nz].astype(np.int32)
 
 
 def _decisions(rd: RunDir, folder: str, shard: str) -> pa.Table:
@@ -305,7 +307,7 @@ class Totals:
             need = int(ids.max()) + 1 if ids.size else 0
             if need > arr.size:
                 arr = np.concatenate([arr, np.zeros(need - arr.size, np.int64)])
-            np.add.at(arr, ids, counts)
+            arr[ids] += counts  # ids are unique within a shard's result
             self.concepts[col] = arr
         if "score" in r:
             s = r["score"]

@@ -81,7 +81,7 @@ class BalanceStage(Stage):
         m = matched(self.rd, self.deciding_before(), self._match().folder, shard)
         c = count_entries(m["entry_ids"].combine_chunks(), self._n_entries())
         nz = np.flatnonzero(c)
-        return nz.astype(np.int32), c[nz]
+        return nz.astype(np.int32), c[nz].astype(np.int32)  # small: see _report_counts
 
     def _n_entries(self) -> int:
         if not hasattr(self, "_n"):
@@ -124,5 +124,5 @@ class BalanceStage(Stage):
 def _add_counts(total: np.ndarray, item: str, sparse: tuple[np.ndarray, np.ndarray]
                 ) -> np.ndarray:
     ids, c = sparse
-    np.add.at(total, ids, c)
+    total[ids] += c  # ids are unique within a shard's result
     return total

@@ -1,0 +1,34 @@
+"""The engine's result transport: large results come back compressed and equal."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curate.core import engine
+
+
+def _result(n: int) -> dict:
+    ids = np.arange(0, 3 * n, 3, dtype=np.int32)
+    return {"shard": f"part-{n:05d}.parquet", "ids": ids, "counts": (ids % 7).astype(np.int32)}
+
+
+def test_pack_round_trip_only_above_the_threshold():
+    small, large = _result(10), _result(200_000)
+    assert engine._pack(small) is small and engine._pack(None) is None
+    packed = engine._pack(large)
+    assert isinstance(packed, engine._Packed) and len(packed.data) < packed.size / 2
+    back = engine._unpack(packed)
+    assert back["shard"] == large["shard"]
+    for k in ("ids", "counts"):
+        assert back[k].dtype == large[k].dtype and np.array_equal(back[k], large[k])
+    assert engine._unpack(small) is small
+
+
+def test_map_items_returns_large_results_whole(ray_session):
+    outcomes = engine.map_items(_result, [5, 150_000, 300_000], desc="test")
+    assert [o.ok for o in outcomes] == [True] * 3
+    for o in outcomes:
+        want = _result(o.item)
+        assert not isinstance(o.value, engine._Packed)
+        assert np.array_equal(o.value["ids"], want["ids"])
+        assert np.array_equal(o.value["counts"], want["counts"])
