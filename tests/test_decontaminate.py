@@ -1,0 +1,81 @@
+"""decontaminate: re-encoded and resized copies of eval images are dropped, with the set's
+name; embeddings close to an eval embedding too; the rest of the pool stays.
+
+The reference is written here: imagehash.phash Hamming distance <= radius to any eval image,
+or cosine similarity >= threshold between L2-normalised embeddings.
+"""
+
+from __future__ import annotations
+
+import io
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from conftest import base_config
+from helpers import read_parts
+from PIL import Image
+from test_image_dedup import _enc, _photo
+
+from curate.driver import run_pipeline
+
+D = 16
+
+
+def _emb(rng, n):
+    return rng.normal(size=(n, D)).astype(np.float32)
+
+
+def _fsl(x):
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def test_copies_of_eval_images_are_dropped(tmp_path, ray_session):
+    rng = np.random.default_rng(0)
+    evals = [_photo(500 + i) for i in range(5)]
+    ev_x = _emb(rng, 5)
+    pq.write_table(pa.table({"image": pa.array([_enc(im) for im in evals], pa.binary()),
+                             "image_emb": _fsl(ev_x)}), tmp_path / "imagenet_val.parquet")
+    rows, xs = [], []
+    for i in range(20):  # unrelated photos, unrelated embeddings
+        rows.append((f"photo {i}", _enc(_photo(i))))
+        xs.append(_emb(rng, 1)[0])
+    rows += [("eval0 as jpeg", _enc(evals[0], "JPEG", quality=60)),
+             ("eval1 resized", _enc(evals[1].resize((80, 60)))),
+             ("eval2 cropped", _enc(evals[2].crop((2, 2, 158, 118))))]
+    xs += [_emb(rng, 1)[0] for _ in range(3)]
+    rows.append(("eval3 by embedding only", _enc(_photo(900))))
+    xs.append(ev_x[3] + 0.05 * _emb(rng, 1)[0])
+    x = np.stack(xs)
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"url": [f"http://h{i}.example.com/{i}.png" for i in range(len(rows))],
+                             "caption": [c for c, _ in rows],
+                             "image": pa.array([b for _, b in rows], pa.binary()),
+                             "image_emb": _fsl(x)}), pool)
+    cfg = base_config(stages=["decontaminate"], pool={"shard_size": 7},
+                      decontaminate={"eval_sets": {"imagenet_val": str(tmp_path /
+                                                                       "imagenet_val.parquet")},
+                                     "radius": 8, "threshold": 0.9})
+    m = run_pipeline(cfg, str(tmp_path / "run"), pool=str(pool))
+    out = read_parts(tmp_path / "run" / "decontaminate")
+    poolt = read_parts(tmp_path / "run" / "pool")
+    cap = dict(zip(poolt["uid"].to_pylist(), poolt["caption"].to_pylist()))
+    got = {cap[u]: d for u, k, d in zip(out["uid"].to_pylist(), out["kept"].to_pylist(),
+                                       out["detail"].to_pylist()) if not k}
+    # reference
+    eh = [imagehash.phash(im.convert("RGB")) for im in evals]
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    sims = unit(x) @ unit(ev_x).T
+    want = set()
+    for i, (c, b) in enumerate(rows):
+        ph = imagehash.phash(Image.open(io.BytesIO(b)).convert("RGB"))
+        if min(ph - e for e in eh) <= 8 or sims[i].max() >= 0.9:
+            want.add(c)
+    assert set(got) == want
+    assert want == {"eval0 as jpeg", "eval1 resized", "eval2 cropped", "eval3 by embedding only"}
+    assert got["eval1 resized"] == "imagenet_val:1 phash"
+    assert got["eval3 by embedding only"].startswith("imagenet_val:3 emb=")
+    st = m["stages"]["decontaminate"]
+    assert st["dropped"] == {"eval_contamination": 4}
+    assert st["global"]["hits"] == {"imagenet_val": 4}
