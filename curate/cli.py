@@ -213,6 +213,26 @@ def query(
     run_query(run_dir, sql, fmt, out, max_rows)
 
 
+@app.command()
+@handled
+def diff(
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B")],
+    fmt: Annotated[str, typer.Option("--format", help="summary|csv (csv: uid,change per "
+                                      "changed uid, relative to RUN_A)")] = "summary",
+    html: Annotated[str | None, typer.Option(help="write the diff page here")] = None,
+    sql: Annotated[str | None, typer.Option(help="SQL over both runs: schemas a and b, "
+                                            "view diff(uid, change)")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="write csv/--sql output here")]
+    = None,
+) -> None:
+    """What RUN_B's curated set adds and removes against RUN_A, and how stages, entries and
+    clusters moved."""
+    from curate.cli_diff import run_diff
+
+    run_diff(run_a, run_b, fmt, html, sql, out)
+
+
 metadata_app = typer.Typer(no_args_is_help=True,
                             help="Metadata vocabularies: build one offline, fetch MetaCLIP's, "
                                  "inspect one.")

@@ -51,8 +51,15 @@ def connect(run: str, database: str = ":memory:") -> Any:
     skipped, except ``decisions``, which is always there once the pool is)."""
     import duckdb
 
-    rd = RunDir(run)
     con = duckdb.connect(database)
+    define_views(con, run)
+    return con
+
+
+def define_views(con: Any, run: str) -> None:
+    """The run's views, in the connection's current schema (``curate diff`` attaches two
+    runs as schemas ``a`` and ``b``: DuckDB binds a view's body in its own schema)."""
+    rd = RunDir(run)
     local = is_local(rd.fs)
     if not local:
         con.register_filesystem(rd.fs)
@@ -69,7 +76,6 @@ def connect(run: str, database: str = ":memory:") -> Any:
         present.add(view)
     if "pool" in present:
         con.execute(decisions_sql(pipeline, present))
-    return con
 
 
 def decisions_sql(pipeline: Any, present: set[str]) -> str:
