@@ -233,6 +233,41 @@ def diff(
     run_diff(run_a, run_b, fmt, html, sql, out)
 
 
+@app.command()
+@handled
+def audit(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+    reason: Annotated[str | None, typer.Option(help="write a labelling page for this drop "
+                                               "reason code")] = None,
+    n: Annotated[int, typer.Option("--n", help="pairs on the page", min=1)] = 200,
+    out: Annotated[str | None, typer.Option(help="the page (default RUN/audit/REASON.html)")]
+    = None,
+    labels: Annotated[list[str] | None, typer.Option(help="label CSVs saved from the pages: "
+                                                     "estimate false-drop rates")] = None,
+) -> None:
+    """How often does a filter drop a good pair? Label a sample, then estimate the rate."""
+    from curate.app import audit as au
+    from curate.core.rundir import RunDir
+
+    if labels:
+        t = au.estimate(run_dir, labels)
+        for r in t.to_pylist():
+            typer.echo(f"{r['reason']:<28} {r['false_drops']:>5} of {r['labelled']:>5} false "
+                       f"drops: {100 * r['rate']:5.1f}% (95% CI {100 * r['ci_low']:.1f}-"
+                       f"{100 * r['ci_high']:.1f}%)")
+        typer.echo(f"written: {RunDir(run_dir).path('audit', 'false_drops.parquet')}")
+        return
+    if reason is None:
+        raise CurateError("give --reason CODE (write a labelling page) or --labels FILE")
+    rd = RunDir(run_dir)
+    path = out or rd.path("audit", f"{reason}.html")
+    html = au.page(run_dir, reason, au.sample(run_dir, reason, n))
+    rd.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with rd.fs.open(path, "w", encoding="utf-8") as f:
+        f.write(html)
+    typer.echo(f"page: {path}")
+
+
 metadata_app = typer.Typer(no_args_is_help=True,
                             help="Metadata vocabularies: build one offline, fetch MetaCLIP's, "
                                  "inspect one.")

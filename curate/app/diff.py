@@ -44,7 +44,7 @@ def connect_pair(run_a: str, run_b: str) -> Any:
 
 
 def _scalar(con: Any, sql: str) -> Any:
-    return con.execute(sql).fetchone()[0]
+    return con.execute(sql).fetchall()[0][0]
 
 
 def _has(con: Any, schema: str, view: str) -> bool:
