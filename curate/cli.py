@@ -268,6 +268,30 @@ def audit(
     typer.echo(f"page: {path}")
 
 
+@app.command()
+@handled
+def takedown(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+    uids: Annotated[str | None, typer.Option(help="file: one uid per line")] = None,
+    urls: Annotated[str | None, typer.Option(help="file: one URL per line")] = None,
+    domains: Annotated[str | None, typer.Option(help="file: one domain per line "
+                                                "(subdomains included)")] = None,
+    images: Annotated[str | None, typer.Option(help="folder of images: same bytes or a "
+                                               "perceptual near-copy")] = None,
+    why: Annotated[str, typer.Option(help="recorded with every removal")] = "takedown request",
+) -> None:
+    """Remove pairs from curated/ (Parquet and tars) and keep them out of every later run."""
+    from curate.app.takedown import takedown as do_takedown
+
+    sel = {k: v for k, v in (("uid", uids), ("url", urls), ("domain", domains),
+                             ("images", images)) if v}
+    if not sel:
+        raise CurateError("give at least one of --uids, --urls, --domains, --images")
+    r = do_takedown(run_dir, sel, why)
+    typer.echo(f"{r['matched']:,} pairs matched {r['rules']:,} rules; {r['rewritten']} "
+               "curated shards rewritten; manifest: takedown/removed.parquet")
+
+
 metadata_app = typer.Typer(no_args_is_help=True,
                             help="Metadata vocabularies: build one offline, fetch MetaCLIP's, "
                                  "inspect one.")

@@ -7,6 +7,9 @@ engine task that gathers its slices — pool columns joined with images, scores,
 clusters by uid — and writes ``curated/part-NNNNN.parquet`` (and ``curated/wds/NNNNN.tar``).
 The same inputs give the same bytes: rerunning emit rewrites identical files, and a shard
 whose inputs did not change is not rewritten at all. ``curated/stats.json`` lists counts.
+Pairs matching a takedown rule (``takedown/rules.parquet``, ``curate takedown``) are left
+out of the count and of every output shard, on every run; the rules' digest is part of each
+output shard's identity, so a new rule rewrites what it touches.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from curate.algorithms.uids import wds_keys
 from curate.config import Section
 from curate.core import faults
 from curate.core.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
-from curate.core.rundir import RunDir, count_survivors
+from curate.core.rundir import RunDir, count_survivors, uid_digest
 from curate.errors import InputError
+from curate.stages._denylist import load_rules, matched, rules_version
 from curate.stages.base import GlobalStep, Stage
 
 
@@ -59,9 +63,15 @@ def joins(refs: list[Any], classes: dict[str, Any], embeddings: bool
     return out
 
 
-def gather(rd: RunDir, deciding: list[str], sources: list, shard: str) -> pa.Table:
-    """Every column of the kept pairs of one pool shard, in pool order."""
+def gather(rd: RunDir, deciding: list[str], sources: list, shard: str,
+           download: str | None = None) -> pa.Table:
+    """Every column of the kept pairs of one pool shard, in pool order, without the pairs
+    a takedown rule matches (``takedown/rules.parquet``: they never reach curated/)."""
     table = rd.survivors(deciding, shard)
+    rules = load_rules(rd)
+    if rules is not None and table.num_rows:
+        _, label = matched(rd, rules, shard, download, table["uid"].combine_chunks())
+        table = table.filter(pc.is_null(label))
     uids = table["uid"].combine_chunks()
     for folder, cols in sources:
         other = rd.read(folder, shard, ["uid", *[c for c, _ in cols]])
@@ -76,7 +86,8 @@ def gather(rd: RunDir, deciding: list[str], sources: list, shard: str) -> pa.Tab
 
 
 def write_output(run_url: str, folder: str, deciding: list[str], sources: list,
-                 webdataset: bool, job: dict[str, Any]) -> dict[str, Any]:
+                 webdataset: bool, job: dict[str, Any], download: str | None = None
+                 ) -> dict[str, Any]:
     """One output shard: gather its slices of pool shards, write Parquet (+ tar)."""
     rd = RunDir(run_url)
     name = job["name"]
@@ -86,7 +97,7 @@ def write_output(run_url: str, folder: str, deciding: list[str], sources: list,
     if meta and meta.get("input") == job["digest"] and (
             not webdataset or rd.fs.exists(tar_path)):
         return {"name": name, "rows": meta["counts"]["rows"], "skipped": True}
-    parts = [gather(rd, deciding, sources, s).slice(lo, hi - lo)
+    parts = [gather(rd, deciding, sources, s, download).slice(lo, hi - lo)
              for s, lo, hi in job["slices"]]
     table = pa.concat_tables(parts, promote_options="permissive")
     write_parquet_atomic(rd.fs, path, table,
@@ -180,8 +191,18 @@ class EmitStage(Stage):
     def _out(self) -> str:
         return self.pipeline.ref(self.name).folder
 
+    def _download(self) -> str | None:
+        dl = self.previous("download")
+        return dl.folder if dl else None
+
     def _count(self, shard: str) -> tuple[int, str]:
-        return count_survivors(self.rd.url, self.deciding_before(), shard)
+        rules = load_rules(self.rd)
+        if rules is None:
+            return count_survivors(self.rd.url, self.deciding_before(), shard)
+        uids = self.rd.survivors(self.deciding_before(), shard, ["uid"])["uid"]
+        _, label = matched(self.rd, rules, shard, self._download(), uids.combine_chunks())
+        kept = uids.combine_chunks().filter(pc.is_null(label))
+        return len(kept), uid_digest(kept)
 
     def _plan(self, results: list) -> dict[str, Any]:
         """Cut the kept rows into output shards; the plan is a file (O(shards) in size)."""
@@ -192,7 +213,7 @@ class EmitStage(Stage):
         digests = [d for _, (_, d) in results]
         # the configuration of the output is part of every output shard's identity
         salt = json.dumps([self.section.model_dump(), [r.name for r in self.before],
-                           self.spec.fingerprint])
+                           self.spec.fingerprint, rules_version(self.rd)])
         jobs = plan_outputs(shards, counts, digests, self.section.rows_per_shard)
         for job in jobs:
             job["digest"] = hashlib.sha256((job["digest"] + salt).encode()).hexdigest()[:32]
@@ -209,7 +230,7 @@ class EmitStage(Stage):
         classes = {r.name: self.pipeline.stage_class(r.name) for r in self.before}
         sources = joins(self.before, classes, self.section.include_embeddings)
         return write_output(self.rd.url, self._out(), self.deciding_before(), sources,
-                            self.section.webdataset, job)
+                            self.section.webdataset, job, self._download())
 
     def _written(self, results: list) -> dict[str, Any]:
         out = self._out()

@@ -1,0 +1,71 @@
+"""Which pairs a denylist or takedown rule set matches (pure Arrow/NumPy).
+
+Rule kinds: ``uid`` (exact), ``url`` (exact), ``domain`` (the URL's host is the domain or a
+subdomain of it: ``example.com`` matches ``cdn.example.com``, not ``badexample.com``),
+``sha256`` (hex of the image bytes), ``phash`` (16 hex digits: imagehash's 64-bit phash;
+matches within ``radius`` bits). Rules are a table ``kind, value``; a pair matches its first
+rule in that order of kinds, and the label says which (``domain:example.com``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+KINDS = ("uid", "url", "domain", "sha256", "phash")
+#: a host has at most this many labels removed when looking for a listed parent domain
+MAX_LABELS = 12
+
+
+def hosts(urls: pa.Array) -> pa.Array:
+    """Lower-cased host of each URL (empty when there is none)."""
+    m = pc.extract_regex(pc.fill_null(urls, ""), r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?"
+                         r"(?:[^/@]*@)?(?P<host>[^/:?#]*)")
+    return pc.utf8_lower(pc.fill_null(pc.struct_field(m, "host"), ""))
+
+
+def _values(rules: pa.Table, kind: str) -> pa.Array:
+    return rules.filter(pc.equal(rules["kind"], kind))["value"].combine_chunks()
+
+
+def match(rules: pa.Table, uids: pa.Array, urls: pa.Array | None = None,
+          sha256: pa.Array | None = None, phash: np.ndarray | None = None,
+          radius: int = 4) -> pa.Array:
+    """Per pair: the label of the first rule it matches (``kind:value``), null if none.
+    ``phash``: uint64 per pair (0 where unknown, then never matched)."""
+    n = len(uids)
+    label = pa.nulls(n, pa.string())
+
+    def put(mask: pa.Array, text: pa.Array) -> None:
+        nonlocal label
+        label = pc.if_else(pc.and_(pc.fill_null(mask, False), pc.is_null(label)), text, label)
+
+    for kind, col in (("uid", uids), ("url", urls)):
+        vals = _values(rules, kind)
+        if col is not None and len(vals):
+            put(pc.is_in(col, value_set=vals), pc.binary_join_element_wise(kind, col, ":"))
+    vals = pc.utf8_lower(_values(rules, "domain"))
+    if urls is not None and len(vals):
+        h = hosts(urls)
+        for k in range(MAX_LABELS):  # the host, then without its first label, ...
+            parent = pc.replace_substring_regex(h, rf"^([^.]*\.){{{k}}}", "") if k else h
+            put(pc.and_(pc.is_in(parent, value_set=vals), pc.not_equal(parent, "")),
+                pc.binary_join_element_wise("domain", parent, ":"))
+    vals = pc.utf8_lower(_values(rules, "sha256"))
+    if sha256 is not None and len(vals):
+        s = pc.utf8_lower(sha256)
+        put(pc.is_in(s, value_set=vals), pc.binary_join_element_wise("sha256", s, ":"))
+    vals = _values(rules, "phash").to_pylist()
+    if phash is not None and vals:
+        from curate.algorithms.contamination import near_any
+
+        listed = np.array([int(v, 16) for v in vals], np.uint64)
+        known = np.flatnonzero(phash != 0)
+        hit, which = near_any(phash[known], listed, radius)
+        mask = np.zeros(n, bool)
+        mask[known[hit]] = True
+        text = np.full(n, "", object)
+        text[known[hit]] = [f"phash:{vals[i]}" for i in which[hit]]
+        put(pa.array(mask), pa.array(text.tolist(), pa.string()))
+    return label
