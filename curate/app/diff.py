@@ -91,8 +91,10 @@ def _stages(run_a: str, run_b: str) -> list[dict[str, Any]]:
         rd = RunDir(run)
         with rd.fs.open(rd.path("run.json"), "r") as f:
             runs.append(json.load(f))
-    names = list(runs[0].get("stages", {}))
-    names += [n for n in runs[1].get("stages", {}) if n not in names]
+    names: list[str] = []  # pipeline order (run.json's stage keys are sorted)
+    for m in runs:
+        order = (m.get("config") or {}).get("stages") or sorted(m.get("stages", {}))
+        names += [n for n in order if n not in names]
     rows = [{"stage": "ingest", "a": runs[0].get("pool", {}).get("rows"),
              "b": runs[1].get("pool", {}).get("rows")}]
     for n in names:
