@@ -52,7 +52,8 @@ class PoolConfig(_Section):
 
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="canonical name -> pool column, e.g. {url: URL, caption: TEXT}",
+        description="canonical name -> pool column, e.g. {url: URL, caption: TEXT}; "
+                    "lang: a language code per pair, used by the language stage as is",
     )
     shard_size: int = Field(10_000, ge=1, le=10_000_000)
     drop_duplicates: bool = True
@@ -63,7 +64,7 @@ class PoolConfig(_Section):
 
     @model_validator(mode="after")
     def _known_columns(self) -> PoolConfig:
-        known = {"uid", "url", "caption", "image", "image_emb", "text_emb"}
+        known = {"uid", "url", "caption", "image", "image_emb", "text_emb", "lang"}
         for key in self.columns:
             if key not in known:
                 raise ValueError(

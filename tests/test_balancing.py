@@ -1,4 +1,5 @@
-"""MetaCLIP balancing: probabilities, deterministic draws, planning, per-language t."""
+"""MetaCLIP balancing: probabilities, deterministic draws, planning (per-language t:
+test_metaclip2.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from curate.algorithms.balancing import (
     draw_u,
     expected_size,
     keep_prob,
-    per_language_t,
     t_for_target,
-    tail_share,
     uid_key,
     uid_keys,
 )
@@ -75,8 +74,6 @@ def test_t_must_be_positive(fn):
             fn(ids, counts, t)
     with pytest.raises(ValueError, match="t must be a positive"):
         draw_kept(_uids(1), ids, counts, 0)
-    with pytest.raises(ValueError, match="t must be a positive"):
-        per_language_t({"en": counts}, 0)
 
 
 def test_draws_match_the_documented_hash():
@@ -155,19 +152,6 @@ def test_expected_size_and_t_for_target_agree():
     assert t_for_target(ids, counts, target) == pytest.approx(t)
     with pytest.raises(ValueError, match="target must be in"):
         t_for_target(ids, counts, matched + 1)
-
-
-def test_per_language_t_matches_tail_share():
-    en = (1e6 / np.arange(1, 5001)).astype(np.int64)  # Zipf: tail share at 2000 ~ 0.25
-    de = en // 10  # same shape, a tenth of the data
-    t = per_language_t({"en": en, "de": de, "xx": np.zeros(5, np.int64)}, t_en=2000)
-    assert t["en"] == 2000 and t["xx"] == 2000
-    p = tail_share(en, 2000)
-    assert 0.2 < p < 0.3
-    assert 190 <= t["de"] <= 210
-    assert abs(tail_share(de, t["de"]) - p) <= abs(tail_share(de, t["de"] + 50) - p)
-    with pytest.raises(ValueError, match="no counts for 'en'"):
-        per_language_t({"de": de}, 100)
 
 
 def test_balance_equals_drawing_every_entry():

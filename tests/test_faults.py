@@ -32,6 +32,8 @@ KILLS = [
     "prune.train:commit:kill",                # the driver, right after k-means
     "prune.assign:1:kill-driver",
     "prune.dedup:0:kill-driver",
+    "prune.dbp_train:commit:kill",            # DBP's re-clustering of the survivors
+    "prune.dbp_assign:1:kill-driver",
     "prune.clusters:commit:kill",
     "prune.select:1:kill-driver",
     "prune:0:kill-driver",

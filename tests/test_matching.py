@@ -82,12 +82,14 @@ def test_cjk_boundaries(engine):
     texts = ["猫がいる", "東京タワー", "ข้าวผัด", "かわいいネコ", "東京 tower", "cat 猫", "a 猫 b"]
     v1 = match(entries, texts, "metaclip1", engine)
     assert v1 == [[], [], [], [], ["東京", "東京 tower"], ["猫", "cat 猫"], ["猫"]]
-    v2 = match(entries, texts, "metaclip2", engine)
+    v2 = match(entries, texts, "no_space_scripts", engine)
     assert v2 == [["猫"], ["東京"], ["ข้าว"], ["ネコ"], ["東京", "東京 tower"],
                   ["猫", "cat 猫"], ["猫"]]
+    # (curate's variant: kana count; MetaCLIP 2's exact rule is tested in test_metaclip2.py)
     # a Latin side keeps the v1 rule: "cat 猫" needs a space before "cat"
-    assert match(["cat 猫"], ["tomcat 猫", "cat 猫咪"], "metaclip2", engine) == [[], ["cat 猫"]]
-    assert entry_key("東京 tower", "metaclip2") == "東京 tower "
+    got = match(["cat 猫"], ["tomcat 猫", "cat 猫咪"], "no_space_scripts", engine)
+    assert got == [[], ["cat 猫"]]
+    assert entry_key("東京 tower", "no_space_scripts") == "東京 tower "
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -123,7 +125,7 @@ def test_bad_entries_and_options():
         Matcher(["dog", "  "])
     with pytest.raises(ValueError, match="not a string"):
         Matcher(["dog", None])
-    with pytest.raises(ValueError, match="valid: metaclip1, metaclip2"):
+    with pytest.raises(ValueError, match="valid: metaclip1, metaclip2, no_space_scripts"):
         Matcher(["dog"], boundary="v3")
     with pytest.raises(ValueError, match="valid: tokens, ahocorasick"):
         Matcher(["dog"], engine="regex")
@@ -201,7 +203,7 @@ def test_equals_naive_on_thousands_of_captions(source):
     vocab = _vocabulary_from(texts, rng, 1500)
     rng.shuffle(vocab)
     texts = texts + [None, "", "\x00"]
-    for boundary in ("metaclip1", "metaclip2"):
+    for boundary in ("metaclip1", "metaclip2", "no_space_scripts"):
         expected = naive_match(texts, vocab, boundary)
         for engine in ENGINES:
             got = Matcher(vocab, boundary=boundary, engine=engine).match(texts).to_pylist()

@@ -108,7 +108,10 @@ def test_scores_equal_direct_open_clip(tmp_path, tiny_ckpt, ray_session):
 
 def test_top_fraction_keeps_exactly_global_top_k(tmp_path, tiny_ckpt, ray_session):
     out = tmp_path / "run"
-    run_pipeline(_cfg(tiny_ckpt, filter={"top_fraction": 0.3}), str(out), pool=_pool(tmp_path))
+    # over the survivors: the k best of the pairs that passed the basic filter and decoded
+    # (the default, over the whole pool, is tests/test_top_fraction_pool.py)
+    run_pipeline(_cfg(tiny_ckpt, filter={"top_fraction": 0.3, "top_fraction_of": "survivors"}),
+                 str(out), pool=_pool(tmp_path))
     t = pq.read_table(f"{out}/scores")
     eligible = t.filter(pc.invert(pc.is_null(t["clip_score"])))
     k = round(0.3 * eligible.num_rows)
@@ -119,6 +122,23 @@ def test_top_fraction_keeps_exactly_global_top_k(tmp_path, tiny_ckpt, ray_sessio
     dropped = t.filter(pc.invert(t["kept"]))["reason"].to_pylist()
     assert set(dropped) <= {"below_top_fraction", "image_undecodable", "caption_too_few_words"}
     assert "below_top_fraction" in dropped
+
+
+def test_top_fraction_over_the_pool_scores_basic_filtered_pairs(tmp_path, tiny_ckpt,
+                                                               ray_session):
+    """The default cut ranks every pair that reached score: the one-word caption is scored
+    with the model too (and stays dropped as caption_too_few_words)."""
+    out = tmp_path / "run"
+    run_pipeline(_cfg(tiny_ckpt, filter={"top_fraction": 0.3}), str(out), pool=_pool(tmp_path))
+    t = _scores(out)
+    short = t.filter(pc.equal(t["caption"], "x")).to_pylist()[0]
+    assert short["clip_score"] is not None and short["reason"] == "caption_too_few_words"
+    ranked = t.filter(pc.invert(pc.is_null(t["clip_score"])))
+    assert ranked.num_rows == t.num_rows - 1  # all but the undecodable image
+    k = round(0.3 * ranked.num_rows)
+    best = sorted(ranked.to_pylist(), key=lambda r: -r["clip_score"])[:k]
+    assert {r["uid"] for r in t.filter(t["kept"]).to_pylist()} == {
+        r["uid"] for r in best if r["caption"] != "x"}
 
 
 def test_min_score_keeps_at_least_threshold(tmp_path, tiny_ckpt, ray_session):

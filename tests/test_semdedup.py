@@ -1,4 +1,7 @@
-"""SemDeDup inside a cluster (curate.algorithms.semdedup)."""
+"""SemDeDup inside a cluster (curate.algorithms.semdedup): blockwise vs dense, both rules.
+
+The reference rule against an independent upper-triangle implementation, and the dense pool
+numbers, are in test_semdedup_rule.py."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import pytest
 from curate.algorithms.semdedup import (
     dedup_by_cluster,
     dedup_cluster,
-    dedup_cluster_reference,
+    dedup_cluster_dense,
     priority_order,
 )
 
@@ -40,6 +43,7 @@ def planted_cluster(n_base=400, n_groups=80, d=64, seed=0):
 
 
 def check_invariants(emb, dup, eps):
+    """kept_only: no two kept items within eps, every removed item has a kept one within."""
     sim = emb.astype(np.float32) @ emb.astype(np.float32).T
     kept = np.flatnonzero(dup < 0)
     ks = sim[np.ix_(kept, kept)]
@@ -50,10 +54,11 @@ def check_invariants(emb, dup, eps):
     assert (sim[dropped, dup[dropped]] > 1 - eps).all()
 
 
+@pytest.mark.parametrize("rule", ["reference", "kept_only"])
 @pytest.mark.parametrize("keep", ["hard", "easy"])
-def test_planted_duplicates_found_and_right_member_kept(keep):
+def test_planted_duplicates_found_and_right_member_kept(keep, rule):
     emb, dist, group = planted_cluster()
-    dup = dedup_cluster(emb, dist, EPS, keep=keep, block=64)
+    dup = dedup_cluster(emb, dist, EPS, keep=keep, block=64, rule=rule)
     sizes = np.bincount(group)
     in_group = sizes[group] > 1
     should_drop = int((sizes[sizes > 1] - 1).sum())
@@ -70,8 +75,13 @@ def test_planted_duplicates_found_and_right_member_kept(keep):
             else members[np.argmin(dist[members])]
         )
         assert kept[0] == best
-        assert (dup[members[members != best]] == best).all()
-    check_invariants(emb, dup, EPS)
+        others = members[members != best]
+        if rule == "kept_only":
+            assert (dup[others] == best).all()
+        else:  # the most similar earlier member, maybe itself removed
+            assert np.isin(dup[others], members).all()
+    if rule == "kept_only":
+        check_invariants(emb, dup, EPS)
 
 
 def chain_data(n=300, d=4, seed=1):
@@ -82,38 +92,44 @@ def chain_data(n=300, d=4, seed=1):
     return emb, (1.0 - emb @ c).astype(np.float32)
 
 
+@pytest.mark.parametrize("rule", ["reference", "kept_only"])
 @pytest.mark.parametrize("keep", ["hard", "easy", "random"])
 @pytest.mark.parametrize("block", [1, 7, 64, 4096])
-def test_blockwise_equals_full_matrix_reference(keep, block):
+def test_blockwise_equals_full_matrix(keep, block, rule):
     emb, dist = chain_data()
     for eps in (0.01, 0.05):
-        ref = dedup_cluster_reference(emb, dist, eps, keep=keep, seed=3)
-        got = dedup_cluster(emb, dist, eps, keep=keep, seed=3, block=block)
+        ref = dedup_cluster_dense(emb, dist, eps, keep=keep, seed=3, rule=rule)
+        got = dedup_cluster(emb, dist, eps, keep=keep, seed=3, block=block, rule=rule)
         np.testing.assert_array_equal(got, ref)
-        check_invariants(emb, got, eps)
+        if rule == "kept_only":
+            check_invariants(emb, got, eps)
         assert 0 < (got >= 0).sum() < len(emb)
 
 
-def test_planted_blockwise_equals_reference_and_float16():
+@pytest.mark.parametrize("rule", ["reference", "kept_only"])
+def test_planted_blockwise_equals_dense_and_float16(rule):
     emb, dist, _ = planted_cluster(n_base=150, n_groups=40, seed=2)
-    ref = dedup_cluster_reference(emb, dist, EPS)
-    np.testing.assert_array_equal(dedup_cluster(emb, dist, EPS, block=7), ref)
+    ref = dedup_cluster_dense(emb, dist, EPS, rule=rule)
+    np.testing.assert_array_equal(dedup_cluster(emb, dist, EPS, block=7, rule=rule), ref)
     h = emb.astype(np.float16)
     np.testing.assert_array_equal(
-        dedup_cluster(h, dist, EPS, block=16), dedup_cluster_reference(h, dist, EPS)
+        dedup_cluster(h, dist, EPS, block=16, rule=rule),
+        dedup_cluster_dense(h, dist, EPS, rule=rule),
     )
 
 
-def test_greedy_rule_on_a_chain():
-    """a ~ b ~ c, a !~ c, priority a > b > c: b is dropped (dup of a), c is kept because its
-    only near-duplicate b was dropped (SemDeDup's code would drop c too)."""
+def test_both_rules_on_a_chain():
+    """a ~ b ~ c, a !~ c, order a, b, c: kept_only drops b (dup of a) and keeps c, whose only
+    near-duplicate b was dropped; the reference rule (SemDeDup's code) drops c too."""
     t = np.deg2rad([0.0, 10.0, 20.0])
     emb = np.stack([np.cos(t), np.sin(t)], axis=1).astype(np.float32)
     dist = np.array([0.3, 0.2, 0.1], dtype=np.float32)  # hard: a first
     eps = 1 - np.cos(np.deg2rad(15.0))
-    dup = dedup_cluster(emb, dist, eps, keep="hard", block=1)
+    dup = dedup_cluster(emb, dist, eps, keep="hard", block=1, rule="kept_only")
     np.testing.assert_array_equal(dup, [-1, 0, -1])
-    np.testing.assert_array_equal(dedup_cluster_reference(emb, dist, eps), dup)
+    np.testing.assert_array_equal(dedup_cluster_dense(emb, dist, eps, rule="kept_only"), dup)
+    np.testing.assert_array_equal(dedup_cluster(emb, dist, eps, block=2), [-1, 0, 1])
+    np.testing.assert_array_equal(dedup_cluster_dense(emb, dist, eps), [-1, 0, 1])
 
 
 def test_random_keep_is_seeded():
@@ -121,7 +137,10 @@ def test_random_keep_is_seeded():
     a = dedup_cluster(emb, dist, EPS, keep="random", seed=1)
     np.testing.assert_array_equal(a, dedup_cluster(emb, dist, EPS, keep="random", seed=1))
     assert (a >= 0).sum() == (dedup_cluster(emb, dist, EPS) >= 0).sum()  # same groups
-    check_invariants(emb, a, EPS)
+    with pytest.raises(ValueError, match="rule"):
+        dedup_cluster(emb, dist, EPS, rule="greedy")
+    check_invariants(emb, dedup_cluster(emb, dist, EPS, keep="random", seed=1, rule="kept_only"),
+                     EPS)
 
 
 def test_edge_cases_and_validation():

@@ -9,6 +9,10 @@ The draws are deterministic so that results do not depend on sharding, order or 
 count: the draw of entry ``e`` for pair ``uid`` is ``u(seed, uid, e) < p_e`` with ``u`` the
 hash of :func:`draw_u` (documented there so other tools can reproduce it).
 
+``t`` is one number, or one number per entry (MetaCLIP 2: each entry gets its language's t,
+:mod:`curate.algorithms.balancing_languages`); a per-entry t may be 0 (that language keeps
+nothing, as in MetaCLIP 2), a single t must be positive.
+
 Everything here works on one shard at a time: counts and expected sizes are sums over
 shards, so a caller accumulates them and no whole-pool array is ever needed.
 """
@@ -37,7 +41,6 @@ __all__ = [
     "draw_u",
     "expected_size",
     "keep_prob",
-    "per_language_t",
     "t_for_target",
     "tail_share",
     "uid_key",
@@ -69,18 +72,29 @@ def _flat(entry_ids) -> tuple[np.ndarray, np.ndarray, int]:
     return parent, ids, len(entry_ids)
 
 
-def _check_t(t: float) -> float:
-    t = float(t)
-    if not t > 0 or not np.isfinite(t):
-        raise ValueError(f"t must be a positive finite number, got {t}")
+def _check_t(t, n_entries: int | None = None):
+    """A positive finite float, or a per-entry float64 array of finite values >= 0."""
+    if np.ndim(t) == 0:
+        t = float(t)
+        if not t > 0 or not np.isfinite(t):
+            raise ValueError(f"t must be a positive finite number, got {t}")
+        return t
+    t = np.asarray(t, dtype=np.float64)
+    if t.ndim != 1 or not np.all(np.isfinite(t)) or (t < 0).any():
+        raise ValueError("a per-entry t must be a 1-D array of finite numbers >= 0")
+    if n_entries is not None and t.size != n_entries:
+        raise ValueError(f"per-entry t has {t.size} values for {n_entries} entries")
     return t
 
 
-def _entry_probs(counts: np.ndarray, t: float) -> np.ndarray:
-    """p_e = min(1, t / count_e) as float64; entries with count 0 get 1."""
+def _entry_probs(counts: np.ndarray, t) -> np.ndarray:
+    """p_e = min(1, t_e / count_e) as float64 (MetaCLIP 2's ``count_to_prob``: t / max(count,
+    t)); entries with count 0 get 1 (they match no pair, so the value is never drawn)."""
     counts = np.asarray(counts, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.minimum(1.0, t / counts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.minimum(1.0, t / counts)
+    p[counts == 0] = 1.0
+    return p
 
 
 def _check_ids(ids: np.ndarray, n_entries: int) -> None:
@@ -102,11 +116,11 @@ def count_entries(entry_ids, n_entries: int) -> np.ndarray:
     return np.bincount(ids, minlength=n_entries).astype(np.int64)
 
 
-def keep_prob(entry_ids, counts: np.ndarray, t: float) -> np.ndarray:
+def keep_prob(entry_ids, counts: np.ndarray, t) -> np.ndarray:
     """P(keep) = 1 - prod(1 - min(1, t/count_e)) per pair (float32); 0 for no match."""
-    t = _check_t(t)
-    parent, ids, n = _flat(entry_ids)
     counts = np.asarray(counts)
+    t = _check_t(t, counts.size)
+    parent, ids, n = _flat(entry_ids)
     _check_ids(ids, counts.size)
     return _keep_prob_flat(parent, _entry_probs(counts, t)[ids], n).astype(np.float32)
 
@@ -158,7 +172,7 @@ def _draws(keys_per_pair: np.ndarray, ids: np.ndarray, seed: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def draw_kept(uids, entry_ids, counts: np.ndarray, t: float, seed: int = 0) -> np.ndarray:
+def draw_kept(uids, entry_ids, counts: np.ndarray, t, seed: int = 0) -> np.ndarray:
     """Kept flag per pair: some matched entry e passes ``draw_u(seed, uid, e) < p_e``.
 
     Deterministic in (seed, uid, matched ids, counts, t) only, so any sharding, order or
@@ -167,7 +181,7 @@ def draw_kept(uids, entry_ids, counts: np.ndarray, t: float, seed: int = 0) -> n
     return balance(uids, entry_ids, counts, t, seed)[1]
 
 
-def balance(uids, entry_ids, counts: np.ndarray, t: float, seed: int = 0
+def balance(uids, entry_ids, counts: np.ndarray, t, seed: int = 0
             ) -> tuple[np.ndarray, np.ndarray]:
     """(:func:`keep_prob`, :func:`draw_kept`) of the same pairs, in one pass.
 
@@ -176,9 +190,9 @@ def balance(uids, entry_ids, counts: np.ndarray, t: float, seed: int = 0
     entry (measured on synthetic 16-token captions: 5x fewer hashes). Same result as
     drawing every entry, since ``u < 1`` always holds.
     """
-    t = _check_t(t)
-    parent, ids, n = _flat(entry_ids)
     counts = np.asarray(counts)
+    t = _check_t(t, counts.size)
+    parent, ids, n = _flat(entry_ids)
     _check_ids(ids, counts.size)
     if len(uids) != n:
         raise ValueError(f"{len(uids)} uids for {n} rows of entry_ids")
@@ -202,13 +216,14 @@ def balance(uids, entry_ids, counts: np.ndarray, t: float, seed: int = 0
 def expected_size(entry_ids, counts: np.ndarray, t_values) -> np.ndarray:
     """Sum over the rows of ``entry_ids`` of P(keep), for each t in ``t_values`` (float64).
 
-    Pass one shard at a time and add the results: the pool's expected kept size.
+    ``t_values``: numbers, or a 2-D array with one per-entry t per row. Pass one shard at a
+    time and add the results: the pool's expected kept size.
     """
+    counts = np.asarray(counts)
     t_values = np.atleast_1d(np.asarray(t_values, dtype=np.float64))
     for t in t_values:
-        _check_t(t)
+        _check_t(t, counts.size)
     parent, ids, n = _flat(entry_ids)
-    counts = np.asarray(counts)
     _check_ids(ids, counts.size)
     return np.array([_keep_prob_flat(parent, _entry_probs(counts, t)[ids], n).sum()
                      for t in t_values])
@@ -260,34 +275,3 @@ def tail_share(counts: np.ndarray, t: float) -> float:
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     return float(counts[counts < t].sum() / total) if total > 0 else 0.0
-
-
-def per_language_t(counts_by_lang: dict[str, np.ndarray], t_en: float,
-                   english: str = "en") -> dict[str, int]:
-    """MetaCLIP 2's per-language thresholds.
-
-    ``p = tail_share(counts_by_lang[english], t_en)``; for every other language, t_lang is
-    the integer t whose tail share is closest to p (ties: the smaller t). Tail share only
-    changes at t = c + 1 for the counts c present, so those are the candidates. A language
-    without matches gets t_en.
-    """
-    t_en = _check_t(t_en)
-    if english not in counts_by_lang:
-        raise ValueError(f"no counts for {english!r}; languages: {sorted(counts_by_lang)}")
-    p = tail_share(counts_by_lang[english], t_en)
-    out = {}
-    for lang, counts in counts_by_lang.items():
-        counts = np.asarray(counts, dtype=np.int64)
-        if lang == english:
-            out[lang] = int(round(t_en))
-            continue
-        if counts.sum() == 0:
-            out[lang] = int(round(t_en))
-            continue
-        values, mult = np.unique(counts[counts > 0], return_counts=True)
-        # share(t = values[i] + 1) = sum of counts <= values[i]; share(t = 1) = 0.
-        shares = np.concatenate(([0.0], np.cumsum(values * mult) / counts.sum()))
-        candidates = np.concatenate(([1], values + 1))
-        out[lang] = int(candidates[np.argmin(np.abs(shares - p))])
-    logger.info("per-language t: tail share %.4f at t_en=%g -> %s", p, t_en, out)
-    return out

@@ -9,14 +9,20 @@ little:
     d_intra_j = mean cosine distance of cluster j's items to its centroid
     d_inter_j = mean cosine distance from centroid j to its 20 nearest other centroids
     C_j = d_inter_j * d_intra_j,   p_j = softmax(C_j / tau)   (tau = 0.5 in their code)
-    N_j ~ p_j * N  for a target N, at most the cluster's size, summing to exactly N
+    N_j ~ p_j * N  for a target N, at most the cluster's size
 
 and inside a cluster keeps the N_j items farthest from the centroid ('hard', the paper's
-default) or a seeded random N_j.
+default), the nearest ('easy') or a seeded random N_j. These are the official code's
+``compute_avg_dist_to_cluster_centroid.py`` (d_intra), ``compute_centroid_distances.py``
+(d_inter: FAISS inner-product search for 21 neighbours, the first one, itself, dropped)
+and ``prune.py`` (softmax, ``get_paths``). The reference quotas (``pruning_qp``: an equal
+shift of the shares, a floor, ``rint``) are :mod:`curate.algorithms.dbp_quota`; this
+module's :func:`quotas` is curate's proportional water-filling with an exact total
+(``prune.quota_solver: waterfill``).
 
 Everything global here is small (one row per cluster): the per-item pass is
 :func:`accumulate` per shard (counts and distance sums add up across shards), then
-:func:`cluster_stats_from_sums` and :func:`quotas` once, then :func:`select_in_cluster` per
+:func:`cluster_stats_from_sums` and the quotas once, then :func:`select_in_cluster` per
 cluster.
 """
 
@@ -227,7 +233,8 @@ def quotas(
     Shares ``p = softmax(C / tau)`` over non-empty clusters; quota_j = clip(lam * p_j,
     f_j, size_j) with lam chosen so the quotas sum to the target -- water-filling: a cluster
     whose share exceeds its size keeps everything and the excess goes to the others in
-    proportion to their shares (DBP's redistribution). ``f_j = min(min_per_cluster,
+    proportion to their shares (the paper's prose; its code shifts them equally instead,
+    :mod:`curate.algorithms.dbp_quota`). ``f_j = min(min_per_cluster,
     size_j)`` is a floor (a small cluster is kept whole up to that many items rather than
     pruned to nothing): a cluster gets max(floor, share), not floor + share. Rounded to
     integers by largest remainder. Empty clusters get 0. Deterministic.
@@ -291,8 +298,11 @@ def select_in_cluster(
 ) -> np.ndarray:
     """Bool mask of the ``quota`` items of one cluster to keep.
 
-    'hard' (DBP's default): the farthest from the centroid, i.e. the least prototypical;
-    'easy': the nearest; 'random': a seeded sample (``seed`` may be (seed, cluster_id)).
+    'hard' (DBP's default): the farthest from the centroid, i.e. the least prototypical
+    (the first ``quota`` of DBP's list sorted by decreasing distance, ties in input order);
+    'easy': the last ``quota`` of that list (so ties go the other way); 'random': a seeded
+    sample (``seed`` may be (seed, cluster_id)). A quota of 0 keeps nothing (DBP's
+    ``paths[-0:]`` would keep the whole cluster under 'easy').
     ``tiebreak`` (e.g. the uids) fixes the order among equal distances and, for 'random',
     makes the choice depend on the set of items, not on their row order; without it the row
     order is used.
@@ -310,7 +320,7 @@ def select_in_cluster(
     if keep == "hard":
         order = base[np.argsort(-d[base], kind="stable")]
     elif keep == "easy":
-        order = base[np.argsort(d[base], kind="stable")]
+        order = base[np.argsort(-d[base], kind="stable")][::-1]
     elif keep == "random":
         order = base[np.random.default_rng(seed).permutation(n)]
     else:

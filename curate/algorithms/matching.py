@@ -1,6 +1,6 @@
 """MetaCLIP substring matching of captions against a metadata vocabulary.
 
-The rule is MetaCLIP v1's, exactly: ``spacing(caption)`` pads the caption with one space at
+The default rule is MetaCLIP v1's, exactly: ``spacing(caption)`` pads the caption with one space at
 each end, puts a space on both sides of each of ``, . ; : ? ! ` `` and maps tab, newline and
 carriage return to a space (nothing else: no lower-casing, no collapsing of spaces); entry
 ``e`` matches when ``" " + e + " "`` is a substring of that. Case matters, every entry
@@ -17,21 +17,19 @@ So the default engine ("tokens") splits and dictionary-encodes all captions in A
 (vectorised C++), then walks a token trie level by level with NumPy (a vectorised hash
 table maps ``parent * n_tokens + token`` codes to child nodes). No Python code runs per
 caption or per match.
-Keys that are not space-bounded on a side (``boundary="metaclip2"``, below) go through
-pyahocorasick over one joined string of all captions. ``engine="ahocorasick"`` sends every
-key that way; the tests check that both engines equal :func:`naive_match`.
+Keys that are not space-bounded on a side (``boundary="metaclip2"`` or ``"no_space_scripts"``)
+go through pyahocorasick over one joined string of all captions. ``engine="ahocorasick"``
+sends every key that way; the tests check that both engines equal :func:`naive_match`.
 
-MetaCLIP 2 boundaries (``boundary="metaclip2"``): scripts written without spaces between
-words cannot require a space around the entry. An entry whose first character is a
-"no-space" character needs no space before it; one whose last character is one needs no
-space after it; entries whose boundary characters are of other scripts keep the v1 rule.
-"No-space" characters are the code points in :data:`NO_SPACE_RANGES`: the ranges of
-MetaCLIP 2's ``is_cjk_or_similar`` (CJK unified ideographs and extensions A-F, CJK
-compatibility ideographs, CJK radicals, Kangxi radicals, ideographic description characters,
-Thai, Lao, Myanmar, Khmer, Tibetan), plus Japanese kana (Hiragana, Katakana, Katakana
-phonetic extensions, half-width Katakana), the ideographic letters U+3005-U+3007 and CJK
-extension G. Unlike MetaCLIP 2's released code, punctuation characters do not count as
-no-space characters: ``spacing`` already isolates the ASCII ones that matter.
+Boundary rules (``boundary=``; the key functions live in
+:mod:`curate.algorithms.matching_metaclip2`):
+
+- ``metaclip1``: MetaCLIP v1, above: ``" " + entry + " "``.
+- ``metaclip2``: MetaCLIP 2's ``substr_matching.py`` exactly: no space is required on a side
+  of the entry whose character is "CJK or similar" (scripts written without spaces, or
+  ASCII / CJK punctuation), and captions are ``str.strip()``-ed before ``spacing``.
+- ``no_space_scripts``: curate's variant (formerly, wrongly, called ``metaclip2``): scripts
+  without spaces including kana, punctuation keeps the v1 rule, no strip.
 
 Speed (bench/bench_match.py, 2 x86_64 cores, 463k-entry default vocabulary, 100k real
 captions, one core): ~330k captions/s against ~80-95k for MetaCLIP's per-caption loop,
@@ -57,6 +55,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.algorithms.codetable import CodeTable
+from curate.algorithms.matching_metaclip2 import (
+    metaclip2_key,
+    no_space_scripts_key,
+    strip_captions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,29 +71,8 @@ CHARS_TO_SPACE = "\t\n\r"
 _SPACING_TABLE = {ord(c): f" {c} " for c in PUNCT_TO_WRAP}
 _SPACING_TABLE.update({ord(c): " " for c in CHARS_TO_SPACE})
 
-#: Inclusive code point ranges of scripts written without spaces (``boundary="metaclip2"``).
-NO_SPACE_RANGES: tuple[tuple[int, int], ...] = (
-    (0x0E00, 0x0E7F),  # Thai
-    (0x0E80, 0x0EFF),  # Lao
-    (0x0F00, 0x0FFF),  # Tibetan
-    (0x1000, 0x109F),  # Myanmar
-    (0x1780, 0x17FF),  # Khmer
-    (0x2E80, 0x2EFF),  # CJK radicals supplement
-    (0x2F00, 0x2FDF),  # Kangxi radicals
-    (0x2FF0, 0x2FFF),  # ideographic description characters
-    (0x3005, 0x3007),  # ideographic iteration mark, closing mark, number zero
-    (0x3040, 0x309F),  # Hiragana
-    (0x30A0, 0x30FF),  # Katakana
-    (0x31F0, 0x31FF),  # Katakana phonetic extensions
-    (0x3400, 0x4DBF),  # CJK extension A
-    (0x4E00, 0x9FFF),  # CJK unified ideographs
-    (0xF900, 0xFAFF),  # CJK compatibility ideographs
-    (0xFF66, 0xFF9F),  # half-width Katakana
-    (0x20000, 0x2EBEF),  # CJK extensions B-F (and I)
-    (0x30000, 0x3134F),  # CJK extension G
-)
-
-BOUNDARIES = ("metaclip1", "metaclip2")
+#: boundary rules; see the module docstring
+BOUNDARIES = ("metaclip1", "metaclip2", "no_space_scripts")
 ENGINES = ("tokens", "ahocorasick")
 
 # Candidate characters for the separator between captions in the joined Aho-Corasick string;
@@ -117,21 +99,15 @@ def never_matches(entry: str) -> bool:
                for i, c in enumerate(key))
 
 
-def is_no_space_char(ch: str) -> bool:
-    """True when ``ch`` belongs to a script written without spaces (:data:`NO_SPACE_RANGES`)."""
-    cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in NO_SPACE_RANGES)
-
-
 def entry_key(entry: str, boundary: str = "metaclip1") -> str:
-    """The substring that must occur in ``spacing(caption)`` for ``entry`` to match."""
+    """The substring that must occur in the spaced caption for ``entry`` to match."""
     if boundary == "metaclip1":
         return " " + entry + " "
-    if boundary != "metaclip2":
-        raise ValueError(f"unknown boundary {boundary!r}; valid: {', '.join(BOUNDARIES)}")
-    left = "" if is_no_space_char(entry[0]) else " "
-    right = "" if is_no_space_char(entry[-1]) else " "
-    return left + entry + right
+    if boundary == "metaclip2":
+        return metaclip2_key(entry)
+    if boundary == "no_space_scripts":
+        return no_space_scripts_key(entry)
+    raise ValueError(f"unknown boundary {boundary!r}; valid: {', '.join(BOUNDARIES)}")
 
 
 def naive_match(
@@ -147,7 +123,7 @@ def naive_match(
         if text is None:
             out.append([])
             continue
-        spaced = spacing(text)
+        spaced = spacing(text.strip() if boundary == "metaclip2" else text)
         out.append([i for i, k in enumerate(keys) if k in spaced])
     return out
 
@@ -391,7 +367,7 @@ class Matcher:
             parts = [self.match(arr.slice(i, batch_size), batch_size)
                      for i in range(0, len(arr), batch_size)]
             return pa.concat_arrays(parts)
-        inner = _spaced_inner(arr)
+        inner = _spaced_inner(strip_captions(arr) if self.boundary == "metaclip2" else arr)
         found = [engine.match(inner) for engine in (self._trie, self._ac) if engine is not None]
         caption = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
         entry = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)

@@ -32,6 +32,10 @@ LEVELS = 6
 DIGIT_BITS = 16
 BINS = 1 << DIGIT_BITS
 _HI_LEVELS = 2
+#: Digits that hold the score: a prefix of this many digits fixes one float32 score, so a
+#: selection stopped there keeps every row scoring at least the k-th score (ties included,
+#: DataComp's ``>=`` threshold rule) and :func:`keep_mask` needs no uid digits.
+SCORE_LEVELS = _HI_LEVELS
 
 Prefix = tuple[int, ...]
 

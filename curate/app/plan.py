@@ -4,6 +4,11 @@ Expected kept size for a given t is the sum over matched pairs of P(keep) =
 1 - prod(1 - min(1, t/count_e)), computed from the entry counts and match shards of a run
 that has run match and balance; it is monotone in t, so the t for a target is a search.
 Streams the match shards (one at a time per pass), so memory stays flat.
+
+With ``balance.per_language`` (MetaCLIP 2) the knob is English's t: each candidate t_en
+gives every language its own t (curate.algorithms.balancing_languages), so the curve and
+``t_for_target`` are in t_en, and ``languages`` lists, per language, its t, tail fraction and
+expected kept pairs at the configured t_en (and at the target's t_en).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def plan_run(run: str, target: int | None, png: str | None) -> dict[str, Any]:
     deciding = [r.folder for r in before if r.decides]
     shards = [s for s in rd.pool_shards() if rd.fs.exists(rd.shard_path(match.folder, s))]
     data = _Shards(rd, deciding, match.folder, shards)
+    if cfg.section(bal.name).per_language:
+        return _plan_languages(rd, cfg, bal, match, data, counts, target, png)
     hi = max(int(counts.max(initial=1)), 1)
     ts = np.unique(np.round(np.geomspace(1, hi, 25)))
     expected = np.zeros(ts.size)
@@ -65,7 +72,58 @@ def plan_run(run: str, target: int | None, png: str | None) -> dict[str, Any]:
     return out
 
 
-def _plot(rd: RunDir, ts, expected, target, t_target, t_now, png) -> str:
+def _plan_languages(rd: RunDir, cfg, bal, match, data: _Shards, counts, target, png
+                    ) -> dict[str, Any]:
+    """The plan in t_en, with a per-language table (MetaCLIP 2's per-language t)."""
+    from curate.algorithms.balancing import expected_size
+    from curate.algorithms.balancing_languages import (
+        expected_by_language,
+        language_thresholds,
+        split_counts,
+        t_en_for_target,
+        thresholds_for,
+    )
+    from curate.vocab import load_metadata
+
+    meta = load_metadata(cfg.section(match.name).metadata)
+    langs, offsets = meta.languages, meta.offsets
+    if not meta.per_language or "en" not in langs or counts.size != offsets[-1]:
+        raise CurateError(f"{rd.url}: plan: balance.per_language needs the run's per-language "
+                          "metadata (with en) and its entry counts")
+    hi = max(int(counts.max(initial=1)), 1) + 1
+    ts = np.unique(np.round(np.geomspace(1, hi, 25)))
+    try:
+        vecs = np.stack([thresholds_for(counts, langs, offsets, t) for t in ts])
+    except ValueError as err:
+        raise CurateError(f"plan: {err}") from None
+    expected = np.zeros(ts.size)
+    for ids in data:
+        expected += expected_size(ids, counts, vecs)
+    out: dict[str, Any] = {"t": ts.tolist(), "expected": expected.tolist()}
+    t_now = cfg.section(bal.name).t
+    rows = {"configured": t_now}
+    if target is not None:
+        try:
+            out["t_for_target"] = t_en_for_target(data, counts, langs, offsets, target)
+        except ValueError as err:
+            raise CurateError(f"plan --target {target}: {err}") from None
+        rows["target"] = out["t_for_target"]
+    split = split_counts(counts, langs, offsets)
+    out["languages"] = {}
+    for label, t_en in rows.items():
+        by_lang = language_thresholds(split, t_en)
+        size = expected_by_language(data, counts, thresholds_for(counts, langs, offsets, t_en),
+                                    offsets)
+        out["languages"][label] = [
+            {"lang": lang, "t": by_lang[lang][0], "tail_fraction": by_lang[lang][1],
+             "expected": float(size[k])} for k, lang in enumerate(langs)]
+    out["png"] = _plot(rd, ts, expected, target, out.get("t_for_target"), t_now, png,
+                       xlabel="t_en (English's cap; other languages follow)")
+    return out
+
+
+def _plot(rd: RunDir, ts, expected, target, t_target, t_now, png,
+          xlabel: str = "t (per-entry cap)") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +132,7 @@ def _plot(rd: RunDir, ts, expected, target, t_target, t_now, png) -> str:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     ax.plot(ts, expected, marker=".")
     ax.set_xscale("log")
-    ax.set_xlabel("t (per-entry cap)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("expected kept pairs")
     ax.axvline(t_now, color="grey", ls=":", label=f"configured t = {t_now:,}")
     if target is not None and t_target is not None:

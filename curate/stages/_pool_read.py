@@ -52,8 +52,9 @@ from curate.stages.pool_checks import (
 PIECE_ROWS = 1 << 18
 
 CANONICAL_DEFAULTS = {"uid": "uid", "url": "url", "caption": "caption", "image": "image",
-                      "image_emb": "image_emb", "text_emb": "text_emb"}
-_CANONICAL = ("uid", "url", "caption", "image", "image_emb", "text_emb")
+                      "image_emb": "image_emb", "text_emb": "text_emb", "lang": "lang"}
+#: ``lang`` (a language code the pool brings) is read as is by the language stage
+_CANONICAL = ("uid", "url", "caption", "image", "image_emb", "text_emb", "lang")
 
 
 def compute_uids(urls: pa.Array | None, captions: pa.Array) -> pa.Array:

@@ -4,7 +4,9 @@ cluster shuffle into buckets, SemDeDup and DBP selection per bucket, decisions p
 Plain functions of a :class:`Where` and one item (a shard or a bucket number), so the prune
 stage's global steps are one engine call each. Scratch lives in ``<work>/``: the centroids,
 ``assign/`` (cluster and distance per row), ``bucket-NNNNN/`` (the shuffle: embeddings of the
-clusters of one bucket), ``dedup/`` and ``select/`` (the uids each decision drops).
+clusters of one bucket), ``dedup/`` and ``select/`` (the uids each decision drops). DBP's
+second clustering (of SemDeDup's survivors) has the same layout in ``<work>/dbp/``: its
+:class:`Where` names the first clustering's ``dedup/`` as ``drop``.
 """
 
 from __future__ import annotations
@@ -33,10 +35,14 @@ class Where:
     #: the score stage's folder whose embeddings prune clusters (None: the pool's)
     scores: str | None
     work: str
+    #: a decisions folder whose uids are left out (the second clustering skips the
+    #: semantic duplicates), or None
+    drop: str | None = None
 
 
 def load_embeddings(w: Where, shard: str) -> tuple[pa.Array, np.ndarray]:
-    """uids and float32 L2-normalised image embeddings of the pairs reaching prune."""
+    """uids and float32 L2-normalised image embeddings of the pairs reaching prune (less
+    the uids of ``w.drop``'s decisions: DBP's re-clustering sees SemDeDup's survivors)."""
     from curate.stages.score import as_matrix
 
     rd = RunDir(w.run_url)
@@ -54,6 +60,11 @@ def load_embeddings(w: Where, shard: str) -> tuple[pa.Array, np.ndarray]:
     if col.null_count:
         raise InputError(f"prune: {shard}: {col.null_count} pairs have no image embedding")
     x = as_matrix(col)
+    if w.drop:
+        gone = read_decisions(rd, w.drop, shard)
+        if gone is not None and gone.num_rows:
+            keep = pc.invert(pc.is_in(uids, value_set=gone["uid"].combine_chunks()))
+            uids, x = uids.filter(keep), x[keep.to_numpy(zero_copy_only=False)]
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return uids, x / np.where(norms == 0, 1, norms)
 
@@ -150,9 +161,10 @@ def read_decisions(rd: RunDir, folder: str, shard: str) -> pa.Table | None:
     return dataset.to_table(filter=ds.field("shard") == int(shard[5:10]))
 
 
-def dedup_bucket(w: Where, eps: float, keep: str, seed: int, k: int,
+def dedup_bucket(w: Where, eps: float, keep: str, seed: int, k: int, rule: str,
                  j: int) -> tuple[np.ndarray, np.ndarray]:
-    """SemDeDup over the clusters of one bucket; returns per-cluster (count, sum_dist) after."""
+    """SemDeDup (``rule``: 'reference' | 'kept_only') over the clusters of one bucket;
+    returns per-cluster (count, sum_dist) after."""
     from curate.algorithms.dbp import accumulate
     from curate.algorithms.semdedup import dedup_by_cluster
     from curate.stages.score import as_matrix
@@ -165,7 +177,7 @@ def dedup_bucket(w: Where, eps: float, keep: str, seed: int, k: int,
     labels = t["cluster_id"].to_numpy()
     dist = t["dist_to_centroid"].to_numpy()
     dup = dedup_by_cluster(as_matrix(t["emb"]), labels, dist, eps, keep=keep, seed=seed,
-                           block=2048)  # ~16 MB similarity blocks, not 64 MB
+                           block=2048, rule=rule)  # ~16 MB similarity blocks, not 64 MB
     uids = t["uid"].to_numpy(zero_copy_only=False)
     is_dup = dup >= 0
     _write_decisions(rd, f"{work}/dedup/part-{j:05d}.parquet", pa.table({
@@ -204,3 +216,22 @@ def select_bucket(w: Where, quotas: np.ndarray, keep: str, seed: int, j: int) ->
         "shard": pa.array(shard_no[dropped], pa.int32()),
         "uid": pa.array(uids[dropped], pa.string())}))
     return len(dropped)
+
+
+def cluster_table(which: str, size: np.ndarray, size_after: np.ndarray,
+                  stats: dict[str, np.ndarray] | None = None,
+                  quota: np.ndarray | None = None) -> pa.Table:
+    """One row per cluster; ``clustering`` says which clustering the rows describe:
+    'dedup' (SemDeDup's alone), 'dbp' (DBP's re-clustering, or DBP alone), 'shared' (both
+    steps on one clustering). Without ``stats`` (SemDeDup's clustering when DBP
+    re-clustered): sizes only."""
+    k = len(size)
+    cols = {"cluster_id": pa.array(np.arange(k), pa.int32()),
+            "clustering": pa.array([which] * k, pa.string()),
+            "size": pa.array(size, pa.int64()),
+            "size_after_dedup": pa.array(size_after, pa.int64())}
+    if stats is not None:
+        cols.update({name: pa.array(stats[name], pa.float64())
+                     for name in ("d_intra", "d_inter", "complexity")})
+        cols["quota"] = pa.array(size_after if quota is None else quota, pa.int64())
+    return pa.table(cols)

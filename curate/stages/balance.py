@@ -1,33 +1,58 @@
 """balance: MetaCLIP balancing. A global count per entry, then a seeded draw per pair.
 
 The ``count`` step (a global step) sums per-shard entry counts of the surviving, matched
-pairs into ``balance/entry_counts.parquet`` (entry_id, entry, count). Counts are sums over
+pairs into ``balance/entry_counts.parquet`` (entry_id, lang, entry, count). Counts are sums over
 shards, so a grown pool only needs its new shards matched; the sum itself is re-read each
 run (one ``bincount`` per shard). Each shard then gets ``balance/part-NNNNN.parquet``: uid,
 keep_prob (1 - prod(1 - min(1, t/count))), kept, reason (``no_metadata_match`` or
 ``not_sampled``), detail. Draws are deterministic per (seed, uid, entry)
 (curate.algorithms.balancing), so the kept set does not depend on sharding or workers.
+
+``per_language: true`` (MetaCLIP 2; match's metadata must map languages to vocabularies,
+with ``en`` among them): the counts are cut per language, ``t`` is English's threshold, and
+every other language gets its own t by MetaCLIP 2's rule
+(curate.algorithms.balancing_languages), written to ``balance/language_t.parquet`` (lang,
+t, tail_fraction; without per_language one row: lang null, t, and the share of matches in
+entries below t).
+A pair's entries all belong to its caption's language, so giving each entry its language's
+t makes each pair's keep_prob use its language's t. entry_counts.parquet gains ``lang``
+(null with a single vocabulary).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from curate.config import Section
 from curate.core.io import read_table, write_parquet_atomic
+from curate.errors import InputError
 from curate.stages.base import DECISION_FIELDS, GlobalStep, ShardStep, Stage, decisions
 
 _COUNTS: dict[str, np.ndarray] = {}
+_T_ENTRY: dict[str, np.ndarray] = {}
 
 
 class BalanceConfig(Section):
+    #: the cap per entry; with per_language, English's (MetaCLIP 2's t_en)
     t: int = Field(20_000, gt=0)
     seed: int = Field(0, ge=0)
+    #: MetaCLIP 2: one t per language, from English's tail share at t
+    per_language: bool = False
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``per_language`` out while false, so sections written before it existed
+        keep their fingerprint (a rerun does not redo balance and every later stage)."""
+        data = handler(self)
+        if not self.per_language and isinstance(data, dict):
+            data.pop("per_language", None)
+        return data
 
 
 def matched(rd, deciding: list[str], match_folder: str, shard: str) -> pa.Table:
@@ -48,7 +73,7 @@ class BalanceStage(Stage):
     schema = pa.schema([("uid", pa.string()), ("keep_prob", pa.float32()), *DECISION_FIELDS])
     reasons = {"no_metadata_match": "the caption matches no metadata entry",
                "not_sampled": "not drawn by MetaCLIP balancing (its entries are head entries)"}
-    views = {"entry_counts.parquet": "entry_counts"}
+    views = {"entry_counts.parquet": "entry_counts", "language_t.parquet": "language_t"}
     pool_columns = ["uid"]
     help = "MetaCLIP balancing: entry counts over the pool, then a seeded draw per pair."
 
@@ -66,20 +91,38 @@ class BalanceStage(Stage):
     def counts_path(self) -> str:
         return self.rd.path(self.pipeline.ref(self.name).folder, "entry_counts.parquet")
 
-    def _entries(self) -> list[str]:
-        from curate.vocab import load_vocabulary
+    def _meta(self):
+        from curate.vocab import load_metadata
 
-        return load_vocabulary(self._metadata())
+        return load_metadata(self._metadata())
+
+    def _entries(self) -> list[str]:
+        return self._meta().entries
 
     def _zeros(self) -> np.ndarray:
+        if self.section.per_language:
+            meta = self._meta()
+            if not meta.per_language or "en" not in meta.languages:
+                raise InputError(f"{self.name}.per_language needs match.metadata to map "
+                                 "languages to vocabularies, `en` among them "
+                                 "(English's tail share at t sets every other language's t)")
         return np.zeros(len(self._entries()), np.int64)
 
     def _count_shard(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
-        """Sparse per-entry counts of one shard: (ids, counts), small to ship to the driver."""
+        """Sparse per-entry counts of one shard: (ids, counts), small to ship to the driver.
+
+        With per-language metadata the worker does not load the (possibly hundreds of)
+        lists to learn their total size: it counts up to the largest id it sees, and the
+        driver's fold checks the ids against the vocabulary."""
         from curate.algorithms.balancing import count_entries
 
         m = matched(self.rd, self.deciding_before(), self._match().folder, shard)
-        c = count_entries(m["entry_ids"].combine_chunks(), self._n_entries())
+        ids = m["entry_ids"].combine_chunks()
+        if self.section.per_language:
+            flat = pc.list_flatten(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+            c = np.bincount(flat) if flat.size else np.zeros(0, np.int64)
+        else:
+            c = count_entries(ids, self._n_entries())
         nz = np.flatnonzero(c)
         return nz.astype(np.int32), c[nz].astype(np.int32)  # small: see _report_counts
 
@@ -89,15 +132,49 @@ class BalanceStage(Stage):
         return self._n
 
     def _write_counts(self, total: np.ndarray) -> dict:
-        entries = self._entries()
-        table = pa.table({"entry_id": pa.array(np.arange(len(entries)), pa.int32()),
-                          "entry": pa.array(entries, pa.string()),
+        meta = self._meta()
+        table = pa.table({"entry_id": pa.array(np.arange(len(total)), pa.int32()),
+                          "lang": pa.array(meta.entry_langs(), pa.string()),
+                          "entry": pa.array(meta.entries, pa.string()),
                           "count": pa.array(total, pa.int64())})
         write_parquet_atomic(self.rd.fs, self.counts_path(), table)
         digest = hashlib.sha256(total.tobytes()).hexdigest()[:16]
-        head = int((total > self.section.t).sum())
-        return {"counts_digest": digest, "entries_matched": int((total > 0).sum()),
-                "head_entries": head}
+        info = {"counts_digest": digest, "entries_matched": int((total > 0).sum())}
+        if self.section.per_language:
+            from curate.algorithms.balancing_languages import language_thresholds, split_counts
+
+            try:
+                by_lang = language_thresholds(
+                    split_counts(total, meta.languages, meta.offsets), self.section.t)
+            except ValueError as err:
+                raise InputError(f"{self.name}.per_language: {err}") from None
+        else:  # one t for every entry: one row, lang null
+            from curate.algorithms.balancing import tail_share
+
+            t = self.section.t
+            by_lang = {None: (t, tail_share(total, t) if total.sum() else None)}
+        keys = sorted(by_lang, key=lambda x: (x is not None, x))
+        write_parquet_atomic(self.rd.fs, self.language_t_path(), pa.table({
+            "lang": pa.array(keys, pa.string()),
+            "t": pa.array([by_lang[x][0] for x in keys], pa.int64()),
+            "tail_fraction": pa.array([by_lang[x][1] for x in keys], pa.float64())}))
+        if not self.section.per_language:
+            return {**info, "head_entries": int((total > self.section.t).sum())}
+        sizes = {x: len(v) for x, v in zip(meta.languages, meta.vocabularies, strict=True)}
+        t_by_lang = {x: v[0] for x, v in by_lang.items()}
+        return {**info, "head_entries": int((total > self._t_entry(t_by_lang, sizes)).sum()),
+                "language_t": t_by_lang, "language_sizes": sizes}
+
+    def language_t_path(self) -> str:
+        return self.rd.path(self.pipeline.ref(self.name).folder, "language_t.parquet")
+
+    def _t_entry(self, t_by_lang: dict, sizes: dict[str, int]) -> np.ndarray:
+        """Each entry's language's t (global ids: lists in sorted language order)."""
+        from curate.algorithms.balancing_languages import entry_t
+
+        langs = sorted(sizes)
+        offsets = np.concatenate(([0], np.cumsum([sizes[x] for x in langs]))).astype(np.int64)
+        return entry_t(t_by_lang, langs, offsets)
 
     def _counts(self) -> np.ndarray:
         key = self.state["count"]["counts_digest"]
@@ -114,6 +191,14 @@ class BalanceStage(Stage):
         ids = m["entry_ids"].combine_chunks()
         counts = self._counts()
         t, seed = self.section.t, self.section.seed
+        if self.section.per_language:
+            key = json.dumps([self.state["count"]["language_t"],
+                              self.state["count"]["language_sizes"]], sort_keys=True)
+            if key not in _T_ENTRY:  # one vector per process, not one per shard
+                _T_ENTRY.clear()
+                _T_ENTRY[key] = self._t_entry(self.state["count"]["language_t"],
+                                              self.state["count"]["language_sizes"])
+            t = _T_ENTRY[key]
         prob, kept = balance(m["uid"].combine_chunks(), ids, counts, t, seed)
         no_match = pc.equal(pc.list_value_length(ids), 0)
         reason = pc.if_else(no_match, "no_metadata_match", "not_sampled")
@@ -124,5 +209,8 @@ class BalanceStage(Stage):
 def _add_counts(total: np.ndarray, item: str, sparse: tuple[np.ndarray, np.ndarray]
                 ) -> np.ndarray:
     ids, c = sparse
+    if ids.size and ids[-1] >= total.size:  # ids ascend: np.flatnonzero
+        raise InputError(f"{item}: entry id {int(ids[-1])} is beyond the vocabulary's "
+                         f"{total.size} entries (did match.metadata change?)")
     total[ids] += c  # ids are unique within a shard's result
     return total

@@ -154,6 +154,13 @@ class Stage:
         #: the pool shards this run of the stage covers (set by the driver, for plans)
         self.shards: list[str] = []
 
+    @classmethod
+    def decides_with(cls, section: Any) -> bool:
+        """Whether an instance with this validated section decides. ``decides`` by default;
+        a kind whose filter is optional (language: only with ``languages``) overrides it and
+        sets ``self.decides``/``self.schema`` to match in ``__init__``."""
+        return cls.decides
+
     # ----------------------------------------------------------------- declaration
     def steps(self) -> list[ShardStep | GlobalStep]:
         return [ShardStep()]

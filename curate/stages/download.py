@@ -4,10 +4,16 @@ img2dataset does the fetching (its ``Downloader``: thread pool, timeouts, retrie
 X-Robots-Tag opt-out handling); curate decides what it may fetch (netguard), guards it
 against hostile bytes (imagecheck, run inside img2dataset's resize hook so nothing is decoded
 before the checks), and turns its output into ``images/part-NNNNN.parquet``:
-uid, image, format, width, height, sha256, status ('ok'|'failed'), error, kept, reason
-(``download_failed``), detail (the error).
+uid, image, format, width, height, original_width, original_height, sha256, status
+('ok'|'failed'), error, kept, reason (``download_failed``), detail (the error).
 Every input row comes out, failures included. Rows whose pool already carries image bytes
 are checked and passed through without a fetch.
+
+``width``/``height`` are those of the stored bytes (after ``resize``, when set);
+``original_width``/``original_height`` those of the image as fetched, before any resize —
+what DataComp's metadata calls ``original_width``/``original_height`` and its basic filter
+(side >= 200, aspect ratio <= 3) reads. They come from img2dataset's resizer, which decodes
+with OpenCV without applying EXIF orientation, like PIL's header size used without resize.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
     ("uid", pa.string()), ("image", pa.binary()), ("format", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
+    ("original_height", pa.int32()), ("sha256", pa.string()),
     ("status", pa.string()), ("error", pa.string()), *DECISION_FIELDS,
 ])
 
@@ -129,13 +136,15 @@ def fetch(uids: list[str], urls: list[str], cfg: Any, scratch: str) -> dict[str,
     if not ok:
         raise RuntimeError("img2dataset failed on this shard (see worker log)")
     fmt = cfg.resize.encode_format if cfg.resize else "jpg"
-    table = pq.read_table(f"{out_dir}/00000.parquet", columns=["uid", "status",
-                                                                "error_message", fmt])
+    table = pq.read_table(f"{out_dir}/00000.parquet", columns=[
+        "uid", "status", "error_message", fmt, "original_width", "original_height"])
     result: dict[str, dict] = {}
-    for uid, status, err, img in zip(table["uid"].to_pylist(), table["status"].to_pylist(),
-                                     table["error_message"].to_pylist(), table[fmt].to_pylist()):
+    for uid, status, err, img, ow, oh in zip(
+            table["uid"].to_pylist(), table["status"].to_pylist(),
+            table["error_message"].to_pylist(), table[fmt].to_pylist(),
+            table["original_width"].to_pylist(), table["original_height"].to_pylist()):
         if status == "success" and img is not None:
-            result[uid] = {"image": img, "error": None}
+            result[uid] = {"image": img, "error": None, "original": (ow, oh)}
         else:
             result[uid] = {"image": None, "error": (err or status or "unknown error").strip()}
     return result
@@ -175,16 +184,26 @@ class DownloadStage(Stage):
 
         return uid_digest(inputs["uid"])  # never the state: a rerun reuses every success
 
-    def _previous_successes(self, shard: str) -> dict[str, bytes]:
+    def _previous_successes(self, shard: str) -> dict[str, tuple[bytes, tuple | None]]:
+        """uid -> (stored bytes, original size or None) of an earlier attempt's successes."""
+        import pyarrow.parquet as pq
+
         from curate.core.io import read_shard_meta
 
         path = self.rd.shard_path(self.pipeline.ref(self.name).folder, shard)
         meta = read_shard_meta(self.rd.fs, path)
         if not meta or meta.get("fingerprint") != self.spec.fingerprint:
             return {}
-        t = self.rd.read(self.pipeline.ref(self.name).folder, shard, ["uid", "image", "kept"])
+        with self.rd.fs.open(path, "rb") as f:
+            has_original = "original_width" in pq.read_schema(f).names
+        cols = ["uid", "image", "kept"] + (["original_width", "original_height"]
+                                           if has_original else [])
+        t = self.rd.read(self.pipeline.ref(self.name).folder, shard, cols)
         t = t.filter(t["kept"])
-        return dict(zip(t["uid"].to_pylist(), t["image"].to_pylist()))
+        sizes = (zip(t["original_width"].to_pylist(), t["original_height"].to_pylist())
+                 if has_original else [None] * t.num_rows)
+        return {u: (img, size) for u, img, size in zip(t["uid"].to_pylist(),
+                                                         t["image"].to_pylist(), sizes)}
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         cfg = self.section
@@ -194,6 +213,8 @@ class DownloadStage(Stage):
         n = len(uids)
         images: list[bytes | None] = [None] * n
         errors: list[str | None] = [None] * n
+        # the size as fetched, before any resize (None: the stored bytes' own size)
+        originals: list[tuple | None] = [None] * n
         brought = inputs["image"].to_pylist() if "image" in inputs.column_names else [None] * n
         urls = inputs["url"].to_pylist() if "url" in inputs.column_names else [None] * n
 
@@ -202,7 +223,9 @@ class DownloadStage(Stage):
         previous = self._previous_successes(shard)
         for i in range(n):
             if brought[i] is None and uids[i] in previous:
-                brought[i] = previous[uids[i]]
+                brought[i], originals[i] = previous[uids[i]]
+                if originals[i] is None and cfg.resize is not None:
+                    originals[i] = (None, None)  # an older shard: the size before resize is lost
         need = [i for i in range(n) if brought[i] is None]
         for i in range(n):
             if brought[i] is not None:
@@ -230,13 +253,18 @@ class DownloadStage(Stage):
                     errors[i] = "missing from img2dataset output"
                 else:
                     images[i], errors[i] = r["image"], r["error"]
-        return build_table(uids, images, errors, cfg)
+                    originals[i] = r.get("original")
+        return build_table(uids, images, errors, cfg, originals)
 
 
 def build_table(uids: list[str], images: list[bytes | None], errors: list[str | None],
-                cfg: Any) -> pa.Table:
-    """Check every image's header and assemble the output shard."""
-    fmts, ws, hs, shas = [], [], [], []
+                cfg: Any, originals: list[tuple | None] | None = None) -> pa.Table:
+    """Check every image's header and assemble the output shard.
+
+    ``originals[i]``: (width, height) of the image as fetched, before img2dataset resized
+    it; None where no resize happened (pool bytes, or no ``resize``): the stored size."""
+    fmts, ws, hs, shas, ows, ohs = [], [], [], [], [], []
+    originals = originals if originals is not None else [None] * len(images)
     for i, data in enumerate(images):
         fmt = w = h = sha = None
         if data is not None and errors[i] is None:
@@ -254,11 +282,15 @@ def build_table(uids: list[str], images: list[bytes | None], errors: list[str | 
         ws.append(w)
         hs.append(h)
         shas.append(sha)
+        ow, oh = originals[i] if originals[i] is not None and fmt is not None else (w, h)
+        ows.append(ow)
+        ohs.append(oh)
     ok = pa.array([e is None for e in errors])
     error_arr = pa.array(errors, pa.string())
     return pa.Table.from_arrays([
         pa.array(uids, pa.string()), pa.array(images, pa.binary()), pa.array(fmts, pa.string()),
-        pa.array(ws, pa.int32()), pa.array(hs, pa.int32()), pa.array(shas, pa.string()),
+        pa.array(ws, pa.int32()), pa.array(hs, pa.int32()), pa.array(ows, pa.int32()),
+        pa.array(ohs, pa.int32()), pa.array(shas, pa.string()),
         pc.if_else(ok, "ok", "failed"), error_arr, ok,
         pc.if_else(ok, pa.scalar(None, pa.string()), "download_failed"), error_arr,
     ], schema=SCHEMA)

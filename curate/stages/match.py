@@ -3,36 +3,85 @@
 Output ``match/part-NNNNN.parquet``: uid, entry_ids (list<int32>, sorted, unique). The
 matcher (curate.algorithms.matching) is built once per worker process and reused for every shard.
 Matching decides nothing: pairs matching no entry are dropped by balance, with that reason.
+
+Per-language metadata (MetaCLIP 2): ``metadata: {en: FILE, de: FILE, ...}`` matches each
+caption against its own language's list (curate.algorithms.matching_languages), with entry
+ids in one global space (curate.vocab.languages). A caption's language is the ``lang``
+column of the nearest earlier ``language`` stage, else the pool's ``lang`` column; one of
+them must exist (checked on the driver before any worker starts).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import field_validator
 
 from curate.config import Section
+from curate.errors import InputError
 from curate.stages.base import GlobalStep, ShardStep, Stage
 
-_MATCHERS: dict[tuple[str, str], object] = {}
+_MATCHERS: dict[str, object] = {}
 
 
-def get_matcher(metadata: str, boundary: str):
-    """The (cached) Matcher and entries for a vocabulary; built once per process."""
+def get_matcher(metadata, boundary: str, sizes: dict[str, int] | None = None):
+    """The (cached) matcher for a vocabulary; built once per process.
+
+    With per-language metadata it is a LanguageMatcher (``match(texts, langs)``); given the
+    list sizes (the driver's ``vocabulary`` step records them), a worker reads only the
+    lists of the languages it meets."""
     from curate.algorithms.matching import Matcher
-    from curate.vocab import load_vocabulary
+    from curate.algorithms.matching_languages import LanguageMatcher
+    from curate.vocab import load_metadata, load_vocabulary
 
-    key = (metadata, boundary)
+    key = json.dumps([metadata, boundary, sizes], sort_keys=True)
     if key not in _MATCHERS:
-        entries = load_vocabulary(metadata)
+        if isinstance(metadata, dict) and sizes is not None:
+            m = LanguageMatcher({lang: _Loader(path) for lang, path in metadata.items()},
+                                boundary=boundary, sizes=sizes)
+        elif isinstance(metadata, dict):
+            m = LanguageMatcher(load_metadata(metadata).by_language(), boundary=boundary)
+        else:
+            m = Matcher(load_vocabulary(metadata), boundary=boundary)
         _MATCHERS.clear()
-        _MATCHERS[key] = (Matcher(entries, boundary=boundary), entries)
+        _MATCHERS[key] = m
     return _MATCHERS[key]
 
 
+class _Loader:
+    """Reads one language's list when first needed (picklable, unlike a lambda)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self) -> list[str]:
+        from curate.vocab import load_vocabulary
+
+        return load_vocabulary(self.path)
+
+
 class MatchConfig(Section):
-    metadata: str = "default"
-    boundary: Literal["metaclip1", "metaclip2"] = "metaclip1"
+    #: one vocabulary (a file or a built-in name), or {language: vocabulary}
+    metadata: str | dict[str, str] = "default"
+    #: metaclip1 (v1), metaclip2 (MetaCLIP 2's substr_matching.py, exactly) or
+    #: no_space_scripts (curate's variant; see curate.algorithms.matching_metaclip2)
+    boundary: Literal["metaclip1", "metaclip2", "no_space_scripts"] = "metaclip1"
+
+    @field_validator("metadata")
+    @classmethod
+    def _languages(cls, v):
+        if isinstance(v, dict):
+            from curate.vocab.languages import check_languages
+
+            try:
+                check_languages(v)
+            except InputError as err:
+                raise ValueError(str(err)) from None
+        return v
 
 
 class MatchStage(Stage):
@@ -50,14 +99,56 @@ class MatchStage(Stage):
         return [GlobalStep.on_driver("vocabulary", self._check), ShardStep()]
 
     def setup(self) -> None:
-        get_matcher(self.section.metadata, self.section.boundary)
+        self._matcher()
+
+    def _matcher(self):
+        sizes = (self.state.get("vocabulary") or {}).get("languages")
+        return get_matcher(self.section.metadata, self.section.boundary,
+                           sizes if self._per_language() else None)
+
+    def _per_language(self) -> bool:
+        return isinstance(self.section.metadata, dict)
 
     def _check(self, _: object) -> dict:
-        from curate.vocab import load_vocabulary
+        from curate.vocab import load_metadata
 
-        return {"entries": len(load_vocabulary(self.section.metadata))}
+        meta = load_metadata(self.section.metadata)
+        if not meta.per_language:
+            return {"entries": len(meta.vocabularies[0])}
+        if self.previous("language") is None and not self._pool_has_lang():
+            raise InputError("match.metadata maps languages to vocabularies, but no `language` "
+                             "stage runs before match and the pool has no `lang` column")
+        return {"entries": len(meta.entries),
+                "languages": {lang: len(v) for lang, v in zip(meta.languages,
+                                                              meta.vocabularies, strict=True)}}
+
+    def _pool_has_lang(self) -> bool:
+        shards = self.shards or self.rd.pool_shards()
+        if not shards:
+            return False
+        with self.rd.fs.open(self.rd.shard_path("pool", shards[0]), "rb") as f:
+            return "lang" in pq.read_schema(f).names
+
+    def inputs(self, shard: str) -> pa.Table:
+        """uid, caption (+ lang with per-language metadata) of the surviving pairs."""
+        if not self._per_language():
+            return super().inputs(shard)
+        ref = self.previous("language")
+        if ref is None:
+            t = self.survivors(shard, ["uid", "caption", "lang"])
+            i = t.column_names.index("lang")
+            return t.set_column(i, "lang", t["lang"].cast(pa.string()))
+        t = self.survivors(shard, ["uid", "caption"])
+        lang = self.rd.read(ref.folder, shard, ["uid", "lang"])
+        idx = pc.index_in(t["uid"], value_set=lang["uid"].combine_chunks())
+        langs = pc.take(lang["lang"].combine_chunks(), idx)  # null where the uid is missing
+        return t.append_column("lang", langs.cast(pa.string()))
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
-        matcher, _ = get_matcher(self.section.metadata, self.section.boundary)
-        ids = matcher.match(inputs["caption"].combine_chunks())
+        matcher = self._matcher()
+        captions = inputs["caption"].combine_chunks()
+        if self._per_language():
+            ids = matcher.match(captions, inputs["lang"].combine_chunks())
+        else:
+            ids = matcher.match(captions)
         return pa.table({"uid": inputs["uid"].combine_chunks(), "entry_ids": ids})

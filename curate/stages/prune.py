@@ -11,15 +11,23 @@ Global steps, each one engine call that never holds the pool on the driver
    written to one of B bucket files by ``cluster_id % B`` (a shuffle: a cluster's rows end
    up together);
 4. ``dedup``: SemDeDup inside each cluster, bucket by bucket (rows sorted by uid, so the
-   result does not depend on sharding);
-5. ``clusters``: cluster statistics and DBP quotas, written to ``prune/clusters.parquet``;
-6. ``select``: DBP's kept items of each cluster, bucket by bucket.
+   result does not depend on sharding), by ``dedup_rule``;
+5. ``dbp_train``, ``dbp_assign`` (DBP after SemDeDup, ``dbp_clustering: recluster``): as
+   DBP's official code does, the *deduplicated* pairs are clustered again (``dbp_k``
+   clusters; duplicates would dominate the first clustering's dense clusters), in
+   ``<work>/dbp/``;
+6. ``clusters``: cluster statistics and DBP quotas of the clustering DBP uses, written to
+   ``prune/clusters.parquet`` (column ``clustering``: dedup | dbp | shared); with two
+   clusterings the first one's sizes go to ``prune/dedup_clusters.parquet``;
+7. ``select``: DBP's kept items of each cluster, bucket by bucket.
 
-Then the shard step writes ``prune/part-NNNNN.parquet`` (uid, cluster_id, dist_to_centroid,
-duplicate_of, kept, reason ``semantic_duplicate`` | ``over_cluster_quota``, detail).
-Scratch lives in ``prune/_work/<key>/``, the key hashing the stage fingerprint and the
-digest of its input, so a different input never reuses it; ``cleanup`` removes the scratch
-of inputs that no longer exist and the bucket copies of the embeddings.
+Then the shard step writes ``prune/part-NNNNN.parquet`` (uid, cluster_id and
+dist_to_centroid in the clustering of clusters.parquet — null for a semantic duplicate
+when DBP re-clustered —, dedup_cluster_id, duplicate_of, kept, reason
+``semantic_duplicate`` | ``over_cluster_quota``, detail). Scratch lives in
+``prune/_work/<key>/``, the key hashing the stage fingerprint and the digest of its input,
+so a different input never reuses it; ``cleanup`` removes the scratch of inputs that no
+longer exist and the bucket copies of the embeddings.
 """
 
 from __future__ import annotations
@@ -57,7 +65,27 @@ class PruneConfig(Section):
     target_fraction: float | None = Field(None, gt=0, le=1)
     target_size: int | None = Field(None, ge=1)
     keep: Literal["hard", "easy", "random"] = "hard"
-    min_per_cluster: int = Field(0, ge=0)
+    #: None: DBP's reference floor, min(int(quota_floor_ratio * N / k), size - 1)
+    min_per_cluster: int | None = Field(None, ge=0)
+    #: SemDeDup: 'reference' removes an item when any earlier item of its cluster's order
+    #: is within eps (SemDeDup's code); 'kept_only' only when an earlier *kept* one is
+    dedup_rule: Literal["reference", "kept_only"] = "reference"
+    #: DBP after SemDeDup: 'recluster' the survivors (DBP's code) or reuse 'dedup_clusters'
+    dbp_clustering: Literal["recluster", "dedup_clusters"] = "recluster"
+    dbp_k: int | None = Field(None, ge=1)  # clusters of the re-clustering (None: k)
+    quota_solver: Literal["qp", "waterfill"] = "qp"
+    quota_floor_ratio: float = Field(0.5, ge=0, le=1)  # DBP's cls_bal_ratio
+    quota_rounding: Literal["rint", "largest_remainder"] = "rint"
+
+    @property
+    def reclusters(self) -> bool:
+        """Whether DBP runs on a second clustering of SemDeDup's survivors."""
+        return bool(self.dbp and self.dedup_eps and self.dbp_clustering == "recluster")
+
+    @property
+    def quota_k(self) -> int:
+        """Clusters of the clustering that DBP's quotas are computed on."""
+        return (self.dbp_k or self.k) if self.reclusters else self.k
 
     @model_validator(mode="after")
     def _target(self) -> PruneConfig:
@@ -87,13 +115,14 @@ class PruneStage(Stage):
     decides = True
     Config = PruneConfig
     schema = pa.schema([("uid", pa.string()), ("cluster_id", pa.int32()),
-                        ("dist_to_centroid", pa.float32()), ("duplicate_of", pa.string()),
-                        *DECISION_FIELDS])
-    reasons = {"semantic_duplicate": "SemDeDup: within prune.dedup_eps of a kept pair of its "
-                                     "cluster (detail: that pair's uid)",
+                        ("dist_to_centroid", pa.float32()), ("dedup_cluster_id", pa.int32()),
+                        ("duplicate_of", pa.string()), *DECISION_FIELDS])
+    reasons = {"semantic_duplicate": "SemDeDup: within prune.dedup_eps of an earlier pair in "
+                                     "its cluster's order (detail: the most similar such "
+                                     "pair's uid; with dedup_rule kept_only, a kept one)",
                "over_cluster_quota": "DBP: beyond its cluster's quota"}
     joins = ("cluster_id",)
-    views = {"clusters.parquet": "clusters"}
+    views = {"clusters.parquet": "clusters", "dedup_clusters.parquet": "dedup_clusters"}
     pool_columns = ["uid"]
     help = "Concept-cluster pruning: FAISS k-means, SemDeDup, density-based pruning."
 
@@ -104,32 +133,51 @@ class PruneStage(Stage):
                        commit=self._counted),
             GlobalStep("train", plan=self._all, map=self._sample, commit=self._train),
             GlobalStep("assign", plan=self._all, map=self._assign, start=self._sums0,
-                       fold=_sum_add, commit=partial(self._save_sums, "assigned")),
+                       fold=_sum_add, commit=partial(self._save_sums, "assigned", False)),
         ]
         if s.dedup_eps:
-            steps.append(GlobalStep("dedup", plan=self._buckets, map=self._dedup,
+            steps.append(GlobalStep("dedup", plan=partial(self._buckets, False), map=self._dedup,
                                     start=self._sums0, fold=_sum_add,
-                                    commit=partial(self._save_sums, "deduplicated")))
+                                    commit=partial(self._save_sums, "deduplicated", False)))
+        if s.reclusters:
+            steps += [
+                GlobalStep("dbp_train", plan=self._all, map=partial(self._sample, second=True),
+                           commit=partial(self._train, second=True)),
+                GlobalStep("dbp_assign", plan=self._all,
+                           map=partial(self._assign, second=True),
+                           start=partial(self._sums0, True), fold=_sum_add,
+                           commit=partial(self._save_sums, "assigned", True)),
+            ]
         steps.append(GlobalStep.on_driver("clusters", self._clusters))
         if s.dbp:
-            steps.append(GlobalStep("select", plan=self._buckets, map=self._select,
-                                    start=int, fold=lambda a, i, r: a + r,
+            steps.append(GlobalStep("select", plan=partial(self._buckets, s.reclusters),
+                                    map=self._select, start=int, fold=lambda a, i, r: a + r,
                                     commit=lambda n: {"over_quota": n}))
         steps += [ShardStep(), GlobalStep.on_driver("cleanup", self._cleanup)]
         return steps
 
     # ------------------------------------------------------------------ where things are
-    def _where(self) -> work.Where:
+    def _where(self, second: bool = False) -> work.Where:
+        """The first clustering's scratch, or (``second``) the re-clustering's, which reads
+        the same embeddings less the semantic duplicates."""
         score = self.previous("score")
         w = self.state.get("count", {}).get("work", "")
-        return work.Where(self.rd.url, tuple(self.deciding_before()),
-                          score.folder if score else None, w)
+        first = work.Where(self.rd.url, tuple(self.deciding_before()),
+                           score.folder if score else None, w)
+        if not second:
+            return first
+        return work.Where(first.run_url, first.deciding, first.scores, f"{w}/dbp",
+                          drop=f"{w}/dedup")
 
     def _all(self) -> list[str]:
         return list(self.shards)
 
-    def _buckets(self) -> list[int]:
-        return list(range(self.state["train"]["buckets"]))
+    def _n_buckets(self, second: bool) -> int:
+        return (self.state["dbp_train"]["dbp_buckets"] if second
+                else self.state["train"]["buckets"])
+
+    def _buckets(self, second: bool) -> list[int]:
+        return list(range(self._n_buckets(second)))
 
     # ------------------------------------------------------------------ count
     def _count(self, shard: str) -> tuple[int, str]:
@@ -145,123 +193,153 @@ class PruneStage(Stage):
         return {"n": acc["n"], "work": self.rd.path(folder, "_work", key)}
 
     # ------------------------------------------------------------------ train
-    def _fraction(self) -> float:
+    def _k(self, second: bool) -> int:
+        return self.section.quota_k if second else self.section.k
+
+    def _n(self, second: bool) -> int:
+        """Pairs the clustering covers: those reaching prune, or SemDeDup's survivors."""
+        return self.state["dedup"]["deduplicated_pairs"] if second else self.state["count"]["n"]
+
+    def _cap(self, second: bool) -> int:
+        s = self.section
+        return s.sample_size or s.max_points_per_centroid * self._k(second)
+
+    def _fraction(self, second: bool = False) -> float:
         from curate.algorithms.kmeans_sample import sample_fraction
 
-        s, n = self.section, self.state["count"]["n"]
-        cap = s.sample_size or s.max_points_per_centroid * s.k
+        k, n = self._k(second), self._n(second)
         # a pool within a few k of its size: take it all, so the sample never falls short
-        return 1.0 if n <= 4 * s.k else sample_fraction(n, 1, cap)
+        return 1.0 if n <= 4 * k else sample_fraction(n, 1, self._cap(second))
 
-    def _sample(self, shard: str) -> np.ndarray:
-        return work.sample_shard(self._where(), self._fraction(), self.section.seed, shard)
+    def _sample(self, shard: str, second: bool = False) -> np.ndarray:
+        return work.sample_shard(self._where(second), self._fraction(second), self.section.seed,
+                                 shard)
 
-    def _train(self, parts: list) -> dict[str, Any]:
+    def _train(self, parts: list, second: bool = False) -> dict[str, Any]:
         from curate.algorithms.kmeans import train_kmeans
 
-        s = self.section
-        cap = s.sample_size or s.max_points_per_centroid * s.k
+        s, k = self.section, self._k(second)
+        key = f"{self.name}.dbp_k" if second else f"{self.name}.k"
+        if self._n(second) < k:
+            raise InputError(f"{key}={k} exceeds the {self._n(second)} pairs it clusters; "
+                             f"lower {key}")
         parts.sort(key=lambda p: p[0])  # shard order: the sample's row order is fixed
         # a shard whose pairs were all dropped earlier contributes nothing (its array may
         # not even know the embedding width)
         sample = np.concatenate([p for _, p in parts if len(p)]).astype(np.float32)
         parts.clear()
-        if len(sample) < s.k:
+        if len(sample) < k:
             raise InputError(f"{self.name}: the k-means sample has {len(sample)} rows, fewer "
-                             f"than k={s.k}; raise {self.name}.sample_size")
-        model = train_kmeans(sample, s.k, niter=s.niter, seed=s.seed,
-                             max_points_per_centroid=max(1, cap // s.k))
-        log.info("%s: k-means k=%d on %d points, device %s, objective %.2f", self.name, s.k,
-                 len(sample), model.device, model.objective)
+                             f"than k={k}; raise {self.name}.sample_size")
+        model = train_kmeans(sample, k, niter=s.niter, seed=s.seed,
+                             max_points_per_centroid=max(1, self._cap(second) // k))
+        log.info("%s: k-means k=%d on %d points (%s), device %s, objective %.2f", self.name, k,
+                 len(sample), "survivors of dedup" if second else "input", model.device,
+                 model.objective)
         del sample
-        w = self._where()
+        w = self._where(second)
         work.save_model(self.rd, w.work, model)
-        folder = self.pipeline.ref(self.name).folder
-        write_parquet_atomic(self.rd.fs, self.rd.path(folder, "centroids.parquet"),
-                             read_table(self.rd.fs, f"{w.work}/centroids.parquet"))
-        buckets = (n_buckets(s.k, self.state["count"]["n"], model.d, engine.cluster_cpus())
+        if not second:
+            folder = self.pipeline.ref(self.name).folder
+            write_parquet_atomic(self.rd.fs, self.rd.path(folder, "centroids.parquet"),
+                                 read_table(self.rd.fs, f"{w.work}/centroids.parquet"))
+        buckets = (n_buckets(k, self._n(second), model.d, engine.cluster_cpus())
                    if (s.dedup_eps or s.dbp) else 0)
-        return {"kmeans_device": model.device, "k": s.k, "sample": int(model.n_train),
-                "objective": float(model.objective), "buckets": buckets}
+        pre = "dbp_" if second else ""  # the manifest's "global" merges every step's keys
+        return {f"{pre}kmeans_device": model.device, f"{pre}k": k,
+                f"{pre}sample": int(model.n_train), f"{pre}objective": float(model.objective),
+                f"{pre}buckets": buckets}
 
     # ------------------------------------------------------------------ assign, dedup
-    def _sums0(self) -> tuple[np.ndarray, np.ndarray]:
-        k = self.section.k
+    def _sums0(self, second: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        k = self._k(second)
         return np.zeros(k, np.int64), np.zeros(k, np.float64)
 
-    def _assign(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
-        return work.assign_shard(self._where(), self.state["train"]["buckets"], shard)
+    def _assign(self, shard: str, second: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return work.assign_shard(self._where(second), self._n_buckets(second), shard)
 
     def _dedup(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.section
-        return work.dedup_bucket(self._where(), s.dedup_eps, s.keep, s.seed, s.k, j)
+        return work.dedup_bucket(self._where(), s.dedup_eps, s.keep, s.seed, s.k, s.dedup_rule,
+                                 j)
 
-    def _save_sums(self, what: str, sums: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    def _save_sums(self, what: str, second: bool,
+                   sums: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
         size, dist = sums
-        path = f"{self._where().work}/{what}.parquet"
+        path = f"{self._where(second).work}/{what}.parquet"
         write_parquet_atomic(self.rd.fs, path, pa.table({"size": size, "sum_dist": dist}))
-        return {f"{what}_path": path, f"{what}_pairs": int(size.sum())}
+        pre = "dbp_" if second else ""
+        return {f"{pre}{what}_path": path, f"{pre}{what}_pairs": int(size.sum())}
 
-    def _sums(self, what: str) -> tuple[np.ndarray, np.ndarray]:
-        t = read_table(self.rd.fs, f"{self._where().work}/{what}.parquet")
+    def _sums(self, what: str, second: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        t = read_table(self.rd.fs, f"{self._where(second).work}/{what}.parquet")
         return t["size"].to_numpy(), t["sum_dist"].to_numpy()
 
     # ------------------------------------------------------------------ clusters, select
     def _clusters(self, _: Any) -> dict[str, Any]:
         from curate.algorithms import dbp
+        from curate.algorithms.dbp_quota import plan_quotas
 
-        s = self.section
-        model = work.load_model(self._where())
+        s, two = self.section, self.section.reclusters
+        folder = self.pipeline.ref(self.name).folder
         size, _sum = self._sums("assigned")
         size_after, sum_after = (self._sums("deduplicated") if s.dedup_eps else (size, _sum))
+        if two:  # the first clustering's sizes; DBP's statistics come from the second
+            write_parquet_atomic(self.rd.fs, self.rd.path(folder, "dedup_clusters.parquet"),
+                                 work.cluster_table("dedup", size, size_after))
+            size, _sum = size_after, sum_after = self._sums("assigned", second=True)
+        model = work.load_model(self._where(two))
         stats = dbp.cluster_stats_from_sums(model.centroids, size_after, sum_after,
                                             s.n_neighbors)
         quota, target = size_after.copy(), None
         if s.dbp:
             survivors = int(size_after.sum())
             target = (s.target_size if s.target_size is not None
-                      else int(round(s.target_fraction * survivors)))
-            quota = dbp.quotas(stats["complexity"], size_after, target, tau=s.tau,
-                               min_per_cluster=s.min_per_cluster)
-        clusters = pa.table({
-            "cluster_id": pa.array(np.arange(s.k), pa.int32()),
-            "size": pa.array(size, pa.int64()),
-            "size_after_dedup": pa.array(size_after, pa.int64()),
-            "d_intra": pa.array(stats["d_intra"], pa.float64()),
-            "d_inter": pa.array(stats["d_inter"], pa.float64()),
-            "complexity": pa.array(stats["complexity"], pa.float64()),
-            "quota": pa.array(quota, pa.int64()),
-        })
-        folder = self.pipeline.ref(self.name).folder
-        write_parquet_atomic(self.rd.fs, self.rd.path(folder, "clusters.parquet"), clusters)
-        return {"duplicates": int(size.sum() - size_after.sum()), "target": target}
+                      else int(s.target_fraction * survivors))  # int(): prune.py's truncation
+            quota = plan_quotas(stats["complexity"], size_after, target, tau=s.tau,
+                                solver=s.quota_solver, floor=s.min_per_cluster,
+                                floor_ratio=s.quota_floor_ratio, rounding=s.quota_rounding)
+        which = "dbp" if two else ("shared" if s.dbp and s.dedup_eps
+                                   else "dbp" if s.dbp else "dedup")
+        write_parquet_atomic(self.rd.fs, self.rd.path(folder, "clusters.parquet"),
+                             work.cluster_table(which, size, size_after, stats, quota))
+        dups = (self.state["assign"]["assigned_pairs"] - self.state["dedup"]["deduplicated_pairs"]
+                if s.dedup_eps else 0)
+        return {"duplicates": int(dups), "target": target, "clustering": which,
+                "quota_sum": int(quota.sum()) if s.dbp else None}
 
     def _select(self, j: int) -> int:
         s = self.section
         folder = self.pipeline.ref(self.name).folder
         quota = read_table(self.rd.fs, self.rd.path(folder, "clusters.parquet"),
                            ["quota"])["quota"].to_numpy()
-        return work.select_bucket(self._where(), quota, s.keep, s.seed, j)
+        return work.select_bucket(self._where(s.reclusters), quota, s.keep, s.seed, j)
 
     # ------------------------------------------------------------------ per shard
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
-        w = self._where()
+        w, two = self._where(), self.section.reclusters
         a = read_table(self.rd.fs, f"{w.work}/assign/{shard}")
         uids = a["uid"].combine_chunks()
         dups = work.read_decisions(self.rd, f"{w.work}/dedup", shard)
-        over = work.read_decisions(self.rd, f"{w.work}/select", shard)
+        over = work.read_decisions(self.rd, f"{self._where(two).work}/select", shard)
         dup_of = pa.nulls(len(uids), pa.string())
         if dups is not None and dups.num_rows:
             idx = pc.index_in(uids, value_set=dups["uid"].combine_chunks())
             dup_of = pc.take(dups["duplicate_of"].combine_chunks(), idx)
+        cluster, dist = a["cluster_id"], a["dist_to_centroid"]
+        if two:  # the re-clustering's id and distance; null for the semantic duplicates
+            b = read_table(self.rd.fs, f"{self._where(True).work}/assign/{shard}")
+            idx = pc.index_in(uids, value_set=b["uid"].combine_chunks())
+            cluster = pc.take(b["cluster_id"].combine_chunks(), idx)
+            dist = pc.take(b["dist_to_centroid"].combine_chunks(), idx)
         is_over = (pc.is_in(uids, value_set=over["uid"].combine_chunks())
                    if over is not None and over.num_rows
                    else pa.array(np.zeros(len(uids), bool)))
         is_dup = pc.is_valid(dup_of)
         kept = pc.invert(pc.or_(is_dup, is_over))
         reason = pc.if_else(is_dup, "semantic_duplicate", "over_cluster_quota")
-        return pa.table({"uid": uids, "cluster_id": a["cluster_id"],
-                         "dist_to_centroid": a["dist_to_centroid"], "duplicate_of": dup_of,
+        return pa.table({"uid": uids, "cluster_id": cluster, "dist_to_centroid": dist,
+                         "dedup_cluster_id": a["cluster_id"], "duplicate_of": dup_of,
                          **decisions(kept, reason, dup_of)})
 
     def _cleanup(self, _: Any) -> dict[str, Any]:
@@ -269,10 +347,13 @@ class PruneStage(Stage):
         drop the bucket copies of the embeddings and scratch of inputs that are gone."""
         fs = self.rd.fs
         current = self._where().work.rstrip("/")
-        for j in range(self.state["train"]["buckets"]):
-            folder = f"{current}/bucket-{j:05d}"
-            if fs.exists(folder):
-                fs.rm(folder, recursive=True)
+        for second, sub in ((False, ""), (True, "/dbp")):
+            if second and not self.section.reclusters:
+                continue
+            for j in range(self._n_buckets(second)):
+                folder = f"{current}{sub}/bucket-{j:05d}"
+                if fs.exists(folder):
+                    fs.rm(folder, recursive=True)
         parent = current.rsplit("/", 1)[0]
         for path in fs.ls(parent, detail=False) if fs.exists(parent) else []:
             if path.rstrip("/").rsplit("/", 1)[-1] != current.rsplit("/", 1)[-1]:

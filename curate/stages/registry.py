@@ -241,7 +241,8 @@ def parse_pipeline(data: Any, source: str = "config") -> Pipeline:
                               "another stage already uses; rename the instance")
         folders[name] = folder
         view = (cls.view or cls.folder) if name == kind_spec else name
-        instances[name] = Instance(StageRef(name, cls.kind, folder, cls.decides, view), cls,
+        instances[name] = Instance(StageRef(name, cls.kind, folder,
+                                            cls.decides_with(section), view), cls,
                                    section, kind_spec)
     spare: dict[str, Any] = {}
     kinds = builtin_kinds()

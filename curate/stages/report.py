@@ -17,10 +17,8 @@ Outputs (``reports/``):
   IMAGENET_CLASSNAMES), classname, count_pool, count_final, rank_final (1 = most covered;
   ties by count_pool, then class_index). MetaCLIP's matching rule over the captions of every
   pool shard and of the final pairs (read off match's output for the class names that are
-  vocabulary entries when match saw every pair: same rule, no second pass).
-  IMAGENET_CLASSNAMES has 1000 names but fewer distinct ones (998 in open_clip 3.3:
-  "missile" and "sunglasses" appear twice, while the two cranes are already "crane bird"
-  and "construction crane"): one row per distinct name.
+  vocabulary entries when match saw every pair: same rule, no second pass). 998 distinct
+  names among open_clip 3.3's 1000 ("missile", "sunglasses" twice): one row per name.
 - ``report.html``: plots and tables of all of it (:mod:`curate.report.html`).
 
 "Final" is the set of pairs kept by the last deciding stage that ran (what emit writes);
@@ -60,6 +58,7 @@ from curate.stages._report_counts import (
     imagenet_classnames,
     shard_stats,
 )
+from curate.stages._report_thresholds import threshold_notes
 from curate.stages.base import GlobalStep, Stage
 from curate.vocab import load_vocabulary
 
@@ -121,8 +120,9 @@ class ReportStage(Stage):
         class_entries = None
         if classes and match and not [d for d in deciding if d in names[:names.index(
                 match.name)]]:  # match saw every pool pair: its counts give most classes
-            m = self.pipeline.section(match.name)
-            class_entries = coverage_entries(classes, load_vocabulary(m.metadata), m.boundary)
+            m = self.pipeline.section(match.name)  # per-language lists: match on captions
+            if isinstance(m.metadata, str):
+                class_entries = coverage_entries(classes, load_vocabulary(m.metadata), m.boundary)
         return {"ran": ran, "stages": [r.name for r in per_shard],
                 "folders": [r.folder for r in per_shard], "deciding": deciding,
                 "after_match": after_match, "match": match.name if match else None,
@@ -327,7 +327,7 @@ class ReportStage(Stage):
         rd, cfg, plan = self.rd, self.pipeline, self.state["plan"]
         manifest = rd.load_manifest()
         ran = plan["ran"]
-        notes = self._notes(totals, plan)
+        notes = self._notes(totals, plan) + threshold_notes(cfg, self.before, manifest)
         out_dir = rd.path(self.pipeline.ref(self.name).folder)
         summary = self._stage_summary(manifest, totals, ran)
         write_parquet_atomic(rd.fs, join(out_dir, OUTPUTS["stage summary"]), summary)
@@ -371,8 +371,7 @@ class ReportStage(Stage):
         bal = self._first("balance")
         data = report_html.ReportData(
             run_url=rd.url, generated=now(), stages=list(cfg.stages),
-            ran={**ran, self.name: True},
-            stage_summary=summary, config=cfg.dump(),
+            ran={**ran, self.name: True}, stage_summary=summary, config=cfg.dump(),
             versions=manifest.get("versions", {}), pool=manifest.get("pool", {}),
             top_n=self.section.top_n, random_weights=random_weights, notes=notes,
             concepts=concepts, concept_columns=concept_columns,

@@ -7,13 +7,18 @@ them), then images decode and preprocess on a thread pool inside the actor while
 encodes batches of ``score.batch_size``. Output ``scores/part-NNNNN.parquet``: uid,
 clip_score (float32 cosine of the normalised embeddings), image_emb and text_emb
 (``fixed_size_list<float16>[D]``), kept, reason, detail. A pool that brings ``image_emb``
-and ``text_emb`` is scored from them without a model.
+and ``text_emb`` is scored from them without a model; one that brings a score column
+(``pool_score_column``, e.g. DataComp's ``clip_l14_similarity_score``) is scored from it,
+also without a model (image_emb/text_emb then come from the pool when it has them, else
+are left out).
 
 Filters: ``min_score`` is applied per shard. ``top_fraction`` is DataComp's global cut, as
-global steps after the shards (:mod:`curate.stages._top_fraction`): exactly
-k = round(fraction x scored pairs) pairs with the highest score over the whole pool are
-kept, ties at the boundary broken by uid key, found by a distributed radix selection (the
-driver holds one histogram, never the scores).
+global steps after the shards (:mod:`curate.stages._top_fraction`): by default the fraction
+is taken over the whole pool that reached the stage, basic-filtered pairs included (so they
+are scored too), as DataComp's ``get_threshold`` does; ``top_fraction_of: survivors`` takes
+it over the pairs that passed the basic filter. ``top_fraction_rule`` says how ties and the
+boundary go (exactly k, or DataComp's ``>=`` threshold). Found by a distributed radix
+selection: the driver holds one histogram, never the scores.
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ def as_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 class ScoreFilterConfig(Section):
     min_score: float | None = Field(None, ge=-1, le=1)
     top_fraction: float | None = Field(None, gt=0, le=1)
+    top_fraction_of: Literal["pool", "survivors"] = Field(
+        "pool", description="pool: every scored pair that reached the stage, basic-filtered "
+        "ones included (DataComp); survivors: only pairs that passed the basic filter")
+    top_fraction_rule: Literal["exact_k", "datacomp"] = Field(
+        "exact_k", description="exact_k: exactly round(f*n), ties by uid key; datacomp: "
+        "score >= sorted_desc(scores)[int(n*f)], ties kept")
 
     @model_validator(mode="after")
     def _one_of(self) -> ScoreFilterConfig:
@@ -74,6 +85,10 @@ class ScoreConfig(Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(256, ge=1, le=65_536)
     num_actors: int | None = Field(None, ge=1)
+    pool_score_column: str | None = Field(
+        "auto", description="a pool column of precomputed scores (no model runs); auto: "
+        "DataComp's clip_l14/clip_b32_similarity_score when the pool has the one of the "
+        "configured model (ViT-L-14/ViT-B-32, pretrained openai); null: never")
     basic: BasicFilterConfig = Field(default_factory=BasicFilterConfig)
     filter: ScoreFilterConfig = Field(default_factory=ScoreFilterConfig)
 
@@ -93,7 +108,7 @@ class ScoreStage(Stage):
         "aspect_ratio_too_high": "aspect ratio above score.basic.max_aspect_ratio",
         "image_undecodable": "the image could not be decoded (detail: the error)",
         "below_min_score": "CLIP score below score.filter.min_score (detail: the score)",
-        "below_top_fraction": "not among the top score.filter.top_fraction of scored pairs",
+        "below_top_fraction": "not in the score.filter.top_fraction cut (over top_fraction_of)",
     }
     joins = ("clip_score",)
     pool_columns = None
@@ -122,34 +137,64 @@ class ScoreStage(Stage):
 
     def _histogram(self, level: int, shard: str) -> Any:
         prefix = self.state[f"select{level - 1}"]["prefix"] if level else []
-        return top.shard_histogram(self.rd, self.pipeline.ref(self.name).folder, shard, prefix)
+        return top.shard_histogram(self.rd, self.pipeline.ref(self.name).folder, shard, prefix,
+                                   self.section.filter.top_fraction_of)
 
     def _choose(self, level: int, hist: Any) -> dict[str, Any]:
         prev = self.state.get(f"select{level - 1}") if level else None
         if prev is not None and prev["done"]:
             return prev
-        return top.choose(hist, prev, self.section.filter.top_fraction)
+        f = self.section.filter
+        return top.choose(hist, prev, f.top_fraction, f.top_fraction_rule)
 
     def _apply(self, shard: str) -> dict[str, Any]:
         return top.apply(self.rd, self.pipeline.ref(self.name).folder, shard,
-                         self.state[f"select{top.LEVELS - 1}"])
+                         self.state[f"select{top.LEVELS - 1}"],
+                         self.section.filter.top_fraction_of)
 
     def _applied(self, counts: dict[str, Any]) -> dict[str, Any]:
         sel = self.state[f"select{top.LEVELS - 1}"]
         return {"top_fraction": self.section.filter.top_fraction, "scored": sel["n"],
+                "top_fraction_of": self.section.filter.top_fraction_of,
+                "top_fraction_rule": self.section.filter.top_fraction_rule,
+                "in_cut": counts["in_cut"],
                 "kept_top": counts["kept_top"], "threshold": counts["min_kept"],
                 "counts": {k: counts[k] for k in ("rows_in", "kept", "dropped")}}
 
     # -- driver side
-    def _brings_embeddings(self) -> bool:
-        """A pool that brings both embeddings is scored without a model."""
+    def _pool_names(self) -> list[str]:
         import pyarrow.parquet as pq
 
         if not self.shards:
-            return False
+            return []
         with self.rd.fs.open(self.rd.shard_path("pool", self.shards[0]), "rb") as f:
-            names = pq.read_schema(f).names
-        return {"image_emb", "text_emb"} <= set(names)
+            return pq.read_schema(f).names
+
+    def _brings_embeddings(self) -> bool:
+        """A pool that brings both embeddings is scored without a model."""
+        return {"image_emb", "text_emb"} <= set(self._pool_names())
+
+    def _resolve_score_column(self) -> str | None:
+        """The pool column the scores come from, decided once on the driver: a named column
+        must exist (else exit 2, before any shard); ``auto`` takes DataComp's column of the
+        configured model when the pool has it (the same model's score, precomputed)."""
+        from curate.errors import ConfigError
+
+        col, names = self.section.pool_score_column, self._pool_names()
+        if col == "auto":
+            s = self.section
+            model = (s.model or ("" if s.model_config_path else "ViT-B-32")).lower()
+            auto = {"vit-l-14": "clip_l14_similarity_score",
+                    "vit-b-32": "clip_b32_similarity_score"}.get(model.removesuffix("-quickgelu"))
+            return auto if s.pretrained == "openai" and auto in names else None
+        if col is not None and names and col not in names:
+            raise ConfigError(f"{self.name}.pool_score_column: the pool has no column {col!r} "
+                              f"(it has {', '.join(names)})")
+        return col
+
+    def _score_column(self) -> str | None:
+        """What the ``model`` step resolved (workers read it from the stage's state)."""
+        return (self.state.get("model") or {}).get("pool_score_column")
 
     def _gpus(self) -> int:
         if self.section.device == "cpu":
@@ -174,6 +219,10 @@ class ScoreStage(Stage):
         """Fail fast on weights that cannot be had, on the driver, before any actor starts:
         loading proves the weights exist (cached) and fit the model, or fails in seconds with
         one line."""
+        col = self._resolve_score_column()
+        if col is not None:
+            return {"random_init": False, "model": f"none: the pool's {col} column",
+                    "pool_score_column": col}
         if self._brings_embeddings():
             return {"random_init": False, "model": "none: the pool brings embeddings"}
         _load(self._spec(device="cpu"))
@@ -226,6 +275,9 @@ class ScoreStage(Stage):
              if "height" in inputs.column_names else np.zeros(n))
         codes, details = basic_reasons(inputs["caption"], w, h, s.basic)
         todo = np.array([c is None for c in codes], bool)
+        if s.filter.top_fraction is not None and s.filter.top_fraction_of == "pool":
+            # the cut ranks the whole pool, basic-filtered pairs included: score them too
+            todo = np.ones(n, bool)
         scores = np.full(n, np.nan, np.float32)
         img_emb: np.ndarray | None = None
         txt_emb: np.ndarray | None = None
@@ -233,11 +285,17 @@ class ScoreStage(Stage):
         if brought:
             img_emb = _normalise(as_matrix(inputs["image_emb"]))
             txt_emb = _normalise(as_matrix(inputs["text_emb"]))
+        score_col = self._score_column()
+        if score_col is not None:
+            col = pc.cast(inputs[score_col], pa.float64())
+            given = pc.fill_null(col, np.nan).to_numpy(zero_copy_only=False)
+            scores[todo] = given[todo].astype(np.float32)
+        elif brought:
             scores[todo] = np.einsum("ij,ij->i", img_emb[todo], txt_emb[todo])
         elif todo.any():
             img_emb, txt_emb, scores, errs = self._encode(inputs, todo, captions)
             for i, e in enumerate(errs):
-                if e is not None:
+                if e is not None and codes[i] is None:
                     codes[i], details[i] = "image_undecodable", e
         if s.filter.min_score is not None:
             for i in np.flatnonzero(scores < s.filter.min_score):
@@ -245,17 +303,14 @@ class ScoreStage(Stage):
                     codes[i] = "below_min_score"
                     details[i] = f"{scores[i]:.4f} < {s.filter.min_score:g}"
         kept = np.array([c is None for c in codes], bool)
-        d = img_emb.shape[1] if img_emb is not None else self._embed_dim()
-        if img_emb is None:
-            img_emb = txt_emb = np.zeros((n, d), np.float32)
         scored = ~np.isnan(scores)
-        return pa.table({
-            "uid": uids,
-            "clip_score": pa.array(scores, pa.float32(), mask=~scored),
-            "image_emb": _with_nulls(fp16_list(img_emb), scored),
-            "text_emb": _with_nulls(fp16_list(txt_emb), scored),
-            **decisions(kept, codes, details),
-        })
+        out = {"uid": uids, "clip_score": pa.array(scores, pa.float32(), mask=~scored)}
+        if img_emb is None and score_col is None:
+            img_emb = txt_emb = np.zeros((n, self._embed_dim()), np.float32)
+        if img_emb is not None and txt_emb is not None:
+            out["image_emb"] = _with_nulls(fp16_list(img_emb), scored)
+            out["text_emb"] = _with_nulls(fp16_list(txt_emb), scored)
+        return pa.table({**out, **decisions(kept, codes, details)})
 
     def _embed_dim(self) -> int:
         return self._model().embed_dim

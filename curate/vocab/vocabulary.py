@@ -17,7 +17,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from curate.errors import InputError
@@ -65,14 +65,22 @@ def _is_json(path: Path) -> bool:
     return bool(suffixes) and suffixes[0] == ".json"
 
 
-def load_vocabulary(path_or_name: str | os.PathLike) -> list[str]:
+def load_vocabulary(path_or_name: str | os.PathLike | Mapping[str, str]) -> list[str]:
     """Entries of a vocabulary file: a JSON list of strings or one entry per line (.gz ok).
 
     ``"default"`` names the committed default vocabulary. Raises InputError (one line,
     naming the file and the problem) for a missing/unreadable file, invalid JSON, a JSON
     value that is not a list, a non-string or empty item, a blank line, or no entries.
     Later duplicates are dropped with a warning; ids follow first occurrence.
+
+    A mapping ``{language: file}`` (per-language metadata, :mod:`curate.vocab.languages`)
+    gives every language's entries concatenated in sorted language order, indexed by global
+    entry id, so callers that only need "entry by id" (the report) work unchanged.
     """
+    if isinstance(path_or_name, Mapping):
+        from curate.vocab.languages import load_metadata
+
+        return list(load_metadata(path_or_name).entries)
     path = _resolve(path_or_name)
     try:
         st = path.stat()
