@@ -95,3 +95,18 @@ def test_stage_summary_adds_up(example_run):
         assert pairs_in == kept + dropped, stage
     kept_final = con.execute(f"SELECT count(*) FROM '{out}/curated/*.parquet'").fetchone()[0]
     assert dict((r[0], r[2]) for r in rows)["emit"] == kept_final
+
+
+def test_contact_sheets_are_deterministic_and_small(example_run):
+    """The report shows what each rule removed with thumbnails (>= 24 on the example), the
+    same ones when the report runs again, and stays far below the 15 MB budget."""
+    out, _ = example_run
+    page = (out / "reports" / "report.html").read_text(encoding="utf-8")
+    sheets = page.split('<section id="contact-sheets">', 1)[1].split("</section>", 1)[0]
+    assert sheets.count("data:image/jpeg;base64,") >= 24
+    assert "semantic_duplicate" in sheets and "not_sampled" in sheets
+    assert len(page.encode()) < 15 * 2**20
+    r = CliRunner().invoke(app, ["stage", str(out), "report"])
+    assert r.exit_code == 0, r.output[-1500:]
+    again = (out / "reports" / "report.html").read_text(encoding="utf-8")
+    assert again.split('<section id="contact-sheets">', 1)[1].split("</section>", 1)[0] == sheets

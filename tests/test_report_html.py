@@ -275,3 +275,39 @@ def test_partial_parts():
 def test_render_is_deterministic():
     d = full()
     assert render(d) == render(d)
+
+
+def test_extra_sections_show_sheets_aesthetic_languages_and_audit():
+    """The sections fed by the extras: escaped captions, thumbnails as data URIs, the
+    aesthetic histogram, the language table (shares of pool and final) and audit rates."""
+    import numpy as np
+
+    from curate.stages._report_extras import AESTHETIC_EDGES
+
+    thumb = "data:image/jpeg;base64,AAAA"
+    sheets = [{"stage": "prune", "reason": "semantic_duplicate", "dropped": 6,
+               "items": [{"uid": "u1", "caption": "<b>cat</b> & dog", "thumb": thumb},
+                         {"uid": "u2", "caption": "no image", "thumb": None}]}]
+    hist = np.zeros(len(AESTHETIC_EDGES) - 1, np.int64)
+    hist[40:50] = 3
+    page = render(full(
+        sheets=sheets,
+        aesthetic={"aesthetic": {"edges": AESTHETIC_EDGES, "all": hist, "final": hist // 3,
+                                 "warning": "head vit_l_14 expects OpenAI ViT-L-14"}},
+        languages={"pool": {"en": 75, "de": 25}, "final": {"en": 40, "de": 10}},
+        false_drops=pa.table({"reason": ["semantic_duplicate"], "labelled": [20],
+                              "false_drops": [3], "rate": [0.15], "ci_low": [0.052],
+                              "ci_high": [0.36]})))
+    assert_self_contained(page)
+    s = section(page, "contact-sheets")
+    assert "&lt;b&gt;cat&lt;/b&gt; &amp; dog" in s and s.count(thumb) == 1
+    assert "semantic_duplicate" in s and "6 dropped" in s
+    a = section(page, "aesthetic")
+    assert "data:image/png;base64," in a and "expects OpenAI ViT-L-14" in a and "30 pairs" in a
+    lang = section(page, "languages")
+    assert "75.0%" in lang and "80.0%" in lang and "20.0%" in lang
+    f = section(page, "false-drops")
+    assert "15.0%" in f and "5.2-36.0%" in f
+    empty = render(full())
+    for sid in ("contact-sheets", "aesthetic", "languages", "false-drops"):
+        assert 'class="notrun"' in section(empty, sid), sid

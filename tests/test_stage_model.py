@@ -7,6 +7,7 @@ import json
 import textwrap
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -53,11 +54,14 @@ def test_failing_score_shard_blocks_top_fraction_then_rerun_applies_it(tmp_path,
     run_pipeline(cfg, str(out), pool=pool)
     s = read_parts(out / "scores")
     scored = s.filter(pc.is_valid(s["clip_score"]))
-    k = round(0.5 * scored.num_rows)
-    assert scored.num_rows == 160 and pc.sum(s["kept"]).as_py() == k
-    # an independent oracle: the k best scores, ties by uid key (no ties here)
-    best = np.sort(scored["clip_score"].to_numpy())[::-1][:k]
-    assert np.array_equal(np.sort(s.filter(s["kept"])["clip_score"].to_numpy())[::-1], best)
+    # an independent oracle, DataComp's get_threshold (the default rule): the score at
+    # index int(n * f) of the descending scores, and every pair at or above it
+    scores = scored["clip_score"].to_numpy()
+    threshold = np.sort(scores)[::-1][int(0.5 * scored.num_rows)]
+    assert scored.num_rows == 160
+    assert s.filter(s["kept"])["uid"].to_pylist() == scored.filter(
+        pa.array(scores >= threshold))["uid"].to_pylist()
+    assert pc.sum(s["kept"]).as_py() == 81  # int(160 * 0.5) + 1: no ties here
     assert set(s.filter(pc.invert(s["kept"]))["reason"].to_pylist()) == {"below_top_fraction"}
 
 
@@ -65,7 +69,8 @@ def test_failing_score_shard_blocks_top_fraction_then_rerun_applies_it(tmp_path,
 # its commit must end the run with exit 3 and one line, and the next run resumes.
 STEPS = ["score.model", "score.select0", "score.select1", "score.apply", "match.vocabulary",
          "balance.count", "prune.count", "prune.train", "prune.assign", "prune.dedup",
-         "prune.clusters", "prune.select", "prune.cleanup", "emit.count", "emit.write",
+         "prune.dbp_train", "prune.dbp_assign", "prune.clusters", "prune.select",
+         "prune.cleanup", "emit.count", "emit.write",
          "report.plan", "report.count"]
 #: steps whose plan has no items: only their commit can fail
 NO_ITEMS = {"score.model", "match.vocabulary", "prune.clusters", "prune.cleanup",

@@ -55,7 +55,7 @@ def test_top_fraction_over_pool_and_over_survivors(tmp_path, ray_session):
     assert 0 < len(caps) - len(passing) < len(caps)  # some pairs are basic-filtered
 
     # pool (default): the k best of *every* pair, then only those passing the basic rule
-    t = _run(tmp_path, "pool", pool, top_fraction=0.4)
+    t = _run(tmp_path, "pool", pool, top_fraction=0.4, top_fraction_rule="exact_k")
     rows = t.to_pylist()
     assert all(r["clip_score"] is not None for r in rows)  # basic-filtered ones too
     np.testing.assert_allclose([r["clip_score"] for r in rows],
@@ -70,7 +70,8 @@ def test_top_fraction_over_pool_and_over_survivors(tmp_path, ray_session):
     assert {r["reason"] for r in dropped if r["caption"] in passing} == {"below_top_fraction"}
 
     # survivors: the k best of the pairs that passed the basic rule
-    t = _run(tmp_path, "surv", pool, top_fraction=0.4, top_fraction_of="survivors")
+    t = _run(tmp_path, "surv", pool, top_fraction=0.4, top_fraction_of="survivors",
+             top_fraction_rule="exact_k")
     rows = [r for r in t.to_pylist() if r["caption"] in passing]
     assert all(r["clip_score"] is None for r in t.to_pylist() if r["caption"] not in passing)
     k = round(0.4 * len(passing))
@@ -111,7 +112,7 @@ def test_datacomp_rule_is_ge_the_threshold_at_int_n_f(tmp_path, ray_session):
         assert "image_emb" not in t.column_names
 
 
-def test_exact_k_is_the_default_rule_over_the_pool(tmp_path, ray_session):
+def test_exact_k_rule_over_the_pool(tmp_path, ray_session):
     n = 40
     scores = np.linspace(0.1, 0.5, n)[::-1].copy()
     pool = tmp_path / "pool.parquet"
@@ -119,7 +120,8 @@ def test_exact_k_is_the_default_rule_over_the_pool(tmp_path, ray_session):
                              "my_score": scores}), pool)
     cfg = base_config(stages=["score"], pool={"shard_size": 9},
                       score={"pool_score_column": "my_score",
-                             "filter": {"top_fraction": 0.25}})
+                             "filter": {"top_fraction": 0.25,
+                                        "top_fraction_rule": "exact_k"}})
     out = tmp_path / "run"
     run_pipeline(cfg, str(out), pool=str(pool))
     t = read_parts(out / "scores")

@@ -24,6 +24,10 @@ SECTIONS = (
     ("scores", "CLIP scores"),
     ("clusters", "Concept clusters"),
     ("imagenet", "ImageNet-1k coverage"),
+    ("contact-sheets", "What each rule removed"),
+    ("aesthetic", "Aesthetic scores"),
+    ("languages", "Language mix"),
+    ("false-drops", "Filter audit"),
     ("config", "Configuration"),
 )
 
@@ -54,6 +58,14 @@ class ReportData:
     clusters: pa.Table | None = None
     coverage: pa.Table | None = None
     coverage_note: str | None = None
+    #: contact sheets: [{stage, reason, dropped, items: [{uid, caption, thumb}]}]
+    sheets: list[dict[str, Any]] = field(default_factory=list)
+    #: aesthetic stage -> {"edges", "all", "final", "warning"}
+    aesthetic: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: {"pool": {lang: n}, "final": {lang: n}}
+    languages: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: audit/false_drops.parquet (None: no labels)
+    false_drops: pa.Table | None = None
     final_label: str = "after curation"
     final_pairs: int = 0
     #: stage instance name -> kind (``score_b32`` -> ``score``); a name not listed is its own

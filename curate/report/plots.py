@@ -141,7 +141,8 @@ def head_tail_png(labels: Sequence[str], head: Sequence[float], tail: Sequence[f
 
 def score_hist_png(edges: np.ndarray, all_counts: np.ndarray, kept_counts: np.ndarray,
                    threshold: float | None, threshold_label: str,
-                   kept_label: str = "kept by the score stage") -> bytes:
+                   kept_label: str = "kept by the score stage",
+                   xlabel: str = "clip_score (cosine of image and text embeddings)") -> bytes:
     """Histogram of clip_score (all scored pairs, and those the score stage kept)."""
     fig = _figure(9.6, 3.8)
     ax = fig.add_subplot()
@@ -162,7 +163,7 @@ def score_hist_png(edges: np.ndarray, all_counts: np.ndarray, kept_counts: np.nd
     ax.bar(left, k, width=step * group, align="edge", color="#1f77b4", label=kept_label)
     if threshold is not None:
         ax.axvline(threshold, color=FINAL_COLOUR, lw=1.6, ls="--", label=threshold_label)
-    ax.set_xlabel("clip_score (cosine of image and text embeddings)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("pairs")
     ax.legend(frameon=False, fontsize=9)
     _style(ax)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core.rundir import RunDir
+from curate.stages._report_extras import Extras, shard_extras
 from curate.stages.base import summarize
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,9 @@ class ShardPlan:
     #: the match and score instances whose outputs the report reads (None: none ran)
     match: str | None = None
     score: str | None = None
+    #: aesthetic stages' folders and the language stage's (the report's extra sections)
+    aesthetic: tuple[str, ...] = ()
+    language: str | None = None
 
     def folder(self, name: str) -> str:
         return self.folders[self.stages.index(name)]
@@ -212,9 +216,11 @@ def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
         return {"shard": shard, "missing": missing}
     out: dict[str, Any] = {"shard": shard, "stages": {}}
     kept: dict[str, pa.Array] = {}
+    decided: dict[str, pa.Table] = {}
     for s in plan.stages:
         if s in plan.deciding:
             t = _decisions(rd, plan.folder(s), shard)
+            decided[s] = t
             c = summarize(True, t, t.num_rows)
             out["stages"][s] = {"rows_in": c["rows_in"], "kept": c["kept"],
                                 "dropped": c["dropped"]}
@@ -223,6 +229,7 @@ def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
             n = _num_rows(rd, plan.folder(s), shard)
             out["stages"][s] = {"rows_in": n, "kept": n, "dropped": {}}
     final = kept[plan.deciding[-1]] if plan.deciding else None
+    out["extras"] = shard_extras(rd, shard, decided, final, plan.aesthetic, plan.language)
 
     out["pool_rows"] = _num_rows(rd, "pool", shard)
     out["final"] = len(final) if final is not None else out["pool_rows"]
@@ -285,12 +292,14 @@ class Totals:
         self.shards: list[str] = []
         self.missing: dict[str, list[str]] = {}
         self.failed: dict[str, str] = {}
+        self.extras = Extras()
 
     def add(self, shard: str, r: dict[str, Any]) -> None:
         if r.get("missing"):
             self.missing[shard] = r["missing"]
             return
         self.shards.append(shard)
+        self.extras.add(r.get("extras", {}))
         self.final += r["final"]
         self.pool_rows += r["pool_rows"]
         for s, c in r["stages"].items():

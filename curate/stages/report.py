@@ -58,6 +58,7 @@ from curate.stages._report_counts import (
     imagenet_classnames,
     shard_stats,
 )
+from curate.stages._report_extras import extras_plan, page_extras, read_clusters
 from curate.stages._report_thresholds import threshold_notes
 from curate.stages.base import GlobalStep, Stage
 from curate.vocab import load_vocabulary
@@ -128,7 +129,7 @@ class ReportStage(Stage):
                 "after_match": after_match, "match": match.name if match else None,
                 "score": score.name if score else None, "coverage": bool(classes),
                 "all_classes": len(all_classes), "coverage_note": note,
-                "class_entries": class_entries}
+                "class_entries": class_entries, **extras_plan(self.before, ran)}
 
     def _classes(self) -> tuple[list[int], list[str]]:
         """(first index, name) of ImageNet's distinct class names; not kept in run.json."""
@@ -147,7 +148,8 @@ class ReportStage(Stage):
         p = self.state["plan"]
         return ShardPlan(self.rd.url, tuple(p["stages"]), tuple(p["folders"]),
                          tuple(p["deciding"]), tuple(p["after_match"]),
-                         tuple(self._matched_classes()), p["match"], p["score"])
+                         tuple(self._matched_classes()), p["match"], p["score"],
+                         tuple(f for _, f in p["aesthetic"]), p["language"])
 
     def _count_shard(self, shard: str) -> dict[str, Any]:
         try:
@@ -276,16 +278,6 @@ class ReportStage(Stage):
                 label = f"top {100 * f.top_fraction:g}% cutoff ({threshold:.3f})"
         return {**s, "edges": SCORE_EDGES, "threshold": threshold, "threshold_label": label}
 
-    def _clusters(self) -> pa.Table | None:
-        prune = self._first("prune", self.state["plan"]["ran"])
-        if prune is None:
-            return None
-        path = self.rd.path(prune.folder, "clusters.parquet")
-        if not self.rd.fs.exists(path):
-            return None
-        with self.rd.fs.open(path, "rb") as f:
-            return pq.read_table(f)
-
     def _notes(self, totals: Totals, plan: dict[str, Any]) -> list[str]:
         notes: list[str] = []
         ran = plan["ran"]
@@ -377,8 +369,10 @@ class ReportStage(Stage):
             concepts=concepts, concept_columns=concept_columns,
             t=cfg.section(bal.name).t if bal else cfg.balance.t,
             balance_ran=bool(bal and ran.get(bal.name)),
-            scores=self._score_data(totals, manifest), clusters=self._clusters(),
+            scores=self._score_data(totals, manifest), clusters=read_clusters(
+                self.rd, self._first("prune", ran)),
             coverage=coverage, coverage_note=coverage_note, final_pairs=totals.final,
+            **page_extras(rd, totals, plan, manifest, self.before),
             kinds={**{r.name: r.kind for r in self.before}, self.name: self.kind},
         )
         page = report_html.render(data)

@@ -66,9 +66,9 @@ class ScoreFilterConfig(Section):
     top_fraction_of: Literal["pool", "survivors"] = Field(
         "pool", description="pool: every scored pair that reached the stage, basic-filtered "
         "ones included (DataComp); survivors: only pairs that passed the basic filter")
-    top_fraction_rule: Literal["exact_k", "datacomp"] = Field(
-        "exact_k", description="exact_k: exactly round(f*n), ties by uid key; datacomp: "
-        "score >= sorted_desc(scores)[int(n*f)], ties kept")
+    top_fraction_rule: Literal["datacomp", "exact_k"] = Field(
+        "datacomp", description="datacomp (DataComp's get_threshold): score >= "
+        "sorted_desc(scores)[int(n*f)], ties kept; exact_k: exactly round(f*n), ties by uid")
 
     @model_validator(mode="after")
     def _one_of(self) -> ScoreFilterConfig:

@@ -1,0 +1,68 @@
+"""The report's sections for contact sheets, aesthetic scores, language mix and audit rates.
+
+Split from :mod:`curate.report.sections` (one module per group of sections); the data comes
+from :mod:`curate.stages._report_extras` through :class:`curate.report.data.ReportData`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curate.report import plots
+from curate.report.data import ReportData
+
+
+def _fmt(v: int) -> str:
+    return f"{v:,}"
+
+
+def contact_sheets(d: ReportData) -> dict:
+    if not d.sheets:
+        return {"notrun": "No stage dropped a pair, or no deciding stage ran."}
+    shown = sum(len(s["items"]) for s in d.sheets)
+    thumbs = sum(1 for s in d.sheets for it in s["items"] if it["thumb"])
+    return {"notrun": None, "sheets": d.sheets, "shown": shown, "thumbs": thumbs,
+            "dropped": sum(s["dropped"] for s in d.sheets)}
+
+
+def aesthetic(d: ReportData) -> dict:
+    if not d.aesthetic:
+        return {"notrun": "No aesthetic stage ran."}
+    out = []
+    for name, h in d.aesthetic.items():
+        edges, all_, fin = h["edges"], h["all"], h["final"]
+        centres = (edges[:-1] + edges[1:]) / 2
+        mean = float((centres * all_).sum() / max(all_.sum(), 1))
+        png = plots.score_hist_png(edges, all_, fin, None, "", kept_label="final",
+                                   xlabel="aesthetic score (LAION predictor)")
+        out.append({"name": name, "plot": {"src": plots.data_uri(png),
+                                           "alt": f"{name}: aesthetic scores, all and final"},
+                    "n": _fmt(int(all_.sum())), "n_final": _fmt(int(fin.sum())),
+                    "mean": f"{mean:.2f}", "warning": h.get("warning")})
+    return {"notrun": None, "stages": out}
+
+
+def languages(d: ReportData) -> dict:
+    pool, final = d.languages.get("pool", {}), d.languages.get("final", {})
+    if not pool:
+        return {"notrun": "No language stage ran and the pool has no lang column."}
+    tot_p, tot_f = max(sum(pool.values()), 1), max(sum(final.values()), 1)
+    order = sorted(pool, key=lambda k: (-pool[k], k))
+    rows = [[k, _fmt(pool[k]), f"{100 * pool[k] / tot_p:.1f}%", _fmt(final.get(k, 0)),
+             f"{100 * final.get(k, 0) / tot_f:.1f}%"] for k in order[:40]]
+    return {"notrun": None, "rows": rows, "more": max(0, len(order) - 40)}
+
+
+def audit(d: ReportData) -> dict:
+    if d.false_drops is None or not d.false_drops.num_rows:
+        return {"notrun": "No audit labels yet: curate audit RUN --reason CODE, label the "
+                          "page, then curate audit RUN --labels FILE."}
+    rows = [[r["reason"], _fmt(r["labelled"]), _fmt(r["false_drops"]),
+             f"{100 * r['rate']:.1f}%", f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%"]
+            for r in d.false_drops.to_pylist()]
+    return {"notrun": None, "rows": rows}
+
+
+BUILDERS = {"contact-sheets": contact_sheets, "aesthetic": aesthetic,
+            "languages": languages, "false-drops": audit}
+_ = np  # numpy arrays arrive in ReportData

@@ -1,0 +1,168 @@
+"""The report's extra sections, counted shard by shard like the rest of the report.
+
+- **Contact sheets**: for every (stage, reason code) the :data:`SHEET` dropped pairs with the
+  smallest 64-bit uid keys (a deterministic sample: the same run shows the same pairs; each
+  shard sends only its own smallest, the driver keeps the smallest overall). The commit reads
+  their captions and images (download's, or the pool's) for thumbnails.
+- **Aesthetic scores**: a fixed-bin histogram of every ``aesthetic`` stage's scores, all
+  scored pairs and the final ones.
+- **Language mix**: pairs per ``lang`` label (a ``language`` stage's, else the pool's
+  column), pool and final.
+- **False-drop rates**: ``audit/false_drops.parquet`` when ``curate audit --labels`` wrote it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.algorithms.uids import uid_keys
+from curate.core.rundir import RunDir
+
+#: thumbnails per reason code
+SHEET = 8
+#: aesthetic score bins (LAION's scores live in about 0-10)
+AESTHETIC_EDGES = np.linspace(0.0, 10.0, 81)
+
+
+def shard_extras(rd: RunDir, shard: str, decisions: dict[str, pa.Table],
+                 final: pa.Array | None, aesthetic: tuple[str, ...], language: str | None,
+                 ) -> dict[str, Any]:
+    """Sheet candidates, aesthetic histograms and language counts of one pool shard."""
+    out: dict[str, Any] = {"sheets": {}}
+    for stage, t in decisions.items():
+        dropped = t.filter(pc.invert(t["kept"]))
+        if not dropped.num_rows:
+            continue
+        keys = uid_keys(dropped["uid"])
+        reason = dropped["reason"].to_numpy(zero_copy_only=False)
+        uids = dropped["uid"].to_numpy(zero_copy_only=False)
+        for r in np.unique(reason):
+            idx = np.flatnonzero(reason == r)
+            best = idx[np.argsort(keys[idx], kind="stable")[:SHEET]]
+            out["sheets"][(stage, str(r))] = [(int(keys[i]), str(uids[i]), shard) for i in best]
+    for folder in aesthetic:
+        if not rd.fs.exists(rd.shard_path(folder, shard)):
+            continue
+        a = rd.read(folder, shard, ["uid", "aesthetic_score"])
+        s = a["aesthetic_score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        fin = (pc.is_in(a["uid"], value_set=final).to_numpy(zero_copy_only=False)
+               if final is not None else np.ones(len(s), bool))
+        out.setdefault("aesthetic", {})[folder] = (
+            np.histogram(np.clip(s, 0, 10), AESTHETIC_EDGES)[0],
+            np.histogram(np.clip(s[fin], 0, 10), AESTHETIC_EDGES)[0])
+    if language:
+        src = (rd.read(language, shard, ["uid", "lang"])
+               if rd.fs.exists(rd.shard_path(language, shard)) else None)
+        if src is not None:
+            fin = (pc.is_in(src["uid"], value_set=final) if final is not None
+                   else pa.array(np.ones(src.num_rows, bool)))
+            out["languages"] = {
+                "pool": _value_counts(src["lang"]),
+                "final": _value_counts(src.filter(fin)["lang"])}
+    return out
+
+
+def _value_counts(col: pa.ChunkedArray) -> dict[str, int]:
+    vc = pc.value_counts(pc.fill_null(col.combine_chunks(), "(none)"))
+    return {str(v["values"]): int(v["counts"]) for v in vc.to_pylist()}
+
+
+class Extras:
+    """The driver's sums: at most SHEET candidates per reason, histograms, label counts."""
+
+    def __init__(self) -> None:
+        self.sheets: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+        self.aesthetic: dict[str, list[np.ndarray]] = {}
+        self.languages: dict[str, dict[str, int]] = {"pool": {}, "final": {}}
+
+    def add(self, r: dict[str, Any]) -> None:
+        for key, cands in r.get("sheets", {}).items():
+            merged = sorted(self.sheets.get(key, []) + [tuple(c) for c in cands])
+            self.sheets[key] = merged[:SHEET]
+        for folder, (all_, fin) in r.get("aesthetic", {}).items():
+            acc = self.aesthetic.setdefault(folder, [np.zeros(len(AESTHETIC_EDGES) - 1,
+                                                              np.int64) for _ in range(2)])
+            acc[0] += all_
+            acc[1] += fin
+        for side, counts in r.get("languages", {}).items():
+            for k, v in counts.items():
+                self.languages[side][k] = self.languages[side].get(k, 0) + v
+
+
+def sheets_data(rd: RunDir, extras: Extras, dropped: dict[tuple[str, str], int],
+                image_folder: str | None) -> list[dict[str, Any]]:
+    """Per (stage, reason): its thumbnails (or captions only) and how many it dropped."""
+    from curate.media.thumbs import thumbnail_uri
+
+    by_shard: dict[str, set[str]] = {}
+    for cands in extras.sheets.values():
+        for _, uid, shard in cands:
+            by_shard.setdefault(shard, set()).add(uid)
+    caption, image = {}, {}
+    for shard, uids in by_shard.items():
+        want = pa.array(sorted(uids), pa.string())
+        with rd.fs.open(rd.shard_path("pool", shard), "rb") as f:
+            names = pq.read_schema(f).names
+        pool = rd.read("pool", shard, [c for c in ("uid", "caption", "image") if c in names])
+        pool = pool.filter(pc.is_in(pool["uid"], value_set=want))
+        caption.update(zip(pool["uid"].to_pylist(), pool["caption"].to_pylist()))
+        src = pool if "image" in pool.column_names else None
+        if image_folder and rd.fs.exists(rd.shard_path(image_folder, shard)):
+            with rd.fs.open(rd.shard_path(image_folder, shard), "rb") as f:
+                has_image = "image" in pq.read_schema(f).names
+            if has_image:
+                src = rd.read(image_folder, shard, ["uid", "image"])
+                src = src.filter(pc.is_in(src["uid"], value_set=want))
+        if src is not None:
+            image.update(zip(src["uid"].to_pylist(), src["image"].to_pylist()))
+    out = []
+    for (stage, reason), cands in sorted(extras.sheets.items()):
+        out.append({"stage": stage, "reason": reason, "dropped": dropped.get((stage, reason), 0),
+                    "items": [{"uid": u, "caption": caption.get(u, ""),
+                               "thumb": thumbnail_uri(image.get(u))} for _, u, _ in cands]})
+    return out
+
+
+def false_drops(rd: RunDir) -> pa.Table | None:
+    path = rd.path("audit", "false_drops.parquet")
+    if not rd.fs.exists(path):
+        return None
+    with rd.fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def extras_plan(before: list, ran: dict[str, bool]) -> dict[str, Any]:
+    """What the count step reads for the extra sections (recorded in the report's plan)."""
+    return {"aesthetic": [[r.name, r.folder] for r in before
+                          if r.kind == "aesthetic" and ran.get(r.name)],
+            "language": next((r.folder for r in before
+                              if r.kind == "language" and ran.get(r.name)), None)}
+
+
+def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[str, Any],
+                before: list) -> dict[str, Any]:
+    """ReportData's extra fields from the count step's sums."""
+    dropped = {(s, r): n for s, c in totals.stages.items() for r, n in c["dropped"].items()}
+    images = next((r.folder for r in before if r.kind == "download"), None)
+    aesthetic = {}
+    for name, folder in plan.get("aesthetic", []):
+        if folder in totals.extras.aesthetic:
+            all_, fin = totals.extras.aesthetic[folder]
+            info = manifest.get("stages", {}).get(name, {}).get("global") or {}
+            aesthetic[name] = {"edges": AESTHETIC_EDGES, "all": all_, "final": fin,
+                               "warning": info.get("warning")}
+    return {"sheets": sheets_data(rd, totals.extras, dropped, images), "aesthetic": aesthetic,
+            "languages": totals.extras.languages, "false_drops": false_drops(rd)}
+
+
+def read_clusters(rd: RunDir, prune: Any) -> pa.Table | None:
+    """prune's clusters.parquet (None when prune did not run or wrote none)."""
+    if prune is None or not rd.fs.exists(rd.path(prune.folder, "clusters.parquet")):
+        return None
+    with rd.fs.open(rd.path(prune.folder, "clusters.parquet"), "rb") as f:
+        return pq.read_table(f)
