@@ -56,3 +56,19 @@ def test_crop_box_is_the_kept_region():
     assert left == pytest.approx(37 * 640 / 298) and right == pytest.approx(261 * 640 / 298)
     # the same region in a half-scale decode
     assert crop_box(640, 480, 224, 320, 240)[0] == pytest.approx(37 * 320 / 298)
+
+
+def test_fast_batch_keeps_preprocess_images_contract(pre):
+    """Same return shape as preprocess_images: tensor of the good images, their indices,
+    one error string per bad input."""
+    from curate.models.fast_preprocess import fast_batch
+    from curate.models.images import preprocess_images
+
+    jpg = _bytes(_photo(13, (640, 480)), "JPEG", quality=90)
+    png = _bytes(_photo(14, (300, 200)), "PNG")
+    images = [jpg, None, b"not an image", png]
+    t, ok, errors = fast_batch(images, pre)
+    t0, ok0, errors0 = preprocess_images(images, pre)
+    assert ok.tolist() == ok0.tolist() == [0, 3] and tuple(t.shape) == (2, 3, 224, 224)
+    assert [e is None for e in errors] == [e is None for e in errors0]
+    assert float((t - t0).abs().mean()) < 0.05

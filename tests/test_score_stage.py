@@ -173,3 +173,17 @@ def test_unavailable_weights_fail_fast_and_keep_earlier_outputs(tmp_path, tiny_c
     assert "laion2b_s34b_b79k" in line and "ViT-B-32" in line, line
     after = {p.name: p.read_bytes() for p in (out / "images").glob("*.parquet")}
     assert after == before
+
+
+def test_decode_fast_scores_the_same_pairs_closely(tmp_path, tiny_ckpt, ray_session):
+    """score.decode: fast keeps the per-image error contract and moves embeddings little."""
+    pool = _pool(tmp_path)
+    run_pipeline(_cfg(tiny_ckpt), str(tmp_path / "exact"), pool=pool)
+    run_pipeline(_cfg(tiny_ckpt, decode="fast"), str(tmp_path / "fast"), pool=pool)
+    a, b = _scores(tmp_path / "exact").sort_by("uid"), _scores(tmp_path / "fast").sort_by("uid")
+    assert a["reason"].to_pylist() == b["reason"].to_pylist()
+    ok = pc.is_valid(a["clip_score"])
+    ea = np.array(a.filter(ok)["image_emb"].to_pylist(), np.float32)
+    eb = np.array(b.filter(ok)["image_emb"].to_pylist(), np.float32)
+    cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
+    assert cos.min() > 0.98, cos.min()

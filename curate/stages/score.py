@@ -7,18 +7,15 @@ them), then images decode and preprocess on a thread pool inside the actor while
 encodes batches of ``score.batch_size``. Output ``scores/part-NNNNN.parquet``: uid,
 clip_score (float32 cosine of the normalised embeddings), image_emb and text_emb
 (``fixed_size_list<float16>[D]``), kept, reason, detail. A pool that brings ``image_emb``
-and ``text_emb`` is scored from them without a model; one that brings a score column
-(``pool_score_column``, e.g. DataComp's ``clip_l14_similarity_score``) is scored from it,
-also without a model (image_emb/text_emb then come from the pool when it has them, else
-are left out).
+and ``text_emb``, or a score column (``pool_score_column``, e.g. DataComp's
+``clip_l14_similarity_score``), is scored from them without a model. ``decode: fast`` swaps
+open_clip's preprocess for :mod:`curate.models.fast_preprocess`.
 
-Filters: ``min_score`` is applied per shard. ``top_fraction`` is DataComp's global cut, as
-global steps after the shards (:mod:`curate.stages._top_fraction`): by default the fraction
-is taken over the whole pool that reached the stage, basic-filtered pairs included (so they
-are scored too), as DataComp's ``get_threshold`` does; ``top_fraction_of: survivors`` takes
-it over the pairs that passed the basic filter. ``top_fraction_rule`` says how ties and the
-boundary go (exactly k, or DataComp's ``>=`` threshold). Found by a distributed radix
-selection: the driver holds one histogram, never the scores.
+Filters: ``min_score`` per shard; ``top_fraction``, DataComp's global cut, in global steps
+after the shards (:mod:`curate.stages._top_fraction`): over the whole pool that reached the
+stage, basic-filtered pairs scored too, with DataComp's ``get_threshold`` rule by default
+(``top_fraction_of: survivors``, ``top_fraction_rule: exact_k`` are options). A
+distributed radix selection: the driver holds one histogram, never the scores.
 """
 
 from __future__ import annotations
@@ -85,6 +82,7 @@ class ScoreConfig(Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(256, ge=1, le=65_536)
     num_actors: int | None = Field(None, ge=1)
+    decode: Literal["exact", "fast"] = "exact"  # fast: curate.models.fast_preprocess
     pool_score_column: str | None = Field(
         "auto", description="a pool column of precomputed scores (no model runs); auto: "
         "DataComp's clip_l14/clip_b32_similarity_score when the pool has the one of the "
@@ -320,6 +318,7 @@ class ScoreStage(Stage):
         import torch
 
         from curate.models.encode import encode
+        from curate.models.fast_preprocess import fast_batch
         from curate.models.images import preprocess_images
 
         loaded = self._model()
@@ -337,7 +336,8 @@ class ScoreStage(Stage):
         sub = max(1, math.ceil(bs / workers))
 
         def prep(rows: np.ndarray):
-            return rows, preprocess_images([images[i] for i in rows], loaded.preprocess)
+            fn = fast_batch if self.section.decode == "fast" else preprocess_images
+            return rows, fn([images[i] for i in rows], loaded.preprocess)
 
         batches = [idx[i:i + bs] for i in range(0, len(idx), bs)]
         with ThreadPoolExecutor(workers) as pool:
