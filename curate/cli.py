@@ -361,6 +361,12 @@ def plan(
         typer.echo(f"t={t:>12,.0f}  expected kept {size:>14,.0f}")
     if target is not None:
         typer.echo(f"t for {target:,} pairs: {result['t_for_target']:,.1f}")
+    for label, rows in (result.get("languages") or {}).items():  # MetaCLIP 2: t per language
+        typer.echo(f"per language at the {label} t_en:")
+        for r in rows:
+            t = "-" if r["t"] is None else f"{r['t']:,}"
+            typer.echo(f"  {r['lang'] or '(other)':<8} t={t:>12}  tail fraction "
+                       f"{r['tail_fraction'] or 0:.3f}  expected kept {r['expected']:>14,.0f}")
     typer.echo(f"curve: {result['png']}")
 
 

@@ -9,6 +9,7 @@ get_spaced_metadata, spacing and the pyahocorasick matching loop.
 from __future__ import annotations
 
 import random
+import re
 import string
 import sys
 
@@ -437,3 +438,26 @@ def test_language_matcher_reads_only_the_languages_it_meets():
     bad = LanguageMatcher({"en": lambda: ["dog", "cat"]}, sizes={"en": 1})
     with pytest.raises(ValueError, match="2 entries, 1 expected"):
         bad.match(["dog"], ["en"])
+
+
+def test_report_shows_head_and_tail_per_language(tmp_path, ray_session):
+    """The report's language section lists each language's t and its head/tail entries,
+    recomputed here from balance's files."""
+    from curate.driver import run_pipeline
+
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(_pool(300)), pool)
+    cfg = base_config(stages=["match", "balance", "report"], pool={"shard_size": 150},
+                      match={"metadata": _write_vocabs(tmp_path), "boundary": "metaclip2"},
+                      balance={"t": 20, "seed": 1, "per_language": True})
+    out = tmp_path / "run"
+    run_pipeline(cfg, str(out), pool=str(pool))
+    page = (out / "reports" / "report.html").read_text(encoding="utf-8")
+    sec = page.split('<section id="languages">', 1)[1].split("</section>", 1)[0]
+    counts = pq.read_table(out / "balance" / "entry_counts.parquet").to_pylist()
+    for r in pq.read_table(out / "balance" / "language_t.parquet").to_pylist():
+        mine = [c["count"] for c in counts if c["lang"] == r["lang"]]
+        head = sum(1 for c in mine if r["t"] is not None and c > r["t"])
+        matched = sum(1 for c in mine if c > 0)
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", sec.split(f"<td>{r['lang']}</td>", 1)[1])
+        assert cells[2:5] == [f"{matched:,}", f"{head:,}", f"{matched - head:,}"], r

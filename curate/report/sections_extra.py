@@ -44,13 +44,17 @@ def aesthetic(d: ReportData) -> dict:
 
 def languages(d: ReportData) -> dict:
     pool, final = d.languages.get("pool", {}), d.languages.get("final", {})
-    if not pool:
+    head_tail = [[r["lang"] or "(other)", "-" if r["t"] is None else _fmt(r["t"]),
+                  f"{r['tail_fraction'] or 0:.3f}", _fmt(r["matched"]), _fmt(r["head"]),
+                  _fmt(r["matched"] - r["head"])] for r in d.languages.get("head_tail", [])]
+    if not pool and not head_tail:
         return {"notrun": "No language stage ran and the pool has no lang column."}
     tot_p, tot_f = max(sum(pool.values()), 1), max(sum(final.values()), 1)
     order = sorted(pool, key=lambda k: (-pool[k], k))
     rows = [[k, _fmt(pool[k]), f"{100 * pool[k] / tot_p:.1f}%", _fmt(final.get(k, 0)),
              f"{100 * final.get(k, 0) / tot_f:.1f}%"] for k in order[:40]]
-    return {"notrun": None, "rows": rows, "more": max(0, len(order) - 40)}
+    return {"notrun": None, "rows": rows, "more": max(0, len(order) - 40),
+            "head_tail": head_tail}
 
 
 def audit(d: ReportData) -> dict:

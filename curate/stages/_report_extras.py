@@ -156,8 +156,36 @@ def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[st
             info = manifest.get("stages", {}).get(name, {}).get("global") or {}
             aesthetic[name] = {"edges": AESTHETIC_EDGES, "all": all_, "final": fin,
                                "warning": info.get("warning")}
+    langs = dict(totals.extras.languages)
+    bal = next((r for r in before if r.kind == "balance"), None)
+    if bal is not None:
+        langs["head_tail"] = language_head_tail(rd, bal.folder)
     return {"sheets": sheets_data(rd, totals.extras, dropped, images), "aesthetic": aesthetic,
-            "languages": totals.extras.languages, "false_drops": false_drops(rd)}
+            "languages": langs, "false_drops": false_drops(rd)}
+
+
+def language_head_tail(rd: RunDir, folder: str) -> list[dict[str, Any]]:
+    """MetaCLIP 2: per language its t, tail fraction, matched and head entries (count > t),
+    from balance's entry_counts and language_t files (O(vocabulary), no pair is read)."""
+    lt_path, ec_path = rd.path(folder, "language_t.parquet"), rd.path(folder,
+                                                                      "entry_counts.parquet")
+    if not (rd.fs.exists(lt_path) and rd.fs.exists(ec_path)):
+        return []
+    with rd.fs.open(lt_path, "rb") as f:
+        lt = pq.read_table(f)
+    if "lang" not in lt.column_names or not pc.any(pc.is_valid(lt["lang"])).as_py():
+        return []  # one vocabulary: nothing per language
+    with rd.fs.open(ec_path, "rb") as f:
+        ec = pq.read_table(f, columns=["lang", "count"])
+    t = pc.take(lt["t"], pc.index_in(ec["lang"], value_set=lt["lang"]))
+    ec = ec.append_column("head", pc.fill_null(pc.greater(ec["count"], t), False)).append_column(
+        "matched", pc.greater(ec["count"], 0))
+    g = ec.group_by("lang").aggregate([("head", "sum"), ("matched", "sum")])
+    by = {r["lang"]: r for r in g.to_pylist()}
+    return [{"lang": r["lang"], "t": r["t"], "tail_fraction": r["tail_fraction"],
+             "matched": int(by.get(r["lang"], {}).get("matched_sum") or 0),
+             "head": int(by.get(r["lang"], {}).get("head_sum") or 0)}
+            for r in lt.to_pylist()]
 
 
 def read_clusters(rd: RunDir, prune: Any) -> pa.Table | None:
