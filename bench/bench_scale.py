@@ -316,7 +316,8 @@ def pipeline_config(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
     base: dict[str, Any] = {"pool": {"shard_size": args.shard_size},
                             "run": {"num_cpus": 2, "max_retries": 0}}
     if pipeline == "match":
-        return {**base, "stages": ["match", "balance", "report"],
+        front = ["language"] if args.language else []
+        return {**base, "stages": [*front, "match", "balance", "report"],
                 "match": {"metadata": "default"}, "balance": {"t": args.t}}
     return {**base, "stages": ["score", "prune"],
             "score": {"filter": {"top_fraction": 0.5}},
@@ -389,6 +390,8 @@ def measure(pipeline: str, n: int, pool: str, work: str, args: argparse.Namespac
            "--interval", str(args.interval), "--settle", str(args.settle),
            "--shard-size", str(args.shard_size), "--k", str(args.k),
            "--dedup-eps", str(args.dedup_eps), "--t", str(args.t)]
+    if args.language:
+        cmd.append("--language")
     if args.verbose:
         cmd.append("--verbose")
     log(f"{pipeline} n={n:,}: running in a fresh process ({load()})")
@@ -523,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600, help="per run, s")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="curate's INFO logs in run logs")
+    ap.add_argument("--language", action="store_true",
+                    help="match pipeline: a language stage (fastText lid.176) in front")
     # internal: one measurement in this (fresh) process
     ap.add_argument("--child", choices=PIPELINES, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
