@@ -53,7 +53,7 @@ def test_copies_of_eval_images_are_dropped(tmp_path, ray_session):
                              "caption": [c for c, _ in rows],
                              "image": pa.array([b for _, b in rows], pa.binary()),
                              "image_emb": _fsl(x)}), pool)
-    cfg = base_config(stages=["decontaminate"], pool={"shard_size": 7},
+    cfg = base_config(stages=["decontaminate", "report"], pool={"shard_size": 7},
                       decontaminate={"eval_sets": {"imagenet_val": str(tmp_path /
                                                                        "imagenet_val.parquet")},
                                      "radius": 8, "threshold": 0.9})
@@ -79,3 +79,7 @@ def test_copies_of_eval_images_are_dropped(tmp_path, ray_session):
     st = m["stages"]["decontaminate"]
     assert st["dropped"] == {"eval_contamination": 4}
     assert st["global"]["hits"] == {"imagenet_val": 4}
+    page = (tmp_path / "run" / "reports" / "report.html").read_text(encoding="utf-8")
+    sheets = page.split('<section id="contact-sheets">', 1)[1].split("</section>", 1)[0]
+    assert "<td>decontaminate</td><td>imagenet_val</td><td class=\"num\">4</td>" in sheets
+    assert "eval_contamination" in sheets

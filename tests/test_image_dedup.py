@@ -130,7 +130,7 @@ def test_matches_the_rule_and_catches_copies(tmp_path, ray_session, partitions):
     pq.write_table(pa.table({k: [r[k] for r in rows] for k in ("url", "caption")}
                             | {"image": pa.array([r["image"] for r in rows], pa.binary())}),
                    pool)
-    cfg = base_config(stages=["image_dedup"], pool={"shard_size": 9},
+    cfg = base_config(stages=["image_dedup", "report"], pool={"shard_size": 9},
                       image_dedup={"radius": RADIUS, "partitions": partitions,
                                    "placeholder_hosts": HOSTS})
     m = run_pipeline(cfg, str(tmp_path / "run"), pool=str(pool))
@@ -155,6 +155,12 @@ def test_matches_the_rule_and_catches_copies(tmp_path, ray_session, partitions):
     st = m["stages"]["image_dedup"]
     assert st["dropped"]["placeholder_image"] == 4
     assert not list((tmp_path / "run" / "image_dedup" / "_work").rglob("hash-*"))
+    # the report shows the placeholder as the largest group, with a thumbnail
+    assert st["global"]["groups"][0][:2] == [4, 4]
+    page = (tmp_path / "run" / "reports" / "report.html").read_text(encoding="utf-8")
+    sheets = page.split('<section id="contact-sheets">', 1)[1].split("</section>", 1)[0]
+    ph = sheets.split("placeholder_image: the largest groups", 1)[1].split("<h3>", 1)[0]
+    assert "4 pairs from 4 hosts" in ph and ph.count("data:image/jpeg;base64,") == 1
 
 
 def test_near_over_bands_equals_brute_force():

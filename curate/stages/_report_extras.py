@@ -94,13 +94,16 @@ class Extras:
                 self.languages[side][k] = self.languages[side].get(k, 0) + v
 
 
-def sheets_data(rd: RunDir, extras: Extras, dropped: dict[tuple[str, str], int],
-                image_folder: str | None) -> list[dict[str, Any]]:
-    """Per (stage, reason): its thumbnails (or captions only) and how many it dropped."""
+def sheets_data(rd: RunDir, sheets: dict[tuple[str, str], list], dropped: dict[tuple[str, str],
+                int], image_folder: str | None, labels: dict[str, str] | None = None
+                ) -> list[dict[str, Any]]:
+    """Per (stage, reason): its thumbnails (or captions only) and how many it dropped;
+    ``labels`` replaces a uid's caption (a placeholder group's size)."""
     from curate.media.thumbs import thumbnail_uri
 
+    labels = labels or {}
     by_shard: dict[str, set[str]] = {}
-    for cands in extras.sheets.values():
+    for cands in sheets.values():
         for _, uid, shard in cands:
             by_shard.setdefault(shard, set()).add(uid)
     caption, image = {}, {}
@@ -121,9 +124,10 @@ def sheets_data(rd: RunDir, extras: Extras, dropped: dict[tuple[str, str], int],
         if src is not None:
             image.update(zip(src["uid"].to_pylist(), src["image"].to_pylist()))
     out = []
-    for (stage, reason), cands in sorted(extras.sheets.items()):
-        out.append({"stage": stage, "reason": reason, "dropped": dropped.get((stage, reason), 0),
-                    "items": [{"uid": u, "caption": caption.get(u, ""),
+    for (stage, reason), cands in sorted(sheets.items()):
+        code = reason.split(":", 1)[0]
+        out.append({"stage": stage, "reason": reason, "dropped": dropped.get((stage, code), 0),
+                    "items": [{"uid": u, "caption": labels.get(u, caption.get(u, "")),
                                "thumb": thumbnail_uri(image.get(u))} for _, u, _ in cands]})
     return out
 
@@ -156,12 +160,23 @@ def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[st
             info = manifest.get("stages", {}).get(name, {}).get("global") or {}
             aesthetic[name] = {"edges": AESTHETIC_EDGES, "all": all_, "final": fin,
                                "warning": info.get("warning")}
+    sheets, labels, contamination = dict(totals.extras.sheets), {}, {}
+    for r in before:  # what image_dedup and decontaminate recorded in run.json
+        info = manifest.get("stages", {}).get(r.name, {}).get("global") or {}
+        if r.kind == "image_dedup" and info.get("groups"):
+            sheets[(r.name, "placeholder_image: the largest groups")] = [
+                (i, g[2], g[3]) for i, g in enumerate(info["groups"])]
+            labels.update({g[2]: f"{g[0]:,} pairs from {g[1]:,} hosts"
+                           for g in info["groups"]})
+        if r.kind == "decontaminate" and info.get("hits") is not None:
+            contamination[r.name] = info["hits"]
     langs = dict(totals.extras.languages)
     bal = next((r for r in before if r.kind == "balance"), None)
     if bal is not None:
         langs["head_tail"] = language_head_tail(rd, bal.folder)
-    return {"sheets": sheets_data(rd, totals.extras, dropped, images), "aesthetic": aesthetic,
-            "languages": langs, "false_drops": false_drops(rd)}
+    return {"sheets": sheets_data(rd, sheets, dropped, images, labels),
+            "aesthetic": aesthetic, "languages": langs, "false_drops": false_drops(rd),
+            "contamination": contamination}
 
 
 def language_head_tail(rd: RunDir, folder: str) -> list[dict[str, Any]]:

@@ -84,9 +84,8 @@ class ImageDedupStage(Stage):
                            start=int, fold=lambda a, _i, r: a + r,
                            commit=lambda n: {"records": n, "work": self._work()}),
                 GlobalStep("dedup", plan=lambda: list(range(self._partitions())),
-                           map=self._dedup,
-                           start=int, fold=lambda a, _i, r: a + r,
-                           commit=lambda n: {"flagged": n}),
+                           map=self._dedup, start=lambda: {"flagged": 0, "groups": []},
+                           fold=_add_flags, commit=lambda acc: acc),
                 ShardStep(), GlobalStep.on_driver("cleanup", self._cleanup)]
 
     def _partitions(self) -> int:
@@ -163,8 +162,9 @@ class ImageDedupStage(Stage):
         return out.num_rows
 
     # ------------------------------------------------------------------ 2. dedup
-    def _dedup(self, j: int) -> int:
+    def _dedup(self, j: int) -> dict[str, Any]:
         fs, work = self.rd.fs, self.state["hash"]["work"]
+        self._groups: list[list] = []
         tables = []  # every shard's hash file (workers rebuild the stage: no shard list)
         for path in sorted(fs.glob(join(work, "hash-*"))):
             with fs.open(path, "rb") as f:
@@ -181,7 +181,7 @@ class ImageDedupStage(Stage):
                          "dup": pa.array([], pa.string()), "shard": pa.array([], pa.string())}))
         write_parquet_atomic(fs, join(work, f"flags-p{j:04d}.parquet"), out,
                              row_group_size=4096)
-        return out.num_rows
+        return {"flagged": out.num_rows, "groups": _top_groups(self._groups)}
 
     def _flag(self, kind: int, t: pa.Table) -> list[pa.Table]:
         s = self.section
@@ -205,8 +205,10 @@ class ImageDedupStage(Stage):
             emit(dup, alg.DUP_NEAR, uid.take(pa.array(win)))
         if s.placeholder_hosts and kind in (alg.BYTES, alg.PIXELS, alg.BAND0):
             group = key if kind != alg.BAND0 else t["h"].to_numpy()
-            emit(alg.placeholders(group, t["host"].to_numpy(), t["cap"].to_numpy(),
-                                  s.placeholder_hosts), alg.PLACEHOLDER, None)
+            mask = alg.placeholders(group, t["host"].to_numpy(), t["cap"].to_numpy(),
+                                    s.placeholder_hosts)
+            emit(mask, alg.PLACEHOLDER, None)
+            self._groups += _groups(t.filter(pa.array(mask)), group[mask])
         return out
 
     # ------------------------------------------------------------------ 3. decisions
@@ -235,3 +237,35 @@ class ImageDedupStage(Stage):
         for path in fs.glob(join(work, "hash-*")) if fs.exists(work) else []:
             fs.rm(path)
         return {}
+
+
+#: placeholder groups kept for the report (the largest)
+TOP_GROUPS = 10
+
+
+def _groups(t: pa.Table, key: np.ndarray) -> list[list]:
+    """[pairs, hosts, earliest member's uid, its shard] per placeholder group of ``t``."""
+    if not t.num_rows:
+        return []
+    _, g, size = np.unique(key, return_inverse=True, return_counts=True)
+    order = np.lexsort((t["o"].to_numpy(), g))
+    first = order[np.r_[True, g[order][1:] != g[order][:-1]]]
+    hosts = np.unique(np.stack([g.astype(np.uint64), t["host"].to_numpy()]), axis=1)[0]
+    n_hosts = np.bincount(hosts.astype(np.int64), minlength=size.size)
+    uid, shard = t["uid"].to_pylist(), t["shard"].to_pylist()
+    return [[int(size[g[i]]), int(n_hosts[g[i]]), uid[i], shard[i]] for i in first]
+
+
+def _top_groups(groups: list[list]) -> list[list]:
+    """The largest groups, one entry per example uid (a group seen through bytes, pixels and
+    phash is one group)."""
+    best: dict[str, list] = {}
+    for grp in groups:
+        if grp[2] not in best or grp[0] > best[grp[2]][0]:
+            best[grp[2]] = grp
+    return sorted(best.values(), key=lambda x: (-x[0], x[2]))[:TOP_GROUPS]
+
+
+def _add_flags(acc: dict[str, Any], _item: Any, r: dict[str, Any]) -> dict[str, Any]:
+    return {"flagged": acc["flagged"] + r["flagged"],
+            "groups": _top_groups(acc["groups"] + r["groups"])}
