@@ -228,7 +228,7 @@ def diff(
 ) -> None:
     """What RUN_B's curated set adds and removes against RUN_A, and how stages, entries and
     clusters moved."""
-    from curate.cli_diff import run_diff
+    from curate.cli_tools import run_diff
 
     run_diff(run_a, run_b, fmt, html, sql, out)
 
@@ -246,26 +246,9 @@ def audit(
                                                      "estimate false-drop rates")] = None,
 ) -> None:
     """How often does a filter drop a good pair? Label a sample, then estimate the rate."""
-    from curate.app import audit as au
-    from curate.core.rundir import RunDir
+    from curate.cli_tools import run_audit
 
-    if labels:
-        t = au.estimate(run_dir, labels)
-        for r in t.to_pylist():
-            typer.echo(f"{r['reason']:<28} {r['false_drops']:>5} of {r['labelled']:>5} false "
-                       f"drops: {100 * r['rate']:5.1f}% (95% CI {100 * r['ci_low']:.1f}-"
-                       f"{100 * r['ci_high']:.1f}%)")
-        typer.echo(f"written: {RunDir(run_dir).path('audit', 'false_drops.parquet')}")
-        return
-    if reason is None:
-        raise CurateError("give --reason CODE (write a labelling page) or --labels FILE")
-    rd = RunDir(run_dir)
-    path = out or rd.path("audit", f"{reason}.html")
-    html = au.page(run_dir, reason, au.sample(run_dir, reason, n))
-    rd.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with rd.fs.open(path, "w", encoding="utf-8") as f:
-        f.write(html)
-    typer.echo(f"page: {path}")
+    run_audit(run_dir, reason, n, out, labels)
 
 
 @app.command()
@@ -281,15 +264,10 @@ def takedown(
     why: Annotated[str, typer.Option(help="recorded with every removal")] = "takedown request",
 ) -> None:
     """Remove pairs from curated/ (Parquet and tars) and keep them out of every later run."""
-    from curate.app.takedown import takedown as do_takedown
+    from curate.cli_tools import run_takedown
 
-    sel = {k: v for k, v in (("uid", uids), ("url", urls), ("domain", domains),
-                             ("images", images)) if v}
-    if not sel:
-        raise CurateError("give at least one of --uids, --urls, --domains, --images")
-    r = do_takedown(run_dir, sel, why)
-    typer.echo(f"{r['matched']:,} pairs matched {r['rules']:,} rules; {r['rewritten']} "
-               "curated shards rewritten; manifest: takedown/removed.parquet")
+    run_takedown(run_dir, {k: v for k, v in (("uid", uids), ("url", urls),
+                                             ("domain", domains), ("images", images)) if v}, why)
 
 
 metadata_app = typer.Typer(no_args_is_help=True,

@@ -1,4 +1,5 @@
-"""``curate diff``: compare two runs' curated sets (the logic is :mod:`curate.app.diff`)."""
+"""The bodies of ``curate diff``, ``audit`` and ``takedown`` (logic in :mod:`curate.app`):
+kept out of :mod:`curate.cli`, which only declares the commands' arguments."""
 
 from __future__ import annotations
 
@@ -47,3 +48,37 @@ def run_diff(run_a: str, run_b: str, fmt: str, html: str | None, sql: str | None
         with open(html, "w", encoding="utf-8") as f:
             f.write(render(s, sample))
         typer.echo(f"page: {html}")
+
+
+def run_audit(run_dir: str, reason: str | None, n: int, out: str | None,
+              labels: list[str] | None) -> None:
+    from curate.app import audit as au
+    from curate.core.rundir import RunDir
+
+    if labels:
+        t = au.estimate(run_dir, labels)
+        for r in t.to_pylist():
+            typer.echo(f"{r['reason']:<28} {r['false_drops']:>5} of {r['labelled']:>5} false "
+                       f"drops: {100 * r['rate']:5.1f}% (95% CI {100 * r['ci_low']:.1f}-"
+                       f"{100 * r['ci_high']:.1f}%)")
+        typer.echo(f"written: {RunDir(run_dir).path('audit', 'false_drops.parquet')}")
+        return
+    if reason is None:
+        raise CurateError("give --reason CODE (write a labelling page) or --labels FILE")
+    rd = RunDir(run_dir)
+    path = out or rd.path("audit", f"{reason}.html")
+    html = au.page(run_dir, reason, au.sample(run_dir, reason, n))
+    rd.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with rd.fs.open(path, "w", encoding="utf-8") as f:
+        f.write(html)
+    typer.echo(f"page: {path}")
+
+
+def run_takedown(run_dir: str, selectors: dict[str, str], why: str) -> None:
+    from curate.app.takedown import takedown
+
+    if not selectors:
+        raise CurateError("give at least one of --uids, --urls, --domains, --images")
+    r = takedown(run_dir, selectors, why)
+    typer.echo(f"{r['matched']:,} pairs matched {r['rules']:,} rules; {r['rewritten']} "
+               "curated shards rewritten; manifest: takedown/removed.parquet")
