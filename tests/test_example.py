@@ -105,6 +105,10 @@ def test_contact_sheets_are_deterministic_and_small(example_run):
     sheets = page.split('<section id="contact-sheets">', 1)[1].split("</section>", 1)[0]
     assert sheets.count("data:image/jpeg;base64,") >= 24
     assert "semantic_duplicate" in sheets and "not_sampled" in sheets
+    clusters = sheets.split("Concept clusters: kept and dropped side by side", 1)[1]
+    for label in ("largest", "most complex", "least complex"):
+        assert f"<h3>{label} " in clusters, label
+    assert 'alt="kept pair' in clusters and 'alt="dropped pair' in clusters
     assert len(page.encode()) < 15 * 2**20
     r = CliRunner().invoke(app, ["stage", str(out), "report"])
     assert r.exit_code == 0, r.output[-1500:]

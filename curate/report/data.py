@@ -64,6 +64,8 @@ class ReportData:
     aesthetic: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: {"pool": {lang: n}, "final": {lang: n}}
     languages: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: [{label, cluster, kept: [items], dropped: [items]}] for chosen prune clusters
+    cluster_sheets: list[dict[str, Any]] = field(default_factory=list)
     #: decontaminate instance -> {eval set: pairs dropped}
     contamination: dict[str, dict[str, int]] = field(default_factory=dict)
     #: audit/false_drops.parquet (None: no labels)

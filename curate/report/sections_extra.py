@@ -17,14 +17,15 @@ def _fmt(v: int) -> str:
 
 
 def contact_sheets(d: ReportData) -> dict:
-    if not d.sheets and not d.contamination:
+    if not d.sheets and not d.contamination and not d.cluster_sheets:
         return {"notrun": "No stage dropped a pair, or no deciding stage ran."}
     shown = sum(len(s["items"]) for s in d.sheets)
     thumbs = sum(1 for s in d.sheets for it in s["items"] if it["thumb"])
     contamination = [[name, eval_set, _fmt(n)] for name, hits in d.contamination.items()
                      for eval_set, n in sorted(hits.items())]
     return {"notrun": None, "sheets": d.sheets, "shown": shown, "thumbs": thumbs,
-            "dropped": sum(s["dropped"] for s in d.sheets), "contamination": contamination}
+            "dropped": sum(s["dropped"] for s in d.sheets), "contamination": contamination,
+            "clusters": d.cluster_sheets}
 
 
 def aesthetic(d: ReportData) -> dict:

@@ -168,6 +168,9 @@ class ShardPlan:
     #: aesthetic stages' folders and the language stage's (the report's extra sections)
     aesthetic: tuple[str, ...] = ()
     language: str | None = None
+    #: (label, cluster id) of the clusters whose kept and dropped pairs the report shows
+    sheet_clusters: tuple[tuple[str, int], ...] = ()
+    prune: str | None = None
 
     def folder(self, name: str) -> str:
         return self.folders[self.stages.index(name)]
@@ -229,7 +232,8 @@ def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
             n = _num_rows(rd, plan.folder(s), shard)
             out["stages"][s] = {"rows_in": n, "kept": n, "dropped": {}}
     final = kept[plan.deciding[-1]] if plan.deciding else None
-    out["extras"] = shard_extras(rd, shard, decided, final, plan.aesthetic, plan.language)
+    out["extras"] = shard_extras(rd, shard, decided, final, plan.aesthetic, plan.language,
+                                 plan.sheet_clusters, plan.prune)
 
     out["pool_rows"] = _num_rows(rd, "pool", shard)
     out["final"] = len(final) if final is not None else out["pool_rows"]

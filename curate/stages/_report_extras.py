@@ -31,9 +31,22 @@ AESTHETIC_EDGES = np.linspace(0.0, 10.0, 81)
 
 def shard_extras(rd: RunDir, shard: str, decisions: dict[str, pa.Table],
                  final: pa.Array | None, aesthetic: tuple[str, ...], language: str | None,
+                 clusters: tuple[tuple[str, int], ...] = (), prune: str | None = None,
                  ) -> dict[str, Any]:
     """Sheet candidates, aesthetic histograms and language counts of one pool shard."""
-    out: dict[str, Any] = {"sheets": {}}
+    out: dict[str, Any] = {"sheets": {}, "clusters": {}}
+    if clusters and prune and rd.fs.exists(rd.shard_path(prune, shard)):
+        t = rd.read(prune, shard, ["uid", "cluster_id", "kept"])
+        cid = pc.fill_null(t["cluster_id"], -1).to_numpy(zero_copy_only=False)
+        kept = pc.fill_null(t["kept"], False).to_numpy(zero_copy_only=False)
+        keys = uid_keys(t["uid"])
+        uids = t["uid"].to_numpy(zero_copy_only=False)
+        for label, c in clusters:
+            for side, mask in (("kept", kept), ("dropped", ~kept)):
+                idx = np.flatnonzero((cid == c) & mask)
+                best = idx[np.argsort(keys[idx], kind="stable")[:SHEET]]
+                out["clusters"][(label, side)] = [(int(keys[i]), str(uids[i]), shard)
+                                                  for i in best]
     for stage, t in decisions.items():
         dropped = t.filter(pc.invert(t["kept"]))
         if not dropped.num_rows:
@@ -77,13 +90,15 @@ class Extras:
 
     def __init__(self) -> None:
         self.sheets: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+        self.clusters: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
         self.aesthetic: dict[str, list[np.ndarray]] = {}
         self.languages: dict[str, dict[str, int]] = {"pool": {}, "final": {}}
 
     def add(self, r: dict[str, Any]) -> None:
-        for key, cands in r.get("sheets", {}).items():
-            merged = sorted(self.sheets.get(key, []) + [tuple(c) for c in cands])
-            self.sheets[key] = merged[:SHEET]
+        for field in ("sheets", "clusters"):
+            mine = getattr(self, field)
+            for key, cands in r.get(field, {}).items():
+                mine[key] = sorted(mine.get(key, []) + [tuple(c) for c in cands])[:SHEET]
         for folder, (all_, fin) in r.get("aesthetic", {}).items():
             acc = self.aesthetic.setdefault(folder, [np.zeros(len(AESTHETIC_EDGES) - 1,
                                                               np.int64) for _ in range(2)])
@@ -140,12 +155,26 @@ def false_drops(rd: RunDir) -> pa.Table | None:
         return pq.read_table(f)
 
 
-def extras_plan(before: list, ran: dict[str, bool]) -> dict[str, Any]:
-    """What the count step reads for the extra sections (recorded in the report's plan)."""
+def extras_plan(rd: RunDir, before: list, ran: dict[str, bool]) -> dict[str, Any]:
+    """What the count step reads for the extra sections (recorded in the report's plan):
+    the largest, most and least complex prune clusters get kept/dropped sheets."""
+    prune = next((r for r in before if r.kind == "prune" and ran.get(r.name)), None)
+    chosen: list[list] = []
+    c = read_clusters(rd, prune)
+    if c is not None and c.num_rows:
+        ids, size = c["cluster_id"].to_pylist(), c["size"].to_pylist()
+        chosen.append(["largest", ids[int(np.argmax(size))]])
+        if "complexity" in c.column_names and c["complexity"].null_count < c.num_rows:
+            cx = c["complexity"].to_numpy(zero_copy_only=False).astype(float)  # null: NaN
+            valid = np.flatnonzero(~np.isnan(cx) & (np.asarray(size) > 0))
+            if valid.size:
+                chosen.append(["most complex", ids[int(valid[np.argmax(cx[valid])])]])
+                chosen.append(["least complex", ids[int(valid[np.argmin(cx[valid])])]])
     return {"aesthetic": [[r.name, r.folder] for r in before
                           if r.kind == "aesthetic" and ran.get(r.name)],
             "language": next((r.folder for r in before
-                              if r.kind == "language" and ran.get(r.name)), None)}
+                              if r.kind == "language" and ran.get(r.name)), None),
+            "sheet_clusters": chosen, "prune": prune.folder if prune else None}
 
 
 def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[str, Any],
@@ -174,7 +203,16 @@ def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[st
     bal = next((r for r in before if r.kind == "balance"), None)
     if bal is not None:
         langs["head_tail"] = language_head_tail(rd, bal.folder)
-    return {"sheets": sheets_data(rd, sheets, dropped, images, labels),
+    by_cluster = dict(plan.get("sheet_clusters") or [])
+    side = sheets_data(rd, totals.extras.clusters, {}, images)
+    cluster_sheets = [{"label": label, "cluster": by_cluster.get(label),
+                       "kept": next((s["items"] for s in side if s["stage"] == label
+                                     and s["reason"] == "kept"), []),
+                       "dropped": next((s["items"] for s in side if s["stage"] == label
+                                        and s["reason"] == "dropped"), [])}
+                      for label in by_cluster]
+    return {"cluster_sheets": cluster_sheets,
+            "sheets": sheets_data(rd, sheets, dropped, images, labels),
             "aesthetic": aesthetic, "languages": langs, "false_drops": false_drops(rd),
             "contamination": contamination}
 

@@ -129,7 +129,7 @@ class ReportStage(Stage):
                 "after_match": after_match, "match": match.name if match else None,
                 "score": score.name if score else None, "coverage": bool(classes),
                 "all_classes": len(all_classes), "coverage_note": note,
-                "class_entries": class_entries, **extras_plan(self.before, ran)}
+                "class_entries": class_entries, **extras_plan(self.rd, self.before, ran)}
 
     def _classes(self) -> tuple[list[int], list[str]]:
         """(first index, name) of ImageNet's distinct class names; not kept in run.json."""
@@ -149,7 +149,8 @@ class ReportStage(Stage):
         return ShardPlan(self.rd.url, tuple(p["stages"]), tuple(p["folders"]),
                          tuple(p["deciding"]), tuple(p["after_match"]),
                          tuple(self._matched_classes()), p["match"], p["score"],
-                         tuple(f for _, f in p["aesthetic"]), p["language"])
+                         tuple(f for _, f in p["aesthetic"]), p["language"],
+                         tuple(tuple(c) for c in p.get("sheet_clusters", [])), p.get("prune"))
 
     def _count_shard(self, shard: str) -> dict[str, Any]:
         try:
