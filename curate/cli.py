@@ -1,6 +1,7 @@
 """The ``curate`` command line: parse, build a config, call the library. No logic here.
 
-``curate query`` (its prompt and output formats) lives in :mod:`curate.cli_query`.
+``curate query`` (its prompt and output formats) lives in :mod:`curate.cli_query`; ``plan``
+and ``pilot`` in :mod:`curate.cli_plan`.
 
 Exit codes (README): 0 ok, 2 bad input or config (one line on stderr, no traceback),
 3 finished with more failed shards than ``run.max_failed_fraction`` allows.
@@ -330,22 +331,31 @@ def plan(
     target: Annotated[int | None, typer.Option(help="the kept size you want")] = None,
     png: Annotated[str | None, typer.Option(help="curve PNG (default RUN/plan/plan.png)")]
     = None,
+    survival: Annotated[bool, typer.Option(help="the pilot model on any run")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Expected kept size as a function of MetaCLIP's t, and the t for a target size."""
-    from curate.app.plan import plan_run
+    """Expected kept size vs MetaCLIP's t; on a pilot run, survival and predicted size."""
+    from curate.cli_plan import run_plan
 
-    result = plan_run(run_dir, target, png)
-    for t, size in zip(result["t"], result["expected"]):
-        typer.echo(f"t={t:>12,.0f}  expected kept {size:>14,.0f}")
-    if target is not None:
-        typer.echo(f"t for {target:,} pairs: {result['t_for_target']:,.1f}")
-    for label, rows in (result.get("languages") or {}).items():  # MetaCLIP 2: t per language
-        typer.echo(f"per language at the {label} t_en:")
-        for r in rows:
-            t = "-" if r["t"] is None else f"{r['t']:,}"
-            typer.echo(f"  {r['lang'] or '(other)':<8} t={t:>12}  tail fraction "
-                       f"{r['tail_fraction'] or 0:.3f}  expected kept {r['expected']:>14,.0f}")
-    typer.echo(f"curve: {result['png']}")
+    run_plan(run_dir, target, png, survival, as_json)
+
+
+@app.command()
+@handled
+def pilot(
+    pool: Annotated[str, typer.Argument(help="pool: Parquet file, folder or glob")],
+    pipeline: Annotated[str | None, typer.Option(help="pipeline YAML")] = None,
+    fraction: Annotated[float, typer.Option(help="share of uids in the sample")] = 0.01,
+    out: Annotated[str, typer.Option(help="run directory of the pilot")] = "runs/pilot",
+    seed: Annotated[int, typer.Option(help="seed of the uid hash")] = 0,
+    set_: Sets = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run the pipeline on a uid-hash sample of the pool (then: curate plan RUN --target)."""
+    from curate.cli_plan import run_pilot
+
+    _setup_logging(verbose)
+    run_pilot(pool, pipeline, fraction, out, seed, set_ or [])
 
 
 @app.command(hidden=True)

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from curate.errors import ConfigError
 
@@ -61,6 +68,20 @@ class PoolConfig(_Section):
     max_caption_bytes: int = Field(
         65_536, ge=1, description="captions longer than this (UTF-8 bytes) are a bad row"
     )
+    sample_fraction: float | None = Field(
+        None, gt=0, le=1, description="a pilot run (curate pilot): ingest only the pairs whose "
+        "seeded uid hash falls below this fraction; unset for a full run")
+    sample_seed: int = Field(0, ge=0, description="seed of the pilot's uid hash")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Leave the sample keys out of a full run's dump, so its pool fingerprint (and so
+        every stage fingerprint) is what it was before pilots existed."""
+        data = handler(self)
+        if self.sample_fraction is None:
+            data.pop("sample_fraction", None)
+            data.pop("sample_seed", None)
+        return data
 
     @model_validator(mode="after")
     def _known_columns(self) -> PoolConfig:

@@ -128,7 +128,25 @@ def prepare(t: pa.Table, cfg: PoolConfig, path: str, row0: int, dims: EmbeddingD
         t = t.add_column(0, "uid", compute_uids(
             t["url"].combine_chunks() if "url" in t.column_names else None,
             t["caption"].combine_chunks()))
+    if cfg.sample_fraction is not None:
+        keep = in_sample(t["uid"], cfg.sample_fraction, cfg.sample_seed)
+        t, rows = t.filter(pa.array(keep)), rows[keep]
     return t, rows, bad_counts
+
+
+#: mixed into ``pool.sample_seed`` so the pilot's sample is independent of prune's k-means
+#: training sample, which hashes the same uids with its own (often equal) seed
+_PILOT_SALT = 0x50494C4F54  # "PILOT"
+
+
+def in_sample(uids: Any, fraction: float, seed: int) -> np.ndarray:
+    """A pilot run's rows (``pool.sample_fraction``): a seeded uniform of the uid below
+    ``fraction``. Per uid, so the sample is the same whatever the sharding, file order or
+    workers, and both copies of a duplicated uid are in or out together (so ingest's
+    duplicate check sees the same pairs it would in the full pool)."""
+    from curate.algorithms.kmeans_sample import uid_uniform
+
+    return uid_uniform(uids, seed ^ _PILOT_SALT) < fraction
 
 
 @dataclass(frozen=True)

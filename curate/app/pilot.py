@@ -1,0 +1,285 @@
+"""``curate pilot`` and the loss-aware plan: predict a full run's final size from a pilot.
+
+Why: MetaCLIP's t is set on counts after download and filtering, so a user cannot tell which
+t gives 400M pairs (MetaCLIP issues #19, #24) without running everything. A pilot runs the
+whole pipeline on a uid-hash sample of fraction f of the pool (``pool.sample_fraction``,
+applied per uid at ingest, :func:`curate.stages._pool_read.in_sample`): each unique pair is
+in it with probability f, independently of sharding, so the pilot's pairs reaching any
+stage are a Bernoulli(f) sample of the full run's (for per-pair stages) and sums over them,
+divided by f, are Horvitz-Thompson estimates of the full run's sums.
+
+The model (docs/ARCHITECTURE.md §8.2.1): final = pre × Π post-balance rates × d × g, where
+``pre = (r/f) Σ_{pilot pairs reaching balance} P_i(t; counts · r / f)`` (r = top_fraction /
+configured top_fraction, a proportional-thinning assumption; r = 1 unless swept), ``d`` is
+prune's measured dedup survival and ``g`` DBP's target_fraction (deterministic given its
+input). Without balance, pre = r × (pilot pairs past the last stage before prune) / f.
+The interval is a normal approximation: HT sampling variance ``(1 - f)/f² Σ y_i²`` plus
+the balance draws' own variance ``Σ P(1 - P)/f``, plus each measured post-balance rate's
+binomial variance, relative errors added in quadrature.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from curate.core.rundir import RunDir
+from curate.errors import CurateError
+
+Z95 = 1.959963984540054
+
+
+def run_pilot(pool: str | None, pipeline: str | None, fraction: float, out: str, seed: int,
+              overrides: list[str]) -> dict[str, Any]:
+    """Ingest the pool keeping the uid-hash sample and run the pipeline on it."""
+    from curate.driver import run_pipeline
+    from curate.stages.registry import load_pipeline
+
+    if not 0 < fraction <= 1:
+        raise CurateError(f"pilot --fraction must be in (0, 1], got {fraction}")
+    cfg = load_pipeline(pipeline, [*overrides, f"pool.sample_fraction={fraction}",
+                                   f"pool.sample_seed={seed}"])
+    return run_pipeline(cfg, out, pool=pool)
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a binomial rate (shown per stage)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + Z95**2 / n
+    mid = (p + Z95**2 / (2 * n)) / den
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+class PilotModel:
+    """What a (pilot) run measured, and the predicted final size for other knob values."""
+
+    def __init__(self, run: str):
+        from curate.stages.registry import recorded_pipeline
+
+        self.rd = RunDir(run)
+        self.manifest = self.rd.load_manifest()
+        self.cfg = cfg = recorded_pipeline(run)
+        self.f = float(cfg.pool.sample_fraction or 1.0)
+        recs = self.manifest.get("stages", {})
+        self.stages: list[dict[str, Any]] = []
+        for ref in cfg.refs():
+            rec = recs.get(ref.name)
+            if not ref.decides or not rec or rec.get("status") not in ("done", "failed"):
+                continue
+            n, k = int(rec.get("rows_in", 0)), int(rec.get("kept", 0))
+            lo, hi = wilson(k, n)
+            self.stages.append({"name": ref.name, "kind": ref.kind, "rows_in": n, "kept": k,
+                                "survival": k / n if n else 0.0, "interval": [lo, hi],
+                                "dropped": dict(rec.get("dropped") or {})})
+        self.pool_rows = int(self.manifest.get("pool", {}).get("rows", 0))
+        names = [s["name"] for s in self.stages]
+        bal = cfg.instances_of("balance")
+        self.balance = bal[0] if bal and bal[0] in names else None
+        prune = cfg.instances_of("prune")
+        self.prune = prune[-1] if prune and prune[-1] in names else None
+        self.score = next((n for n in cfg.instances_of("score") if n in names
+                           and cfg.section(n).filter.top_fraction is not None), None)
+        self.tf0 = cfg.section(self.score).filter.top_fraction if self.score else None
+        psec = cfg.section(self.prune) if self.prune else None
+        self.g0 = psec.target_fraction if psec is not None and psec.dbp else None
+        self.target_size = psec.target_size if psec is not None and psec.dbp else None
+        self._post_rates()
+        self._load_balance()
+
+    def _post_rates(self) -> None:
+        """Measured rates of the stages after balance (or after the last per-pair stage),
+        prune's dedup survival among them; DBP's own cut is modelled, not measured."""
+        names = [s["name"] for s in self.stages]
+        start = names.index(self.balance) + 1 if self.balance else (
+            names.index(self.prune) if self.prune else len(names))
+        self.post: list[tuple[str, float, int]] = []  # (name, rate, n)
+        for s in self.stages[start:]:
+            n = s["rows_in"]
+            if s["name"] == self.prune:
+                dup = s["dropped"].get("semantic_duplicate", 0)
+                self.post.append((f"{s['name']} (dedup)", (n - dup) / n if n else 0.0, n))
+            else:
+                self.post.append((s["name"], s["survival"], n))
+        if self.balance is None:
+            last = self.stages[start - 1] if start else None
+            self.base = last["kept"] if last else self.pool_rows
+
+    def _load_balance(self) -> None:
+        self.ids: list[Any] = []
+        self.counts = None
+        if self.balance is None:
+            return
+        from curate.core.io import read_table
+        from curate.stages.balance import matched
+
+        cfg, rd = self.cfg, self.rd
+        bal = cfg.ref(self.balance)
+        before = [cfg.ref(n) for n in cfg.stages[: cfg.stages.index(bal.name)]]
+        match = [r for r in before if r.kind == "match"][-1]
+        deciding = [r.folder for r in before if r.decides]
+        self.counts = read_table(rd.fs, rd.path(bal.folder, "entry_counts.parquet"),
+                                 ["count"])["count"].to_numpy().astype(np.float64)
+        for s in rd.pool_shards():
+            if rd.fs.exists(rd.shard_path(match.folder, s)):
+                ids = matched(rd, deciding, match.folder, s)["entry_ids"].combine_chunks()
+                if len(ids):
+                    self.ids.append(ids)
+        self.t0 = float(cfg.section(bal.name).t)
+        if cfg.section(bal.name).per_language:
+            raise CurateError("plan: a pilot prediction with balance.per_language is not "
+                              "supported yet (use plan without a pilot for t_en)")
+
+    # ------------------------------------------------------------------ prediction
+    def _pre(self, t: float | None, r: float) -> tuple[float, float, float]:
+        """(estimate, HT variance, draw variance) of the pairs balance keeps (or of the
+        pairs reaching the post stages, without balance), full-pool scale."""
+        f = self.f
+        if self.balance is None:
+            est = r * self.base / f
+            return est, r * r * self.base * (1 - f) / f**2, 0.0
+        from curate.algorithms.balancing import keep_prob
+
+        scaled = self.score is not None and self.cfg.stages.index(self.score) < \
+            self.cfg.stages.index(self.balance)  # thinning before balance lowers the counts
+        counts = self.counts * (r if scaled else 1.0) / f
+        s1 = s2 = s3 = 0.0
+        for ids in self.ids:
+            p = keep_prob(ids, counts, t).astype(np.float64)
+            s1, s2, s3 = s1 + p.sum(), s2 + (p * p).sum(), s3 + (p * (1 - p)).sum()
+        return r * s1 / f, r * r * s2 * (1 - f) / f**2, r * s3 / f
+
+    def predict(self, t: float | None = None, top_fraction: float | None = None,
+                target_fraction: float | None = None) -> dict[str, float]:
+        """Predicted final size and its 95% interval for these knobs (None: configured)."""
+        t = self.t0 if t is None and self.balance else t
+        tf = top_fraction if top_fraction is not None else self.tf0
+        r = tf / self.tf0 if self.tf0 else 1.0
+        est, v_ht, v_draw = self._pre(t, r)
+        est0, f_r = est, self.f / r if r else 0.0  # balance's predicted rate, full scale
+        rel2 = (v_ht + v_draw) / est**2 if est > 0 else 0.0
+        for _, rate, n in self.post:
+            est *= rate
+            if n and 0 < rate:
+                rel2 += (1 - rate) / (rate * n)
+        g = target_fraction if target_fraction is not None else self.g0
+        if g is not None:
+            est *= g
+        elif self.target_size is not None:
+            est = min(est, float(self.target_size))
+        half = Z95 * est * math.sqrt(rel2)
+        n_bal = sum(len(ids) for ids in self.ids)
+        bal_rate = {"balance_rate": est0 * f_r / n_bal} if n_bal else {}
+        return {**bal_rate, "predicted": est, "low": max(0.0, est - half), "high": est + half,
+                "t": t, "top_fraction": tf, "target_fraction": g}
+
+    def solve(self, target: float) -> dict[str, float]:
+        """The knob values for ``target``: t (others as configured) when the pipeline
+        balances; else DBP's target_fraction; else score's top_fraction."""
+        if self.balance is not None:
+            lo, hi = 1e-6, float(max(self.counts.max(initial=1), 1)) / self.f * 2
+            if self.predict(t=hi)["predicted"] < target:
+                raise CurateError(
+                    f"plan --target {target:,.0f}: above what t can give "
+                    f"({self.predict(t=hi)['predicted']:,.0f}: every matched pair kept); "
+                    "raise top_fraction/target_fraction or use a larger pool")
+            for _ in range(100):
+                mid = math.sqrt(lo * hi)
+                if hi / lo < 1 + 1e-6:
+                    break
+                lo, hi = (mid, hi) if self.predict(t=mid)["predicted"] < target else (lo, mid)
+            # balance.t is an integer: the nearer of the two around the solution
+            cands = [self.predict(t=float(c)) for c in {max(1, math.floor(hi)), math.ceil(hi)}]
+            return min(cands, key=lambda p: abs(p["predicted"] - target))
+        if self.g0 is not None:
+            full = self.predict(target_fraction=1.0)["predicted"]
+            return self.predict(target_fraction=min(1.0, target / full) if full else 1.0)
+        if self.tf0 is not None:
+            full = self.predict(top_fraction=1.0)["predicted"]
+            return self.predict(top_fraction=min(1.0, target / full) if full else 1.0)
+        raise CurateError("plan --target: the pipeline has no knob to turn (balance.t, "
+                          "prune.target_fraction or score.filter.top_fraction)")
+
+    def sweep(self) -> list[dict[str, float]]:
+        """Predictions over a grid: t (balance), top_fraction and target_fraction around
+        the configured values (x0.5 .. x1.5, capped at 1)."""
+        ts = [None]
+        if self.balance is not None:
+            hi = float(max(self.counts.max(initial=1), 1)) / self.f
+            ts = sorted({float(x) for x in np.round(np.geomspace(1, max(hi, 2), 9))}
+                        | {self.t0})
+        tfs = _around(self.tf0)
+        gs = _around(self.g0)
+        return [self.predict(t=t, top_fraction=tf, target_fraction=g)
+                for t in ts for tf in tfs for g in gs]
+
+
+def _around(v: float | None) -> list[float | None]:
+    if v is None:
+        return [None]
+    return sorted({round(min(1.0, v * m), 4) for m in (0.5, 0.75, 1.0, 1.25, 1.5)})
+
+
+def plan_pilot(run: str, target: int | None) -> dict[str, Any]:
+    """Per-stage survival, the prediction at the configured values, the sweep, and (with a
+    target) the chosen values written as ``RUN/plan/pipeline.yaml``."""
+    import yaml
+
+    from curate.core.io import write_bytes_atomic
+
+    m = PilotModel(run)
+    out: dict[str, Any] = {"fraction": m.f, "pool_rows": m.pool_rows,
+                           "pool_rows_full": m.pool_rows / m.f, "stages": m.stages,
+                           "configured": m.predict(), "sweep": m.sweep(), "notes": []}
+    if m.f < 1 and any(name.endswith("(dedup)") and rate < 1 for name, rate, _ in m.post):
+        out["notes"].append("prune's dedup survival was measured on a sample, which holds "
+                            "fewer of each pair's near-duplicates: biased up, not in the "
+                            "interval (docs/ARCHITECTURE.md 8.2.1)")
+    if target is not None:
+        chosen = m.solve(float(target))
+        out["chosen"] = chosen
+        data = m.cfg.dump()
+        data["pool"].pop("sample_fraction", None)
+        data["pool"].pop("sample_seed", None)
+        if m.balance and chosen["t"] is not None:
+            data[m.balance]["t"] = int(chosen["t"])
+        if m.score and chosen["top_fraction"] is not None:
+            data[m.score]["filter"]["top_fraction"] = chosen["top_fraction"]
+        if m.prune and chosen["target_fraction"] is not None:
+            data[m.prune]["target_fraction"] = chosen["target_fraction"]
+        path = m.rd.path("plan", "pipeline.yaml")
+        head = (f"# curate plan --target {target}: predicted {chosen['predicted']:,.0f} "
+                f"(95% interval {chosen['low']:,.0f} .. {chosen['high']:,.0f}) from the "
+                f"pilot at fraction {m.f}\n")
+        write_bytes_atomic(m.rd.fs, path, (head + yaml.safe_dump(data, sort_keys=False)
+                                           ).encode())
+        out["pipeline"] = path
+    if m.balance is not None:
+        out["entries"] = _write_entries(m, (out.get("chosen") or out["configured"])["t"])
+    return out
+
+
+def _write_entries(m: PilotModel, t: float) -> str:
+    """``RUN/plan/entries.parquet``: per entry, the pilot's count at balance, its full-pool
+    estimate (count / f) and balance's per-entry rate min(1, t / estimate) at the chosen
+    (else configured) t: where the head is capped, per entry."""
+    import pyarrow as pa
+
+    from curate.core.io import read_table, write_parquet_atomic
+
+    bal = m.cfg.ref(m.balance)
+    src = m.rd.path(bal.folder, "entry_counts.parquet")
+    tab = read_table(m.rd.fs, src, None)
+    est = m.counts / m.f
+    with np.errstate(divide="ignore"):
+        rate = np.where(est > 0, np.minimum(1.0, t / np.maximum(est, 1e-300)), 1.0)
+    cols = {c: tab[c] for c in ("entry_id", "entry") if c in tab.column_names}
+    out = pa.table({**cols, "pilot_count": tab["count"], "estimated_count": est,
+                    "balance_rate": rate})
+    path = m.rd.path("plan", "entries.parquet")
+    write_parquet_atomic(m.rd.fs, path, out)
+    return path
