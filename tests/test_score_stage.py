@@ -110,7 +110,8 @@ def test_top_fraction_keeps_exactly_global_top_k(tmp_path, tiny_ckpt, ray_sessio
     out = tmp_path / "run"
     # over the survivors: the k best of the pairs that passed the basic filter and decoded
     # (the default, over the whole pool, is tests/test_top_fraction_pool.py)
-    run_pipeline(_cfg(tiny_ckpt, filter={"top_fraction": 0.3, "top_fraction_of": "survivors"}),
+    run_pipeline(_cfg(tiny_ckpt, filter={"top_fraction": 0.3, "top_fraction_of": "survivors",
+                                         "top_fraction_rule": "exact_k"}),
                  str(out), pool=_pool(tmp_path))
     t = pq.read_table(f"{out}/scores")
     eligible = t.filter(pc.invert(pc.is_null(t["clip_score"])))
