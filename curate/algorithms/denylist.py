@@ -3,7 +3,9 @@
 Rule kinds: ``uid`` (exact), ``url`` (exact), ``domain`` (the URL's host is the domain or a
 subdomain of it: ``example.com`` matches ``cdn.example.com``, not ``badexample.com``),
 ``sha256`` (hex of the image bytes), ``phash`` (16 hex digits: imagehash's 64-bit phash;
-matches within ``radius`` bits). Rules are a table ``kind, value``; a pair matches its first
+matches within ``radius`` bits), and, for the download stage's configured denylists only,
+``url_pattern`` (a regular expression in RE2 syntax, searched anywhere in the URL).
+Rules are a table ``kind, value``; a pair matches its first
 rule in that order of kinds, and the label says which (``domain:example.com``).
 """
 
@@ -14,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 KINDS = ("uid", "url", "domain", "sha256", "phash")
+#: kinds ``match`` also understands; not offered by ``curate takedown`` (a takedown names
+#: what it removes, a pattern is a crawl policy)
+ALL_KINDS = ("uid", "url", "url_pattern", "domain", "sha256", "phash")
 #: a host has at most this many labels removed when looking for a listed parent domain
 MAX_LABELS = 12
 
@@ -45,6 +50,10 @@ def match(rules: pa.Table, uids: pa.Array, urls: pa.Array | None = None,
         vals = _values(rules, kind)
         if col is not None and len(vals):
             put(pc.is_in(col, value_set=vals), pc.binary_join_element_wise(kind, col, ":"))
+    if urls is not None:
+        for pattern in _values(rules, "url_pattern").to_pylist():
+            put(pc.match_substring_regex(urls, pattern),
+                pa.array([f"url_pattern:{pattern}"] * n, pa.string()))
     vals = pc.utf8_lower(_values(rules, "domain"))
     if urls is not None and len(vals):
         h = hosts(urls)

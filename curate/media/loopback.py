@@ -2,7 +2,10 @@
 
 Used by the offline example (`make curate`), the tests and the download benchmark, so that
 the download stage is exercised for real (sockets, HTTP, img2dataset) without the internet.
-Routes can answer slowly, redirect, fail with a status or send an X-Robots-Tag header.
+Routes can answer slowly, redirect, fail with a status, send headers (X-Robots-Tag,
+tdm-reservation, Retry-After), or answer differently on their first hits (``then``: a 429
+before the image). A server may bind any 127.0.0.0/8 address, so one machine can play many
+hosts (the download benchmark's pool of many hosts).
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ class Route:
     delay_s: float = 0.0
     location: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: answers for the first hits, in order; afterwards this route answers
+    first: list[Route] = field(default_factory=list)
 
 
 class LoopbackServer:
     """``with LoopbackServer(routes) as srv: srv.url("/a.jpg")``; counts hits per path."""
 
-    def __init__(self, routes: dict[str, Route] | None = None, port: int = 0):
+    def __init__(self, routes: dict[str, Route] | None = None, port: int = 0,
+                 host: str = "127.0.0.1"):
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: dict[str, int] = {}
+        self.in_flight = self.peak = 0  # requests being answered now, and the most at once
         self._lock = threading.Lock()
         server = self
 
@@ -38,8 +45,19 @@ class LoopbackServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
                 with server._lock:
-                    server.hits[path] = server.hits.get(path, 0) + 1
+                    hit = server.hits[path] = server.hits.get(path, 0) + 1
+                    server.in_flight += 1
+                    server.peak = max(server.peak, server.in_flight)
+                try:
+                    self._answer(path, hit)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, path: str, hit: int) -> None:
                 route = server.routes.get(path)
+                if route is not None and hit <= len(route.first):
+                    route = route.first[hit - 1]
                 if route is None:
                     self._send(404, b"not found", "text/plain", {})
                     return
@@ -67,12 +85,13 @@ class LoopbackServer:
 
         ThreadingHTTPServer.daemon_threads = True
         ThreadingHTTPServer.request_queue_size = 1024
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.host = host
         self.port = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def start(self) -> LoopbackServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

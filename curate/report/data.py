@@ -66,6 +66,8 @@ class ReportData:
     languages: dict[str, dict[str, int]] = field(default_factory=dict)
     #: [{label, cluster, kept: [items], dropped: [items]}] for chosen prune clusters
     cluster_sheets: list[dict[str, Any]] = field(default_factory=list)
+    #: download's most failing hosts: [{host, pairs, failed, failure_rate, by_reason}]
+    hosts: list[dict[str, Any]] = field(default_factory=list)
     #: decontaminate instance -> {eval set: pairs dropped}
     contamination: dict[str, dict[str, int]] = field(default_factory=dict)
     #: audit/false_drops.parquet (None: no labels)

@@ -17,7 +17,7 @@ def _fmt(v: int) -> str:
 
 
 def contact_sheets(d: ReportData) -> dict:
-    if not d.sheets and not d.contamination and not d.cluster_sheets:
+    if not d.sheets and not d.contamination and not d.cluster_sheets and not d.hosts:
         return {"notrun": "No stage dropped a pair, or no deciding stage ran."}
     shown = sum(len(s["items"]) for s in d.sheets)
     thumbs = sum(1 for s in d.sheets for it in s["items"] if it["thumb"])
@@ -25,7 +25,11 @@ def contact_sheets(d: ReportData) -> dict:
                      for eval_set, n in sorted(hits.items())]
     return {"notrun": None, "sheets": d.sheets, "shown": shown, "thumbs": thumbs,
             "dropped": sum(s["dropped"] for s in d.sheets), "contamination": contamination,
-            "clusters": d.cluster_sheets}
+            "clusters": d.cluster_sheets,
+            "hosts": [[h["host"], _fmt(h["pairs"]), _fmt(h["failed"]),
+                       f"{100 * h['failure_rate']:.1f}%",
+                       ", ".join(f"{b['reason']} {b['count']:,}" for b in h["by_reason"][:3])]
+                      for h in d.hosts]}
 
 
 def aesthetic(d: ReportData) -> dict:

@@ -1,5 +1,10 @@
 """Takedown rules in a run directory, and which pool pairs they match (used by emit on
 every run and by ``curate takedown``; the rules' format is :mod:`curate.algorithms.denylist`).
+
+Two rule files, kept apart because they have different owners: ``takedown/rules.parquet``
+(``curate takedown`` appends to it, by hand) and ``denylist/rules.parquet`` (the download
+stage rewrites it from ``download.denylist`` on each run of that stage). Emit applies both
+(:func:`load_all_rules`); ``curate takedown`` reads and appends only its own.
 """
 
 from __future__ import annotations
@@ -15,21 +20,30 @@ from curate.algorithms.denylist import match
 from curate.core.rundir import RunDir
 
 RULES, REMOVED = "takedown/rules.parquet", "takedown/removed.parquet"
+DENYLIST = "denylist/rules.parquet"
 RULE_SCHEMA = pa.schema([("kind", pa.string()), ("value", pa.string()),
                          ("added", pa.string()), ("why", pa.string())])
 
 
-def load_rules(rd: RunDir) -> pa.Table | None:
-    path = rd.path(RULES)
+def load_rules(rd: RunDir, which: str = RULES) -> pa.Table | None:
+    """The takedown rules (or, with ``which=DENYLIST``, the download denylist's)."""
+    path = rd.path(which)
     if not rd.fs.exists(path):
         return None
     with rd.fs.open(path, "rb") as f:
-        return pq.read_table(f)
+        return pq.read_table(f).cast(RULE_SCHEMA)
+
+
+def load_all_rules(rd: RunDir) -> pa.Table | None:
+    """Takedown and denylist rules together: what emit leaves out."""
+    parts = [t for t in (load_rules(rd), load_rules(rd, DENYLIST)) if t is not None]
+    return pa.concat_tables(parts) if parts else None
 
 
 def rules_version(rd: RunDir) -> str:
-    """A digest of the rules: part of emit's output identity (a new rule rewrites)."""
-    rules = load_rules(rd)
+    """A digest of every rule emit applies: part of emit's output identity (a new rule
+    rewrites what it touches)."""
+    rules = load_all_rules(rd)
     if rules is None:
         return ""
     text = "\n".join(f"{k}\t{v}" for k, v in zip(rules["kind"].to_pylist(),

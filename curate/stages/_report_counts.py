@@ -171,6 +171,8 @@ class ShardPlan:
     #: (label, cluster id) of the clusters whose kept and dropped pairs the report shows
     sheet_clusters: tuple[tuple[str, int], ...] = ()
     prune: str | None = None
+    #: the download stage's folder: per-host failure counts
+    download: str | None = None
 
     def folder(self, name: str) -> str:
         return self.folders[self.stages.index(name)]
@@ -233,7 +235,7 @@ def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
             out["stages"][s] = {"rows_in": n, "kept": n, "dropped": {}}
     final = kept[plan.deciding[-1]] if plan.deciding else None
     out["extras"] = shard_extras(rd, shard, decided, final, plan.aesthetic, plan.language,
-                                 plan.sheet_clusters, plan.prune)
+                                 plan.sheet_clusters, plan.prune, plan.download)
 
     out["pool_rows"] = _num_rows(rd, "pool", shard)
     out["final"] = len(final) if final is not None else out["pool_rows"]

@@ -32,9 +32,13 @@ AESTHETIC_EDGES = np.linspace(0.0, 10.0, 81)
 def shard_extras(rd: RunDir, shard: str, decisions: dict[str, pa.Table],
                  final: pa.Array | None, aesthetic: tuple[str, ...], language: str | None,
                  clusters: tuple[tuple[str, int], ...] = (), prune: str | None = None,
-                 ) -> dict[str, Any]:
-    """Sheet candidates, aesthetic histograms and language counts of one pool shard."""
+                 download: str | None = None) -> dict[str, Any]:
+    """Sheet candidates, aesthetic histograms, language and per-host counts of a shard."""
     out: dict[str, Any] = {"sheets": {}, "clusters": {}}
+    if download:
+        from curate.stages._report_hosts import shard_host_counts
+
+        out["hosts"] = shard_host_counts(rd, download, shard)
     if clusters and prune and rd.fs.exists(rd.shard_path(prune, shard)):
         t = rd.read(prune, shard, ["uid", "cluster_id", "kept"])
         cid = pc.fill_null(t["cluster_id"], -1).to_numpy(zero_copy_only=False)
@@ -91,10 +95,15 @@ class Extras:
     def __init__(self) -> None:
         self.sheets: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
         self.clusters: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+        self.hosts: dict[str, dict[str, int]] = {}  # O(hosts): download's per-host counts
         self.aesthetic: dict[str, list[np.ndarray]] = {}
         self.languages: dict[str, dict[str, int]] = {"pool": {}, "final": {}}
 
     def add(self, r: dict[str, Any]) -> None:
+        if r.get("hosts"):
+            from curate.stages._report_hosts import merge
+
+            merge(self.hosts, r["hosts"])
         for field in ("sheets", "clusters"):
             mine = getattr(self, field)
             for key, cands in r.get(field, {}).items():
@@ -174,12 +183,22 @@ def extras_plan(rd: RunDir, before: list, ran: dict[str, bool]) -> dict[str, Any
                           if r.kind == "aesthetic" and ran.get(r.name)],
             "language": next((r.folder for r in before
                               if r.kind == "language" and ran.get(r.name)), None),
-            "sheet_clusters": chosen, "prune": prune.folder if prune else None}
+            "sheet_clusters": chosen, "prune": prune.folder if prune else None,
+            "download": next((r.folder for r in before
+                              if r.kind == "download" and ran.get(r.name)), None)}
 
 
 def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[str, Any],
-                before: list) -> dict[str, Any]:
-    """ReportData's extra fields from the count step's sums."""
+                before: list, out_folder: str = "reports") -> dict[str, Any]:
+    """ReportData's extra fields from the count step's sums; writes host_failures.parquet
+    when download ran."""
+    hosts: list[dict[str, Any]] = []
+    if totals.extras.hosts:
+        from curate.stages._report_hosts import top_failing_hosts, write_host_failures
+
+        table = write_host_failures(rd, f"{out_folder}/host_failures.parquet",
+                                    totals.extras.hosts)
+        hosts = top_failing_hosts(table, 20)
     dropped = {(s, r): n for s, c in totals.stages.items() for r, n in c["dropped"].items()}
     images = next((r.folder for r in before if r.kind == "download"), None)
     aesthetic = {}
@@ -211,7 +230,7 @@ def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[st
                        "dropped": next((s["items"] for s in side if s["stage"] == label
                                         and s["reason"] == "dropped"), [])}
                       for label in by_cluster]
-    return {"cluster_sheets": cluster_sheets,
+    return {"cluster_sheets": cluster_sheets, "hosts": hosts,
             "sheets": sheets_data(rd, sheets, dropped, images, labels),
             "aesthetic": aesthetic, "languages": langs, "false_drops": false_drops(rd),
             "contamination": contamination}

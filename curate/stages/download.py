@@ -5,9 +5,15 @@ X-Robots-Tag opt-out handling); curate decides what it may fetch (netguard), gua
 against hostile bytes (imagecheck, run inside img2dataset's resize hook so nothing is decoded
 before the checks), and turns its output into ``images/part-NNNNN.parquet``:
 uid, image, format, width, height, original_width, original_height, sha256, status
-('ok'|'failed'), error, kept, reason (``download_failed``), detail (the error).
+('ok'|'failed'), error, kept, reason, detail (the error).
 Every input row comes out, failures included. Rows whose pool already carries image bytes
 are checked and passed through without a fetch.
+
+Consent comes before fetching (``_download_consent``, ARCHITECTURE §8.12): a pair that a
+denylist rule, robots.txt or TDMRep refuses is never requested and is dropped as
+``denylisted``, ``robots_disallowed`` or ``tdm_reserved`` (detail: the rule); each origin's
+robots.txt and tdmrep.json are fetched once per run by global steps before the shards.
+Fetching is polite (``curate.media.polite``): a per-host cap, 429/503 Retry-After.
 
 ``width``/``height`` are those of the stored bytes (after ``resize``, when set);
 ``original_width``/``original_height`` those of the image as fetched, before any resize —
@@ -19,23 +25,23 @@ with OpenCV without applying EXIF orientation, like PIL's header size used witho
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import os
 import shutil
 import tempfile
+import time
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from curate.config import OPERATIONAL, Section
 from curate.core.engine import Resources
-from curate.media import imagecheck, netguard
-from curate.stages.base import DECISION_FIELDS, Stage
+from curate.media import imagecheck, netguard, polite
+from curate.media.fetch import fetch
+from curate.stages import _download_consent as consent
+from curate.stages._download_consent import ConsentConfig, DenylistConfig, PoliteConfig
+from curate.stages.base import DECISION_FIELDS, GlobalStep, Stage
 
 log = logging.getLogger(__name__)
 
@@ -75,79 +81,11 @@ class DownloadConfig(Section):
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
     )
     resize: ResizeConfig | None = None
-
-
-
-
-class GuardedResizer:
-    """img2dataset's resize hook, with our header checks first (no decode before them)."""
-
-    def __init__(self, inner: Any | None, max_bytes: int, max_pixels: int):
-        self.inner = inner
-        self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
-
-    def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None):
-        data = img_stream.getvalue()
-        _, w, h, err = imagecheck.inspect(data, self.max_bytes, self.max_pixels)
-        if err:
-            return None, None, None, None, None, err
-        if self.inner is None:
-            return data, w, h, w, h, None
-        img_stream.seek(0)
-        return self.inner(img_stream, blurring_bbox_list)
-
-
-def _make_resizer(cfg: Any) -> GuardedResizer:
-    from img2dataset.resizer import Resizer
-
-    r = cfg.resize
-    inner = None
-    if r is not None:
-        inner = Resizer(image_size=r.image_size, resize_mode=r.resize_mode,
-                        resize_only_if_bigger=r.resize_only_if_bigger,
-                        encode_format=r.encode_format, encode_quality=r.encode_quality,
-                        max_image_area=cfg.max_image_pixels)
-    return GuardedResizer(inner, cfg.max_image_bytes, cfg.max_image_pixels)
-
-
-def fetch(uids: list[str], urls: list[str], cfg: Any, scratch: str) -> dict[str, dict]:
-    """Run img2dataset's Downloader on one list of URLs; uid -> {image, status, error}."""
-    from img2dataset.downloader import Downloader
-    from img2dataset.writer import ParquetSampleWriter
-
-    if not urls:
-        return {}
-    src = f"{scratch}/input.feather"
-    feather.write_feather(pa.table({"url": urls, "uid": uids}), src)
-    out_dir = f"{scratch}/out"
-    directives = cfg.disallowed_header_directives or None
-    downloader = Downloader(
-        sample_writer_class=ParquetSampleWriter, resizer=_make_resizer(cfg),
-        thread_count=cfg.threads, save_caption=False, extract_exif=False,
-        output_folder=out_dir, column_list=["url", "uid"], timeout=cfg.timeout,
-        number_sample_per_shard=max(10, len(urls)), oom_shard_count=5, compute_hash=None,
-        verify_hash_type=None, encode_format=cfg.resize.encode_format if cfg.resize else "jpg",
-        retries=cfg.retries, user_agent_token=cfg.user_agent_token,
-        disallowed_header_directives=directives,
-    )
-    os.makedirs(out_dir, exist_ok=True)  # img2dataset makes it only in its own download()
-    ok, _ = downloader((0, src))
-    if not ok:
-        raise RuntimeError("img2dataset failed on this shard (see worker log)")
-    fmt = cfg.resize.encode_format if cfg.resize else "jpg"
-    table = pq.read_table(f"{out_dir}/00000.parquet", columns=[
-        "uid", "status", "error_message", fmt, "original_width", "original_height"])
-    result: dict[str, dict] = {}
-    for uid, status, err, img, ow, oh in zip(
-            table["uid"].to_pylist(), table["status"].to_pylist(),
-            table["error_message"].to_pylist(), table[fmt].to_pylist(),
-            table["original_width"].to_pylist(), table["original_height"].to_pylist()):
-        if status == "success" and img is not None:
-            result[uid] = {"image": img, "error": None, "original": (ow, oh)}
-        else:
-            result[uid] = {"image": None, "error": (err or status or "unknown error").strip()}
-    return result
+    #: consent before fetching: robots.txt, TDMRep (``consent: {robots: false}`` etc.)
+    consent: ConsentConfig = Field(default_factory=ConsentConfig)
+    #: per-host cap, 429/503 back-off (``polite: null``: img2dataset's own fetch, unchanged)
+    polite: PoliteConfig | None = Field(default_factory=PoliteConfig)
+    denylist: DenylistConfig | None = None
 
 
 class DownloadStage(Stage):
@@ -158,13 +96,51 @@ class DownloadStage(Stage):
     Config = DownloadConfig
     schema = SCHEMA
     reasons = {"download_failed": "the image could not be fetched or failed its checks "
-                                  "(detail: the error)"}
+                                  "(detail: the error)", **consent.REASONS}
     joins = ("image", "format", "width", "height", "sha256")
     pool_columns = None
-    help = "Fetch each shard's images with img2dataset (URL guard, header checks)."
+    help = ("Fetch each shard's images with img2dataset (robots.txt, TDMRep, denylists, "
+            "per-host cap, URL guard, header checks).")
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1)
+
+    def steps(self) -> list:
+        from curate.stages.base import ShardStep
+
+        steps = [GlobalStep.on_driver("denylist", lambda _acc: consent.write_denylist(
+            self.rd, self.section.denylist))]
+        c = self.section.consent
+        if c.robots or c.tdmrep:
+            steps += [
+                GlobalStep("hosts", plan=lambda: list(self.shards), map=self._origins,
+                           start=set, fold=lambda acc, _item, res: acc.update(res) or acc,
+                           commit=lambda acc: consent.write_origins(self.rd, self._folder(),
+                                                                    acc)),
+                GlobalStep("robots", plan=lambda: consent.origin_batches(
+                    self.rd, self._folder()), map=self._records, start=dict,
+                    fold=consent.add_counts, commit=lambda acc: {"consent_files": acc}),
+            ]
+        return [*steps, ShardStep()]
+
+    def _folder(self) -> str:
+        return self.pipeline.ref(self.name).folder
+
+    def _origins(self, shard: str) -> list[str]:
+        t = self.inputs(shard)
+        if "url" not in t.column_names:
+            return []
+        if "image" in t.column_names:  # pairs the pool brings bytes for are not fetched
+            t = t.filter(pc.is_null(t["image"]))
+        urls = t["url"].to_pylist()
+        # a denylisted pair's origin is not asked for its consent files either
+        denied, _ = consent.pre_fetch(self.rd, self._folder(), None, t["uid"].to_pylist(),
+                                      urls, list(range(len(urls))), [])
+        return consent.shard_origins([u for i, u in enumerate(urls) if i not in denied])
+
+    def _records(self, batch: list[str]) -> dict[str, int]:
+        recs = consent.fetch_records(self.rd, self._folder(), batch, self.section)
+        return consent.summarize_records(recs)
 
     def max_in_flight(self) -> int | None:
         return self.section.processes
@@ -230,6 +206,13 @@ class DownloadStage(Stage):
         for i in range(n):
             if brought[i] is not None:
                 images[i] = brought[i]
+        # consent before fetching: denylist (every row), then robots.txt and TDMRep
+        codes: list[str | None] = [None] * n
+        verdicts, rules = consent.pre_fetch(self.rd, self._folder(), cfg, uids, urls,
+                                            list(range(n)), need)
+        for i, (code, detail) in verdicts.items():
+            codes[i], errors[i], images[i] = code, detail, None
+        need = [i for i in need if codes[i] is None]
         if need:
             refused = netguard.refusals([urls[i] or "" for i in need],
                                         cfg.allow_private_addresses, cfg.threads)
@@ -241,28 +224,52 @@ class DownloadStage(Stage):
                     errors[i] = reason
                 else:
                     fetch_idx.append(i)
-            scratch = tempfile.mkdtemp(prefix=f"curate-dl-{shard[:10]}-")
-            try:
-                got = fetch([uids[i] for i in fetch_idx], [urls[i] for i in fetch_idx], cfg,
-                            scratch)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            for i in fetch_idx:
-                r = got.get(uids[i])
-                if r is None:
-                    errors[i] = "missing from img2dataset output"
-                else:
-                    images[i], errors[i] = r["image"], r["error"]
-                    originals[i] = r.get("original")
-        return build_table(uids, images, errors, cfg, originals)
+            self._fetch(shard, fetch_idx, uids, urls, images, errors, originals, codes)
+        table = build_table(uids, images, errors, cfg, originals, codes)
+        hits = consent.post_fetch(rules, uids, table["image"].to_pylist(),
+                                  table["sha256"].to_pylist())
+        if hits:
+            for i, label in hits.items():
+                codes[i], errors[i], images[i] = "denylisted", label, None
+            table = build_table(uids, images, errors, cfg, originals, codes)
+        return table
+
+    def _fetch(self, shard: str, idx: list[int], uids: list, urls: list, images: list,
+               errors: list, originals: list, codes: list) -> None:
+        """Fetch ``idx`` with img2dataset (politely unless ``polite: null``), in place."""
+        cfg = self.section
+        policy = None
+        if cfg.polite is not None:
+            p = cfg.polite
+            timeout = self.cfg.run.shard_timeout_s
+            policy = polite.Policy(
+                per_host=p.per_host, http_retries=p.http_retries,
+                retry_after_max_s=p.retry_after_max_s, backoff_s=p.backoff_s,
+                tdm_header=cfg.consent.tdmrep,
+                deadline=time.monotonic() + 0.8 * timeout if timeout else None)
+        scratch = tempfile.mkdtemp(prefix=f"curate-dl-{shard[:10]}-")
+        try:
+            got = fetch([uids[i] for i in idx], [urls[i] for i in idx], cfg, scratch, policy)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for i in idx:
+            r = got.get(uids[i])
+            if r is None:
+                errors[i] = "missing from img2dataset output"
+            else:
+                images[i], errors[i] = r["image"], r["error"]
+                originals[i] = r.get("original")
+                codes[i] = consent.classify(errors[i]) if errors[i] else None
 
 
 def build_table(uids: list[str], images: list[bytes | None], errors: list[str | None],
-                cfg: Any, originals: list[tuple | None] | None = None) -> pa.Table:
+                cfg: Any, originals: list[tuple | None] | None = None,
+                codes: list[str | None] | None = None) -> pa.Table:
     """Check every image's header and assemble the output shard.
 
     ``originals[i]``: (width, height) of the image as fetched, before img2dataset resized
-    it; None where no resize happened (pool bytes, or no ``resize``): the stored size."""
+    it; None where no resize happened (pool bytes, or no ``resize``): the stored size.
+    ``codes[i]``: the reason code of a consent verdict (None: ``download_failed``)."""
     fmts, ws, hs, shas, ows, ohs = [], [], [], [], [], []
     originals = originals if originals is not None else [None] * len(images)
     for i, data in enumerate(images):
@@ -287,10 +294,13 @@ def build_table(uids: list[str], images: list[bytes | None], errors: list[str | 
         ohs.append(oh)
     ok = pa.array([e is None for e in errors])
     error_arr = pa.array(errors, pa.string())
+    codes = codes if codes is not None else [None] * len(errors)
+    reason = pa.array([None if e is None else (c or "download_failed")
+                       for e, c in zip(errors, codes)], pa.string())
     return pa.Table.from_arrays([
         pa.array(uids, pa.string()), pa.array(images, pa.binary()), pa.array(fmts, pa.string()),
         pa.array(ws, pa.int32()), pa.array(hs, pa.int32()), pa.array(ows, pa.int32()),
         pa.array(ohs, pa.int32()), pa.array(shas, pa.string()),
         pc.if_else(ok, "ok", "failed"), error_arr, ok,
-        pc.if_else(ok, pa.scalar(None, pa.string()), "download_failed"), error_arr,
+        reason, error_arr,
     ], schema=SCHEMA)

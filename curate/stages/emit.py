@@ -9,7 +9,10 @@ The same inputs give the same bytes: rerunning emit rewrites identical files, an
 whose inputs did not change is not rewritten at all. ``curated/stats.json`` lists counts.
 Pairs matching a takedown rule (``takedown/rules.parquet``, ``curate takedown``) are left
 out of the count and of every output shard, on every run; the rules' digest is part of each
-output shard's identity, so a new rule rewrites what it touches.
+output shard's identity, so a new rule rewrites what it touches. The download stage's
+configured denylist (``denylist/rules.parquet``, ``download.denylist``) is applied the same
+way, so a pair whose image was brought by the pool, or fetched before a rule was added, is
+still left out.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from curate.core import faults
 from curate.core.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
 from curate.core.rundir import RunDir, count_survivors, uid_digest
 from curate.errors import InputError
-from curate.stages._denylist import load_rules, matched, rules_version
+from curate.stages._denylist import load_all_rules, matched, rules_version
 from curate.stages.base import GlobalStep, Stage
 
 
@@ -68,7 +71,7 @@ def gather(rd: RunDir, deciding: list[str], sources: list, shard: str,
     """Every column of the kept pairs of one pool shard, in pool order, without the pairs
     a takedown rule matches (``takedown/rules.parquet``: they never reach curated/)."""
     table = rd.survivors(deciding, shard)
-    rules = load_rules(rd)
+    rules = load_all_rules(rd)
     if rules is not None and table.num_rows:
         _, label = matched(rd, rules, shard, download, table["uid"].combine_chunks())
         table = table.filter(pc.is_null(label))
@@ -196,7 +199,7 @@ class EmitStage(Stage):
         return dl.folder if dl else None
 
     def _count(self, shard: str) -> tuple[int, str]:
-        rules = load_rules(self.rd)
+        rules = load_all_rules(self.rd)
         if rules is None:
             return count_survivors(self.rd.url, self.deciding_before(), shard)
         uids = self.rd.survivors(self.deciding_before(), shard, ["uid"])["uid"]

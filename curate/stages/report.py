@@ -150,7 +150,8 @@ class ReportStage(Stage):
                          tuple(p["deciding"]), tuple(p["after_match"]),
                          tuple(self._matched_classes()), p["match"], p["score"],
                          tuple(f for _, f in p["aesthetic"]), p["language"],
-                         tuple(tuple(c) for c in p.get("sheet_clusters", [])), p.get("prune"))
+                         tuple(tuple(c) for c in p.get("sheet_clusters", [])), p.get("prune"),
+                         p.get("download"))
 
     def _count_shard(self, shard: str) -> dict[str, Any]:
         try:
@@ -373,7 +374,8 @@ class ReportStage(Stage):
             scores=self._score_data(totals, manifest), clusters=read_clusters(
                 self.rd, self._first("prune", ran)),
             coverage=coverage, coverage_note=coverage_note, final_pairs=totals.final,
-            **page_extras(rd, totals, plan, manifest, self.before),
+            **page_extras(rd, totals, plan, manifest, self.before,
+                          self.pipeline.ref(self.name).folder),
             kinds={**{r.name: r.kind for r in self.before}, self.name: self.kind},
         )
         page = report_html.render(data)

@@ -1,0 +1,171 @@
+"""Polite fetching inside one download task: a cap on concurrent requests per host,
+back-off on 429/503 honouring Retry-After, and TDMRep's ``tdm-reservation`` header — all
+checked on the response headers, before the body is read.
+
+img2dataset's ``Downloader`` calls the module function ``download_image_with_retry`` for
+every URL from its thread pool; ``active(policy)`` swaps in :func:`download` for the
+duration of one shard (a download task runs one shard at a time in its process), so
+img2dataset keeps its thread pool, writer, resize hook and X-Robots-Tag handling (its own
+``is_disallowed`` is called exactly as it does) and curate adds what it lacks.
+
+What the cap guarantees: at most ``per_host`` requests in flight to one host name from one
+shard task, so at most ``per_host x (shard tasks in flight, download.processes)`` across
+the cluster. URLs are interleaved by host (:func:`interleave`) so a thread rarely waits on
+a busy host while another host is idle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import io
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from curate.media.robots import user_agent_string
+
+#: error text of a pair refused by the ``tdm-reservation: 1`` response header
+TDM_HEADER = "TDM reservation: the response carries 'tdm-reservation: 1' (TDMRep)"
+XROBOTS = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own text
+
+
+def host_of(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def interleave(idx: list[int], urls: list[str]) -> list[int]:
+    """``idx`` reordered round-robin over hosts (first host's first URL, second host's
+    first URL, ...); stable within a host."""
+    groups: dict[str, list[int]] = {}
+    for i in idx:
+        groups.setdefault(host_of(urls[i]), []).append(i)
+    lists = list(groups.values())
+    out: list[int] = []
+    depth = max((len(g) for g in lists), default=0)
+    for k in range(depth):
+        out.extend(g[k] for g in lists if k < len(g))
+    return out
+
+
+def retry_after(value: str | None, default: float) -> float:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP-date), else default."""
+    if not value:
+        return default
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return default
+
+
+@dataclass
+class Policy:
+    per_host: int = 4
+    http_retries: int = 2        # extra attempts after a 429/503
+    retry_after_max_s: float = 30.0
+    backoff_s: float = 1.0       # 429/503 without Retry-After: backoff_s * 2**attempt
+    tdm_header: bool = True
+    deadline: float | None = None  # time.monotonic() after which nothing waits any more
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _slots: dict = field(default_factory=dict)
+    _not_before: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # host -> number of 429/503 back-offs
+
+    def slot(self, host: str) -> threading.Semaphore:
+        with self._lock:
+            s = self._slots.get(host)
+            if s is None:
+                s = self._slots[host] = threading.BoundedSemaphore(self.per_host)
+            return s
+
+    def wait_turn(self, host: str) -> None:
+        """Sleep until ``host``'s back-off (set by a 429/503 of any thread) has passed."""
+        while True:
+            with self._lock:
+                delay = self._not_before.get(host, 0.0) - time.monotonic()
+            if delay <= 0:
+                return
+            time.sleep(min(delay, 0.5))
+
+    def back_off(self, host: str, delay: float) -> None:
+        with self._lock:
+            until = time.monotonic() + delay
+            self._not_before[host] = max(self._not_before.get(host, 0.0), until)
+            self.stats[host] = self.stats.get(host, 0) + 1
+
+
+_ACTIVE: Policy | None = None
+
+
+def _once(url: str, timeout: float, ua: str, token: str | None, directives, policy: Policy):
+    """(stream, error, retry delay or None) of one request."""
+    from img2dataset.downloader import is_disallowed
+
+    req = urllib.request.Request(url, data=None, headers={"User-Agent": ua})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            if directives and is_disallowed(r.headers, token, directives):
+                return None, XROBOTS, None
+            if policy.tdm_header and (r.headers.get("tdm-reservation") or "").strip() == "1":
+                return None, TDM_HEADER, None
+            return io.BytesIO(r.read()), None, None
+    except urllib.error.HTTPError as err:
+        if err.code in (429, 503):
+            return None, str(err), retry_after(err.headers.get("Retry-After"), -1.0)
+        return None, str(err), None
+    except Exception as err:  # noqa: BLE001 - img2dataset records any error as text
+        return None, str(err), None
+
+
+def download(row, timeout, retries, user_agent_token, disallowed_header_directives):
+    """img2dataset's ``download_image_with_retry``, polite: same signature and result."""
+    key, url = row
+    policy = _ACTIVE or Policy(per_host=1 << 30, http_retries=0)
+    host = host_of(url)
+    ua = user_agent_string(user_agent_token)
+    err, tries, waits = None, 0, 0
+    while True:
+        policy.wait_turn(host)
+        with policy.slot(host):
+            stream, err, delay = _once(url, timeout, ua, user_agent_token,
+                                       disallowed_header_directives, policy)
+        if stream is not None:
+            return key, stream, None
+        if delay is not None:  # 429/503: wait as told (capped), within the deadline
+            if waits >= policy.http_retries:
+                return key, None, err
+            if delay < 0:
+                delay = policy.backoff_s * 2 ** waits
+            delay = min(delay, policy.retry_after_max_s)
+            if policy.deadline is not None and time.monotonic() + delay > policy.deadline:
+                return key, None, f"{err} (Retry-After {delay:.0f} s beyond the time limit)"
+            policy.back_off(host, delay)
+            waits += 1
+            continue
+        if err in (XROBOTS, TDM_HEADER) or tries >= retries:
+            return key, None, err
+        tries += 1
+
+
+@contextlib.contextmanager
+def active(policy: Policy):
+    """Route img2dataset's per-URL fetch through :func:`download` with ``policy``."""
+    global _ACTIVE
+    import img2dataset.downloader as d
+
+    saved = d.download_image_with_retry
+    _ACTIVE, d.download_image_with_retry = policy, download
+    try:
+        yield policy
+    finally:
+        _ACTIVE, d.download_image_with_retry = None, saved

@@ -1,0 +1,246 @@
+"""The download stage's consent checks and polite crawling: config sections, the global
+steps that fetch each origin's robots.txt / tdmrep.json once per run, the configured
+denylist, and the per-shard verdicts (``robots_disallowed``, ``tdm_reserved``,
+``denylisted``).
+
+Why global steps before the shards: an origin's files are fetched exactly once per run
+whatever the number of shards and workers (a per-shard cache would race), the work is
+O(origins) and spread over the cluster, and each origin's record is a file
+``<download folder>/_robots/<origin>.json`` (written atomically) that a shard reads only
+for the origins it holds. Steps: ``denylist`` (driver: write ``denylist/rules.parquet``)
+→ ``hosts`` (per pool shard: its origins; the driver keeps the set, O(origins), and writes
+``_robots/_origins.json``) → ``robots`` (per batch of 64 origins: fetch and write their
+records; an origin already recorded is not asked again, so a crashed step resumes).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from curate.config import Section
+from curate.core.io import write_bytes_atomic, write_parquet_atomic
+from curate.core.rundir import RunDir, now
+from curate.media import robots
+from curate.stages._denylist import DENYLIST, RULE_SCHEMA, load_rules
+
+BATCH = 64
+REASONS = {
+    "robots_disallowed": "robots.txt disallows the URL for download.consent.user_agent, or "
+                         "the host's robots.txt was unreachable (5xx/timeout: disallow-all) "
+                         "(detail: the rule)",
+    "tdm_reserved": "TDMRep: tdmrep.json or the 'tdm-reservation: 1' response header "
+                    "reserves text-and-data-mining rights (detail: which)",
+    "denylisted": "matches a download.denylist rule, before the fetch (domain, url, "
+                  "url_pattern, uid) or after it (sha256, phash) (detail: the rule)",
+}
+
+
+class ConsentConfig(Section):
+    """Consent before fetching. X-Robots-Tag stays ``download.disallowed_header_directives``."""
+
+    robots: bool = True
+    tdmrep: bool = True
+    user_agent: str = Field("img2dataset", min_length=1,
+                            description="product token matched against robots.txt groups")
+    timeout: float = Field(5, gt=0, le=120, description="per consent file")
+    on_unreachable: Literal["disallow", "allow"] = "disallow"
+
+
+class PoliteConfig(Section):
+    per_host: int = Field(4, ge=1, le=1024,
+                          description="requests in flight per host and shard task")
+    http_retries: int = Field(2, ge=0, le=10, description="extra tries after a 429/503")
+    retry_after_max_s: float = Field(30, ge=0, le=600)
+    backoff_s: float = Field(1.0, ge=0, le=60, description="429/503 without Retry-After")
+
+
+class DenylistConfig(Section):
+    """Files of one value per line (``#`` starts a comment)."""
+
+    domains: str | None = None
+    urls: str | None = None
+    url_patterns: str | None = None
+    uids: str | None = None
+    sha256: str | None = None
+    phash: str | None = None
+
+
+KIND_OF = {"domains": "domain", "urls": "url", "url_patterns": "url_pattern", "uids": "uid",
+           "sha256": "sha256", "phash": "phash"}
+
+
+def write_denylist(rd: RunDir, cfg: DenylistConfig | None) -> dict[str, Any]:
+    """``denylist/rules.parquet`` from the configured files (removed when none)."""
+    import fsspec
+
+    from curate.errors import ConfigError
+
+    path = rd.path(DENYLIST)
+    kinds, values = [], []
+    for key, kind in KIND_OF.items():
+        src = getattr(cfg, key) if cfg is not None else None
+        if not src:
+            continue
+        try:
+            with fsspec.open(src, "rt") as f:
+                lines = [ln.split("#", 1)[0].strip() for ln in f]
+        except OSError as err:
+            raise ConfigError(f"download.denylist.{key}: cannot read {src} ({err})") from None
+        vals = [v for v in lines if v]
+        if kind == "url_pattern":
+            import re
+
+            for v in vals:
+                try:
+                    re.compile(v)
+                except re.error as err:
+                    raise ConfigError(f"download.denylist.url_patterns: bad pattern {v!r} "
+                                      f"({err})") from None
+        kinds += [kind] * len(vals)
+        values += vals
+    if not kinds:
+        if rd.fs.exists(path):
+            rd.fs.rm(path)
+        return {"denylist_rules": 0}
+    stamp = now()
+    table = pa.table({"kind": kinds, "value": values, "added": [stamp] * len(kinds),
+                      "why": ["download.denylist"] * len(kinds)}, schema=RULE_SCHEMA)
+    write_parquet_atomic(rd.fs, path, table)
+    return {"denylist_rules": len(kinds)}
+
+
+def shard_origins(urls: list[str | None]) -> list[str]:
+    return sorted({o for o in (robots.origin(u) for u in urls if u) if o})
+
+
+def record_path(rd: RunDir, folder: str, org: str) -> str:
+    return rd.path(folder, "_robots", robots.cache_name(org))
+
+
+def fetch_records(rd: RunDir, folder: str, origins: list[str], section: Any,
+                  skip_existing: bool = True) -> dict[str, dict]:
+    """Each origin's consent record: read when recorded, else fetched and written."""
+    c = section.consent
+
+    def one(org: str) -> dict:
+        path = record_path(rd, folder, org)
+        if skip_existing and rd.fs.exists(path):
+            with rd.fs.open(path, "rb") as f:
+                return json.loads(f.read())
+        ok = _allowed_origin(org, section.allow_private_addresses)
+        rec = (robots.fetch(org, c.timeout, section.user_agent_token, c.robots, c.tdmrep)
+               if ok else {"origin": org})
+        write_bytes_atomic(rd.fs, path, json.dumps(rec).encode())
+        return rec
+
+    if not origins:
+        return {}
+    with ThreadPoolExecutor(max(1, min(section.threads, len(origins)))) as ex:
+        return dict(zip(origins, ex.map(one, origins)))
+
+
+def _allowed_origin(org: str, allow_private: bool) -> bool:
+    """netguard's rule for the origin itself: a refused host is never asked for its files
+    (its images are refused anyway)."""
+    from curate.media import netguard
+
+    return netguard.url_refusal(org + "/", allow_private) is None
+
+
+def write_origins(rd: RunDir, folder: str, origins: set[str]) -> dict[str, Any]:
+    write_bytes_atomic(rd.fs, rd.path(folder, "_robots", "_origins.json"),
+                       json.dumps(sorted(origins)).encode())
+    return {"origins": len(origins)}
+
+
+def origin_batches(rd: RunDir, folder: str) -> list[list[str]]:
+    with rd.fs.open(rd.path(folder, "_robots", "_origins.json"), "rb") as f:
+        origins = json.loads(f.read())
+    return [origins[i:i + BATCH] for i in range(0, len(origins), BATCH)]
+
+
+def summarize_records(recs: dict[str, dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for rec in recs.values():
+        for key in ("robots", "tdmrep"):
+            if key in rec:
+                k = f"{key}_{rec[key]['state']}"
+                out[k] = out.get(k, 0) + 1
+    return out
+
+
+def add_counts(acc: dict, item: Any, result: dict) -> dict:
+    for k, v in result.items():
+        acc[k] = acc.get(k, 0) + v
+    return acc
+
+
+def pre_fetch(rd: RunDir, folder: str, section: Any, uids: list[str],
+              urls: list[str | None], todo: list[int], to_fetch: list[int]
+              ) -> tuple[dict[int, tuple[str, str]], pa.Table | None]:
+    """Verdicts before any image request: index -> (code, detail), the denylist for the
+    rows ``todo`` (all of them), robots.txt and TDMRep for ``to_fetch`` (those without
+    bytes); and the denylist rules (for the sha256/phash check after the fetch)."""
+    out: dict[int, tuple[str, str]] = {}
+    rules = load_rules(rd, DENYLIST)
+    if rules is not None and todo:
+        from curate.algorithms.denylist import match
+
+        label = match(rules, pa.array([uids[i] for i in todo], pa.string()),
+                      pa.array([urls[i] for i in todo], pa.string())).to_pylist()
+        for i, lab in zip(todo, label):
+            if lab is not None:
+                out[i] = ("denylisted", lab)
+    rest = [i for i in to_fetch if i not in out and urls[i]]
+    if not rest:
+        return out, rules
+    c = section.consent
+    if c.robots or c.tdmrep:
+        recs = fetch_records(rd, folder, shard_origins([urls[i] for i in rest]), section)
+        v = robots.Verdicts(c.user_agent, c.on_unreachable)
+        for i in rest:
+            rec = recs.get(robots.origin(urls[i]) or "")
+            if rec is None:
+                continue
+            why = v.robots(rec, urls[i]) if c.robots else None
+            if why:
+                out[i] = ("robots_disallowed", why)
+                continue
+            why = v.tdm(rec, urls[i]) if c.tdmrep else None
+            if why:
+                out[i] = ("tdm_reserved", why)
+    return out, rules
+
+
+def post_fetch(rules: pa.Table | None, uids: list[str], images: list[bytes | None],
+               shas: list[str | None]) -> dict[int, str]:
+    """index -> denylist label for fetched images matching a sha256/phash rule."""
+    if rules is None:
+        return {}
+    kinds = set(rules["kind"].to_pylist())
+    if not kinds & {"sha256", "phash"}:
+        return {}
+    import numpy as np
+
+    from curate.algorithms.denylist import match
+
+    ph = None
+    if "phash" in kinds:
+        from curate.media.imagehashes import image_hashes
+
+        ph = np.array([(image_hashes(d)[2] or 0) if d else 0 for d in images], np.uint64)
+    label = match(rules, pa.array(uids, pa.string()), None, pa.array(shas, pa.string()), ph)
+    return {i: lab for i, lab in enumerate(label.to_pylist()) if lab is not None}
+
+
+def classify(error: str) -> str | None:
+    """The reason code of a fetch error that is a consent verdict (None: download_failed)."""
+    from curate.media.polite import TDM_HEADER
+
+    return "tdm_reserved" if error == TDM_HEADER else None
+
