@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -109,6 +111,10 @@ def test_contact_sheets_are_deterministic_and_small(example_run):
     for label in ("largest", "most complex", "least complex"):
         assert f"<h3>{label} " in clusters, label
     assert 'alt="kept pair' in clusters and 'alt="dropped pair' in clusters
+    # download's failures by host (3 failed URLs on the loopback host)
+    assert "Hosts with the most failed downloads" in sheets
+    hosts = pq.read_table(out / "reports" / "host_failures.parquet")
+    assert pc.sum(hosts["failed"]).as_py() == 3
     assert len(page.encode()) < 15 * 2**20
     r = CliRunner().invoke(app, ["stage", str(out), "report"])
     assert r.exit_code == 0, r.output[-1500:]

@@ -29,6 +29,8 @@ KILLS = [
     "balance.count:commit:kill",              # ... and its commit, on the driver
     "balance:2:kill-driver",
     "prune.count:0:kill-driver",
+    "prune.sample:1:kill-driver",             # the k-means sample, written per shard
+    "prune.train:0:kill-driver",              # the k-means task (GPU when there is one)
     "prune.train:commit:kill",                # the driver, right after k-means
     "prune.assign:1:kill-driver",
     "prune.dedup:0:kill-driver",

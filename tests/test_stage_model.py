@@ -68,7 +68,8 @@ def test_failing_score_shard_blocks_top_fraction_then_rerun_applies_it(tmp_path,
 # Every global step of this pipeline, in the order it runs; a fault in a step's map or in
 # its commit must end the run with exit 3 and one line, and the next run resumes.
 STEPS = ["score.model", "score.select0", "score.select1", "score.apply", "match.vocabulary",
-         "balance.count", "prune.count", "prune.train", "prune.assign", "prune.dedup",
+         "balance.count", "prune.count", "prune.sample", "prune.train", "prune.assign",
+         "prune.dedup", "prune.dbp_sample",
          "prune.dbp_train", "prune.dbp_assign", "prune.clusters", "prune.select",
          "prune.cleanup", "emit.count", "emit.write",
          "report.plan", "report.count"]

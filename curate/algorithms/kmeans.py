@@ -153,6 +153,7 @@ def train_kmeans(
     n_restarts: int = 1,
     max_points_per_centroid: int = 256,
     init_points_per_centroid: int = 16,
+    threads: int | None = None,
 ) -> KMeansModel:
     """Spherical k-means (FAISS ``Clustering``, ``spherical=True``, ``IndexFlatIP``).
 
@@ -163,8 +164,25 @@ def train_kmeans(
     init: 'kmeans++' (default: greedy k-means++ on ``init_points_per_centroid * k`` points of
     the sample) or 'random' (FAISS's k random points, as in the SemDeDup/DBP code).
     n_restarts: independent seedings (seed, seed+1, ...); the best objective wins.
+    threads: FAISS's OpenMP threads while training (None: as set); the prune stage passes
+    the CPUs Ray gave its task, so the count (and the result) is fixed by the resources.
     Deterministic for a given seed, device and thread count.
     """
+    if threads is None:
+        return _train(sample, k, niter, seed, use_gpu, init, n_restarts,
+                      max_points_per_centroid, init_points_per_centroid)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, threads))
+    try:
+        return _train(sample, k, niter, seed, use_gpu, init, n_restarts,
+                      max_points_per_centroid, init_points_per_centroid)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _train(sample: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool | None,
+           init: InitMethod, n_restarts: int, max_points_per_centroid: int,
+           init_points_per_centroid: int) -> KMeansModel:
     x = np.asarray(sample)
     if x.ndim != 2:
         raise ValueError(f"sample must be a 2-D array (n, d), got shape {x.shape}")

@@ -76,13 +76,16 @@ class KMeansModel:
             self._gpu = (index, res)
         return self._gpu[0]
 
-    def assign(self, x: np.ndarray, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    def assign(self, x: np.ndarray, batch: int = 65536, device: Device | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid of each row of ``x`` (n, d) by inner product.
 
         Returns ``(labels int32 [n], sims float32 [n])``; cosine distance to the centroid is
         ``1 - sims`` for normalised inputs. ``x`` may be float16 (as stored in ``scores/``);
         it is converted ``batch`` rows at a time, so memory stays O(batch * d). Results are
         identical whatever the batch size or the split of the pool into calls (module doc).
+        ``device``: where to search ('gpu' falls back to CPU where FAISS sees no GPU); None:
+        the training device. Labels are the same on both (the float64 re-ranking).
         """
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.d:
@@ -90,7 +93,7 @@ class KMeansModel:
         n = x.shape[0]
         labels = np.empty(n, dtype=np.int32)
         sims = np.empty(n, dtype=np.float32)
-        use_gpu = self.device == "gpu" and gpu_count() > 0
+        use_gpu = (device or self.device) == "gpu" and gpu_count() > 0
         rows = max(1, min(batch, _BLOCK_ELEMS // max(self.k, 1)))
         if use_gpu:
             rows = max(1, batch)

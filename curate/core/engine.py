@@ -46,10 +46,17 @@ class Resources:
     num_gpus: float = 0
     memory: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    #: this share of a GPU per task, only when the cluster has GPUs (decided at map time,
+    #: after Ray is up): work that runs on either device (k-means) asks for a GPU where
+    #: there is one and still runs on a CPU-only cluster. Ignored when ``num_gpus`` is set.
+    gpus_if_any: float = 0
 
 
-def init(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set, else start an embedded local Ray (once)."""
+def init(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set, else start an embedded local Ray (once).
+
+    ``num_gpus`` declares GPUs to the local Ray (None: Ray detects them); declaring one on a
+    CPU machine is how tests exercise the GPU resource requests without a GPU."""
     global _INIT_BY_US
     import ray
 
@@ -67,7 +74,7 @@ def init(num_cpus: int | None = None) -> None:
     else:
         tmp = os.environ.get("CURATE_RAY_TMP") or os.path.join(
             tempfile.gettempdir(), f"curate-ray-{os.getuid()}")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp,
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=tmp,
                  log_to_driver=False, configure_logging=False)
         log.info("started local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
     _INIT_BY_US = True
@@ -88,6 +95,26 @@ def assigned_cpus() -> int:
         return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     except Exception:  # noqa: BLE001 - not in a Ray worker
         return max(1, os.cpu_count() or 1)
+
+
+def assigned_gpus() -> float:
+    """GPUs (or the share of one) Ray gave the calling worker; 0 outside a Ray worker."""
+    try:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0))
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        return 0.0
+
+
+def node_cpus(with_gpu: bool = False) -> int:
+    """CPUs of the largest alive node (``with_gpu``: of those with a GPU): the most one task
+    can be given (a task asking for more than any one node has is never scheduled)."""
+    import ray
+
+    sizes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")
+             and (not with_gpu or n.get("Resources", {}).get("GPU", 0) > 0)]
+    return max(1, int(max(sizes, default=1)))
 
 
 def ship_by_value(module: Any) -> None:
@@ -180,6 +207,21 @@ class _Runner:
         return _apply(fn, item, fault)
 
 
+def task_options(res: Resources) -> dict[str, Any]:
+    """Ray options for a task or actor holding ``res``; ``gpus_if_any`` becomes a GPU
+    request only when the cluster reports GPUs (Ray is up: called at map time)."""
+    opts: dict[str, Any] = {"num_cpus": res.num_cpus, "max_retries": 0}
+    if res.num_gpus:
+        opts["num_gpus"] = res.num_gpus
+    elif res.gpus_if_any and cluster_gpus() > 0:
+        opts["num_gpus"] = res.gpus_if_any
+    if res.memory:
+        opts["memory"] = res.memory
+    if res.extra:
+        opts["resources"] = res.extra
+    return opts
+
+
 def map_items(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -208,13 +250,7 @@ def map_items(
     items = list(items)
     if not items:
         return []
-    opts: dict[str, Any] = {"num_cpus": res.num_cpus, "max_retries": 0}
-    if res.num_gpus:
-        opts["num_gpus"] = res.num_gpus
-    if res.memory:
-        opts["memory"] = res.memory
-    if res.extra:
-        opts["resources"] = res.extra
+    opts = task_options(res)
     remote = ray.remote(_apply).options(**opts)
     fn_ref = ray.put(fn)
     fault = ((os.environ["CURATE_FAULT"], str(os.getpid()))

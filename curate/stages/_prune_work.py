@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.core.engine import Resources
 from curate.core.io import list_shards, read_table, write_parquet_atomic
 from curate.core.rundir import RunDir
 from curate.errors import InputError
@@ -38,6 +39,8 @@ class Where:
     #: a decisions folder whose uids are left out (the second clustering skips the
     #: semantic duplicates), or None
     drop: str | None = None
+    #: the stage instance's name, for messages
+    stage: str = "prune"
 
 
 def load_embeddings(w: Where, shard: str) -> tuple[pa.Array, np.ndarray]:
@@ -69,12 +72,54 @@ def load_embeddings(w: Where, shard: str) -> tuple[pa.Array, np.ndarray]:
     return uids, x / np.where(norms == 0, 1, norms)
 
 
-def sample_shard(w: Where, fraction: float, seed: int, shard: str) -> np.ndarray:
+def sample_shard(w: Where, fraction: float, seed: int, shard: str) -> int:
+    """Write this shard's k-means sample rows (fp16) to ``<work>/sample/<shard>``; return
+    how many. On disk, not returned: the training task reads them wherever it runs, so the
+    driver never holds the sample."""
     from curate.algorithms.kmeans_sample import sample_mask
+    from curate.stages.score import fp16_list
 
     uids, x = load_embeddings(w, shard)
-    return x[sample_mask(uids.to_numpy(zero_copy_only=False), fraction, seed)].astype(
-        np.float16)
+    x = x[sample_mask(uids.to_numpy(zero_copy_only=False), fraction, seed)]
+    if len(x):  # a shard whose pairs were all dropped may not even know the width
+        rd = RunDir(w.run_url)
+        write_parquet_atomic(rd.fs, f"{w.work}/sample/{shard}", pa.table({"emb": fp16_list(x)}))
+    return len(x)
+
+
+def device_name(device: str) -> str:
+    """How run.json names a FAISS device: 'cuda' | 'cpu'."""
+    return "cuda" if device == "gpu" else "cpu"
+
+
+def fit_kmeans(w: Where, shards: list[str], k: int, niter: int, seed: int, cap: int,
+               publish: str | None) -> dict[str, Any]:
+    """Train k-means on the sample of ``shards`` (in shard order: a fixed row order) on this
+    worker's device — the GPU Ray gave it when FAISS sees one, else its CPUs — and write the
+    model to ``<work>/centroids.parquet`` (and a copy to ``publish``). A task, not the
+    driver's commit, so a cluster whose head node has no GPU still trains on one."""
+    from curate.algorithms.kmeans import train_kmeans
+    from curate.core import engine
+    from curate.stages.score import as_matrix
+
+    rd = RunDir(w.run_url)
+    parts = [as_matrix(read_table(rd.fs, f"{w.work}/sample/{s}")["emb"])
+             for s in sorted(shards) if rd.fs.exists(f"{w.work}/sample/{s}")]
+    sample = (np.concatenate(parts).astype(np.float32) if parts
+              else np.zeros((0, 0), np.float32))
+    del parts
+    if len(sample) < k:
+        raise InputError(f"{w.stage}: the k-means sample has {len(sample)} rows, fewer "
+                         f"than k={k}; raise {w.stage}.sample_size")
+    model = train_kmeans(sample, k, niter=niter, seed=seed, threads=engine.assigned_cpus(),
+                         max_points_per_centroid=max(1, cap // k))  # threads: what Ray gave
+    del sample
+    save_model(rd, w.work, model)
+    if publish:
+        write_parquet_atomic(rd.fs, publish, read_table(rd.fs, f"{w.work}/centroids.parquet"))
+    return {"device": device_name(model.device), "kmeans_device": model.device, "d": model.d,
+            "sample": int(model.n_train), "objective": float(model.objective),
+            "gpus": engine.assigned_gpus()}
 
 
 _MODELS: dict[str, Any] = {}
@@ -108,9 +153,14 @@ def load_model(w: Where) -> Any:
     return _MODELS[w.work]
 
 
-def assign_shard(w: Where, buckets: int, shard: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and distances of one shard, written to assign/ and to the bucket files."""
+def assign_shard(w: Where, buckets: int, shard: str) -> tuple[Any, ...]:
+    """Labels and distances of one shard, written to assign/ and to the bucket files.
+    Returns per-cluster (count, sum_dist), the device used and the GPUs Ray gave: a GPU
+    where FAISS sees one, whichever device trained the model (same labels either way:
+    :mod:`curate.algorithms.kmeans_model`)."""
     from curate.algorithms.dbp import accumulate
+    from curate.algorithms.kmeans_device import resolve_device
+    from curate.core import engine
     from curate.stages.score import fp16_list
 
     rd = RunDir(w.run_url)
@@ -119,7 +169,8 @@ def assign_shard(w: Where, buckets: int, shard: str) -> tuple[np.ndarray, np.nda
     uids, x = load_embeddings(w, shard)
     if len(uids) == 0:  # every pair of this shard was dropped before prune
         x = np.zeros((0, model.d), np.float32)
-    labels, sims = model.assign(x)
+    device = resolve_device(None)
+    labels, sims = model.assign(x, device=device)
     dist = (1.0 - sims).astype(np.float32)
     table = pa.table({"uid": uids, "cluster_id": pa.array(labels, pa.int32()),
                       "dist_to_centroid": pa.array(dist, pa.float32())})
@@ -132,7 +183,8 @@ def assign_shard(w: Where, buckets: int, shard: str) -> tuple[np.ndarray, np.nda
             rows = np.flatnonzero(b == j)
             part = tagged.take(pa.array(rows)).append_column("emb", fp16_list(x[rows]))
             write_parquet_atomic(rd.fs, f"{work}/bucket-{j:05d}/{shard}", part)
-    return accumulate(labels, dist, model.k)
+    size, sums = accumulate(labels, dist, model.k)
+    return size, sums, device_name(device), engine.assigned_gpus()
 
 
 def _bucket(rd: RunDir, work: str, j: int, columns: list[str] | None = None
@@ -235,3 +287,31 @@ def cluster_table(which: str, size: np.ndarray, size_after: np.ndarray,
                      for name in ("d_intra", "d_inter", "complexity")})
         cols["quota"] = pa.array(size_after if quota is None else quota, pa.int64())
     return pa.table(cols)
+
+
+# ------------------------------------------------------------ the k-means steps' plumbing
+#: the share of a GPU each assignment task asks for when the cluster has GPUs (8 per GPU:
+#: reading embeddings, not the search, bounds an assignment task)
+ASSIGN_GPU_SHARE = 0.125
+
+
+def add_count(acc: int, item: Any, n: int) -> int:
+    return acc + n
+
+
+#: assignment tasks: one CPU, and a share of a GPU when the cluster has one
+ASSIGN = Resources(num_cpus=1, gpus_if_any=ASSIGN_GPU_SHARE)
+
+
+def assigned0() -> dict[str, Any]:
+    return {"size": 0, "dist": 0.0, "devices": set(), "gpus": 0.0}
+
+
+def assign_add(acc: dict[str, Any], item: Any, r: tuple[Any, ...]) -> dict[str, Any]:
+    """Sum the per-cluster counts and distances; note the devices and GPU shares used."""
+    size, dist, device, gpus = r
+    acc["size"] = acc["size"] + size
+    acc["dist"] = acc["dist"] + dist
+    acc["devices"].add(device)
+    acc["gpus"] = max(acc["gpus"], gpus)
+    return acc

@@ -4,22 +4,24 @@ Global steps, each one engine call that never holds the pool on the driver
 (worker side in :mod:`curate.stages._prune_work`):
 
 1. ``count``: the pairs that reach prune, per shard (and a digest of them);
-2. ``train``: draw the k-means sample — rows whose uid hashes below a fraction
-   (algorithms.kmeans), so it does not depend on sharding — and train FAISS spherical
-   k-means (GPU when the driver has one) in the commit;
-3. ``assign``: every embedding to its centroid, shard by shard; each shard's rows are also
-   written to one of B bucket files by ``cluster_id % B`` (a shuffle: a cluster's rows end
-   up together);
-4. ``dedup``: SemDeDup inside each cluster, bucket by bucket (rows sorted by uid, so the
+2. ``sample``: draw the k-means sample — rows whose uid hashes below a fraction
+   (algorithms.kmeans), so it does not depend on sharding — into ``<work>/sample/``;
+3. ``train``: one task trains FAISS spherical k-means on it and writes the centroids; it
+   asks Ray for a GPU when the cluster has one (FAISS GPU index in that worker, CPU
+   fallback where FAISS sees none), so a head node without a GPU does not matter;
+4. ``assign``: every embedding to its centroid, shard by shard (tasks with a share of a GPU
+   when the cluster has one); each shard's rows are also written to one of B bucket files
+   by ``cluster_id % B`` (a shuffle: a cluster's rows end up together);
+5. ``dedup``: SemDeDup inside each cluster, bucket by bucket (rows sorted by uid, so the
    result does not depend on sharding), by ``dedup_rule``;
-5. ``dbp_train``, ``dbp_assign`` (DBP after SemDeDup, ``dbp_clustering: recluster``): as
-   DBP's official code does, the *deduplicated* pairs are clustered again (``dbp_k``
-   clusters; duplicates would dominate the first clustering's dense clusters), in
-   ``<work>/dbp/``;
-6. ``clusters``: cluster statistics and DBP quotas of the clustering DBP uses, written to
+6. ``dbp_sample``, ``dbp_train``, ``dbp_assign`` (DBP after SemDeDup,
+   ``dbp_clustering: recluster``): as DBP's official code does, the *deduplicated* pairs
+   are clustered again (``dbp_k`` clusters; duplicates would dominate the first
+   clustering's dense clusters), in ``<work>/dbp/``;
+7. ``clusters``: cluster statistics and DBP quotas of the clustering DBP uses, written to
    ``prune/clusters.parquet`` (column ``clustering``: dedup | dbp | shared); with two
    clusterings the first one's sizes go to ``prune/dedup_clusters.parquet``;
-7. ``select``: DBP's kept items of each cluster, bucket by bucket.
+8. ``select``: DBP's kept items of each cluster, bucket by bucket.
 
 Then the shard step writes ``prune/part-NNNNN.parquet`` (uid, cluster_id and
 dist_to_centroid in the clustering of clusters.parquet — null for a semantic duplicate
@@ -27,7 +29,8 @@ when DBP re-clustered —, dedup_cluster_id, duplicate_of, kept, reason
 ``semantic_duplicate`` | ``over_cluster_quota``, detail). Scratch lives in
 ``prune/_work/<key>/``, the key hashing the stage fingerprint and the digest of its input,
 so a different input never reuses it; ``cleanup`` removes the scratch of inputs that no
-longer exist and the bucket copies of the embeddings.
+longer exist, the samples and the bucket copies of the embeddings. The device of each
+k-means step is in its run.json record (``device``: cpu | cuda; ``gpus``: what Ray gave).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pydantic import Field, model_validator
 
 from curate.config import Section, fingerprint
 from curate.core import engine
+from curate.core.engine import Resources
 from curate.core.io import read_table, write_parquet_atomic
 from curate.core.rundir import count_survivors
 from curate.errors import InputError
@@ -131,9 +135,13 @@ class PruneStage(Stage):
         steps = [
             GlobalStep("count", plan=self._all, map=self._count, start=_count0, fold=_count_add,
                        commit=self._counted),
-            GlobalStep("train", plan=self._all, map=self._sample, commit=self._train),
-            GlobalStep("assign", plan=self._all, map=self._assign, start=self._sums0,
-                       fold=_sum_add, commit=partial(self._save_sums, "assigned", False)),
+            GlobalStep("sample", plan=self._all, map=self._sample, start=int,
+                       fold=work.add_count, commit=lambda n: {"sampled": n}),
+            GlobalStep("train", plan=self._one, map=self._fit, commit=self._train,
+                       resources=self._fit_resources()),
+            GlobalStep("assign", plan=self._all, map=self._assign, start=work.assigned0,
+                       fold=work.assign_add, commit=partial(self._save_assigned, False),
+                       resources=work.ASSIGN),
         ]
         if s.dedup_eps:
             steps.append(GlobalStep("dedup", plan=partial(self._buckets, False), map=self._dedup,
@@ -141,12 +149,15 @@ class PruneStage(Stage):
                                     commit=partial(self._save_sums, "deduplicated", False)))
         if s.reclusters:
             steps += [
-                GlobalStep("dbp_train", plan=self._all, map=partial(self._sample, second=True),
-                           commit=partial(self._train, second=True)),
+                GlobalStep("dbp_sample", plan=self._all, map=partial(self._sample, second=True),
+                           start=int, fold=work.add_count, commit=lambda n: {"dbp_sampled": n}),
+                GlobalStep("dbp_train", plan=self._one, map=partial(self._fit, second=True),
+                           commit=partial(self._train, second=True),
+                           resources=self._fit_resources()),
                 GlobalStep("dbp_assign", plan=self._all,
-                           map=partial(self._assign, second=True),
-                           start=partial(self._sums0, True), fold=_sum_add,
-                           commit=partial(self._save_sums, "assigned", True)),
+                           map=partial(self._assign, second=True), start=work.assigned0,
+                           fold=work.assign_add, commit=partial(self._save_assigned, True),
+                           resources=work.ASSIGN),
             ]
         steps.append(GlobalStep.on_driver("clusters", self._clusters))
         if s.dbp:
@@ -163,11 +174,11 @@ class PruneStage(Stage):
         score = self.previous("score")
         w = self.state.get("count", {}).get("work", "")
         first = work.Where(self.rd.url, tuple(self.deciding_before()),
-                           score.folder if score else None, w)
+                           score.folder if score else None, w, stage=self.name)
         if not second:
             return first
         return work.Where(first.run_url, first.deciding, first.scores, f"{w}/dbp",
-                          drop=f"{w}/dedup")
+                          drop=f"{w}/dedup", stage=self.name)
 
     def _all(self) -> list[str]:
         return list(self.shards)
@@ -211,52 +222,63 @@ class PruneStage(Stage):
         # a pool within a few k of its size: take it all, so the sample never falls short
         return 1.0 if n <= 4 * k else sample_fraction(n, 1, self._cap(second))
 
-    def _sample(self, shard: str, second: bool = False) -> np.ndarray:
+    def _sample(self, shard: str, second: bool = False) -> int:
         return work.sample_shard(self._where(second), self._fraction(second), self.section.seed,
                                  shard)
 
-    def _train(self, parts: list, second: bool = False) -> dict[str, Any]:
-        from curate.algorithms.kmeans import train_kmeans
+    def _fit_resources(self) -> Resources:
+        """The training task's: a GPU when the cluster has one, and all CPUs of one (GPU)
+        node, a fixed FAISS thread count (so training is deterministic per seed and
+        device) on a node where the task can be placed. Driver only (no Ray: unused)."""
+        if getattr(self, "_fit_res", None) is None:
+            up = engine.is_initialized()
+            cpus = engine.node_cpus(with_gpu=engine.cluster_gpus() > 0) if up else 1
+            self._fit_res = Resources(num_cpus=cpus, gpus_if_any=1)
+        return self._fit_res
 
+    def _one(self) -> list[dict[str, Any]]:
+        """One item: the shards whose samples it reads (a worker's stage lacks them)."""
+        return [{"name": "0", "shards": list(self.shards)}]
+
+    def _fit(self, item: dict[str, Any], second: bool = False) -> dict[str, Any]:
         s, k = self.section, self._k(second)
         key = f"{self.name}.dbp_k" if second else f"{self.name}.k"
         if self._n(second) < k:
             raise InputError(f"{key}={k} exceeds the {self._n(second)} pairs it clusters; "
                              f"lower {key}")
-        parts.sort(key=lambda p: p[0])  # shard order: the sample's row order is fixed
-        # a shard whose pairs were all dropped earlier contributes nothing (its array may
-        # not even know the embedding width)
-        sample = np.concatenate([p for _, p in parts if len(p)]).astype(np.float32)
-        parts.clear()
-        if len(sample) < k:
-            raise InputError(f"{self.name}: the k-means sample has {len(sample)} rows, fewer "
-                             f"than k={k}; raise {self.name}.sample_size")
-        model = train_kmeans(sample, k, niter=s.niter, seed=s.seed,
-                             max_points_per_centroid=max(1, self._cap(second) // k))
+        publish = None if second else self.rd.path(self.pipeline.ref(self.name).folder,
+                                                   "centroids.parquet")
+        return work.fit_kmeans(self._where(second), item["shards"], k, s.niter, s.seed,
+                               self._cap(second), publish)
+
+    def _train(self, fits: list, second: bool = False) -> dict[str, Any]:
+        (_, fit), = fits
+        s, k = self.section, self._k(second)
         log.info("%s: k-means k=%d on %d points (%s), device %s, objective %.2f", self.name, k,
-                 len(sample), "survivors of dedup" if second else "input", model.device,
-                 model.objective)
-        del sample
-        w = self._where(second)
-        work.save_model(self.rd, w.work, model)
-        if not second:
-            folder = self.pipeline.ref(self.name).folder
-            write_parquet_atomic(self.rd.fs, self.rd.path(folder, "centroids.parquet"),
-                                 read_table(self.rd.fs, f"{w.work}/centroids.parquet"))
-        buckets = (n_buckets(k, self._n(second), model.d, engine.cluster_cpus())
+                 fit["sample"], "survivors of dedup" if second else "input", fit["device"],
+                 fit["objective"])
+        buckets = (n_buckets(k, self._n(second), fit["d"], engine.cluster_cpus())
                    if (s.dedup_eps or s.dbp) else 0)
         pre = "dbp_" if second else ""  # the manifest's "global" merges every step's keys
-        return {f"{pre}kmeans_device": model.device, f"{pre}k": k,
-                f"{pre}sample": int(model.n_train), f"{pre}objective": float(model.objective),
-                f"{pre}buckets": buckets}
+        return {f"{pre}kmeans_device": fit["kmeans_device"], f"{pre}k": k,
+                f"{pre}sample": fit["sample"], f"{pre}objective": fit["objective"],
+                f"{pre}buckets": buckets, "device": fit["device"], "gpus": fit["gpus"]}
 
     # ------------------------------------------------------------------ assign, dedup
     def _sums0(self, second: bool = False) -> tuple[np.ndarray, np.ndarray]:
         k = self._k(second)
         return np.zeros(k, np.int64), np.zeros(k, np.float64)
 
-    def _assign(self, shard: str, second: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _assign(self, shard: str, second: bool = False) -> tuple[Any, ...]:
         return work.assign_shard(self._where(second), self._n_buckets(second), shard)
+
+    def _save_assigned(self, second: bool, acc: dict[str, Any]) -> dict[str, Any]:
+        k = self._k(second)
+        size, dist = ((acc["size"], acc["dist"]) if isinstance(acc["size"], np.ndarray)
+                      else (np.zeros(k, np.int64), np.zeros(k)))  # no shards
+        info = self._save_sums("assigned", second, (size, dist))
+        devices = sorted(acc["devices"])
+        return {**info, "device": "+".join(devices) or "cpu", "gpus": acc["gpus"]}
 
     def _dedup(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.section
@@ -350,8 +372,8 @@ class PruneStage(Stage):
         for second, sub in ((False, ""), (True, "/dbp")):
             if second and not self.section.reclusters:
                 continue
-            for j in range(self._n_buckets(second)):
-                folder = f"{current}{sub}/bucket-{j:05d}"
+            folders = [f"{current}{sub}/bucket-{j:05d}" for j in range(self._n_buckets(second))]
+            for folder in [f"{current}{sub}/sample", *folders]:
                 if fs.exists(folder):
                     fs.rm(folder, recursive=True)
         parent = current.rsplit("/", 1)[0]
