@@ -57,7 +57,7 @@ def _setup(tmp_path, server):
     yaml.write_text(f"""
 stages: [download, score, match, balance, prune, emit]
 pool: {{shard_size: 6}}
-download: {{threads: 4, timeout: 5, allow_private_addresses: true}}
+download: {{threads: 4, timeout: 5, allow_private_addresses: true, consent: {{timeout: 60}}}}
 score: {{model_config: {tmp_path / 'tiny-fault.json'}, pretrained: none, batch_size: 8}}
 match: {{metadata: {tmp_path / 'vocab.txt'}}}
 balance: {{t: 3, seed: 0}}
