@@ -11,9 +11,7 @@ where the report finds it.
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import math
 from typing import Any
 
@@ -42,7 +40,8 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
 def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
     """The n dropped pairs of ``reason`` with the smallest uid keys: uid, stage, detail,
     caption and a thumbnail ``data:`` URI (None without images)."""
-    from curate.app.query import connect
+    from curate.app.query import _q, connect
+    from curate.media.thumbs import thumbnail_uri
 
     con = connect(run)
     known = {r[0] for r in con.execute(
@@ -51,7 +50,7 @@ def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
         raise CurateError(f"{run}: no pair was dropped with reason {reason!r}; reasons: "
                           f"{', '.join(sorted(known)) or 'none'}")
     best = None  # the n smallest keys so far (a small table: n rows at most)
-    q = "SELECT uid, dropped_by, detail FROM decisions WHERE reason = " + _lit(reason)
+    q = "SELECT uid, dropped_by, detail FROM decisions WHERE reason = " + _q(reason)
     reader = con.cursor().sql(q).to_arrow_reader(65_536)  # its own cursor: streams
     for batch in reader:
         t = pa.Table.from_batches([batch]).rename_columns(["uid", "stage", "detail"])
@@ -68,11 +67,7 @@ def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
     captions = _column(con, "pool", "caption", uids)
     images = _column(con, "images", "image", uids) if _has_view(con, "images") else {}
     return [{"uid": u, "stage": st, "detail": d or "", "caption": captions.get(u, ""),
-             "thumb": _thumb(images.get(u))} for _, u, st, d in items]
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+             "thumb": thumbnail_uri(images.get(u), THUMB)} for _, u, st, d in items]
 
 
 def _has_view(con: Any, name: str) -> bool:
@@ -86,21 +81,6 @@ def _column(con: Any, view: str, col: str, uids: pa.Array) -> dict[str, Any]:
                        ).fetchall()
     con.unregister("audit_uids")
     return dict(rows)
-
-
-def _thumb(data: bytes | None) -> str | None:
-    if not data:
-        return None
-    from PIL import Image
-
-    try:
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        img.thumbnail((THUMB, THUMB))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=70)
-    except Exception:  # noqa: BLE001 - an undecodable image shows as its absence
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def page(run: str, reason: str, items: list[dict[str, Any]]) -> str:

@@ -174,6 +174,16 @@ class RunDir:
     def read(self, folder: str, shard: str, columns: list[str] | None = None) -> pa.Table:
         return read_table(self.fs, self.shard_path(folder, shard), columns)
 
+    def column_for(self, folder: str, shard: str, uids: pa.Array | pa.ChunkedArray,
+                   column: str) -> pa.Array:
+        """``column`` of a stage's output for ``uids`` (in their order; null where absent):
+        how a stage reads an earlier one's embeddings or images for its own pairs."""
+        t = self.read(folder, shard, ["uid", column])
+        if isinstance(uids, pa.ChunkedArray):
+            uids = uids.combine_chunks()
+        return pc.take(t[column].combine_chunks(),
+                       pc.index_in(uids, value_set=t["uid"].combine_chunks()))
+
     def kept_uids(self, folder: str, shard: str) -> pa.Array:
         t = self.read(folder, shard, ["uid", "kept"])
         return t.filter(pc.fill_null(t["kept"], False))["uid"].combine_chunks()

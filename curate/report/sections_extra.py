@@ -6,8 +6,6 @@ from :mod:`curate.stages._report_extras` through :class:`curate.report.data.Repo
 
 from __future__ import annotations
 
-import numpy as np
-
 from curate.report import plots
 from curate.report.data import ReportData
 
@@ -76,4 +74,3 @@ def audit(d: ReportData) -> dict:
 
 BUILDERS = {"contact-sheets": contact_sheets, "aesthetic": aesthetic,
             "languages": languages, "false-drops": audit}
-_ = np  # numpy arrays arrive in ReportData

@@ -56,9 +56,7 @@ def image_columns(rd: RunDir, shard: str, uids: pa.Array, download: str | None,
     """(sha256 hex, phash uint64) of each pair's image: the download stage's, else the
     pool's; (None, None) when there are no images."""
     if download is not None and rd.fs.exists(rd.shard_path(download, shard)):
-        t = rd.read(download, shard, ["uid", "image"])
-        images = pc.take(t["image"].combine_chunks(),
-                         pc.index_in(uids, value_set=t["uid"].combine_chunks()))
+        images = rd.column_for(download, shard, uids, "image")
     elif "image" in pool.column_names:
         images = pool["image"].combine_chunks()
     else:

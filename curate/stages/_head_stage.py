@@ -78,10 +78,8 @@ class HeadStage(Stage):
                                  "before it, or bring an image_emb column in the pool "
                                  "(pool.columns.image_emb)")
             return surv.select(["uid", "image_emb"])
-        s = self.rd.read(score.folder, shard, ["uid", "image_emb"])
-        idx = pc.index_in(surv["uid"].combine_chunks(), value_set=s["uid"].combine_chunks())
-        return pa.table({"uid": surv["uid"].combine_chunks(),
-                         "image_emb": pc.take(s["image_emb"].combine_chunks(), idx)})
+        return pa.table({"uid": surv["uid"].combine_chunks(), "image_emb": self.rd.column_for(
+            score.folder, shard, surv["uid"], "image_emb")})
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         from curate.algorithms.heads import head_scores

@@ -175,9 +175,7 @@ class DecontaminateStage(Stage):
     def _images(self, shard: str, surv: pa.Table) -> pa.Array | None:
         dl = self.previous("download")
         if dl is not None:
-            img = self.rd.read(dl.folder, shard, ["uid", "image"])
-            idx = pc.index_in(surv["uid"], value_set=img["uid"].combine_chunks())
-            return pc.take(img["image"].combine_chunks(), idx)
+            return self.rd.column_for(dl.folder, shard, surv["uid"], "image")
         return surv["image"].combine_chunks() if "image" in surv.column_names else None
 
     def _embeddings(self, shard: str, surv: pa.Table) -> np.ndarray | None:
@@ -185,9 +183,7 @@ class DecontaminateStage(Stage):
 
         score = self.previous("score")
         if score is not None:
-            s = self.rd.read(score.folder, shard, ["uid", "image_emb"])
-            idx = pc.index_in(surv["uid"], value_set=s["uid"].combine_chunks())
-            col = pc.take(s["image_emb"].combine_chunks(), idx)
+            col = self.rd.column_for(score.folder, shard, surv["uid"], "image_emb")
         elif "image_emb" in surv.column_names:
             col = surv["image_emb"].combine_chunks()
         else:

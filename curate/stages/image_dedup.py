@@ -106,9 +106,7 @@ class ImageDedupStage(Stage):
         surv = self.survivors(shard, None)
         dl = self.previous("download")
         if dl is not None:
-            img = self.rd.read(dl.folder, shard, ["uid", "image"])
-            idx = pc.index_in(surv["uid"], value_set=img["uid"].combine_chunks())
-            images = pc.take(img["image"].combine_chunks(), idx)
+            images = self.rd.column_for(dl.folder, shard, surv["uid"], "image")
         elif "image" in surv.column_names:
             images = surv["image"].combine_chunks()
         else:
