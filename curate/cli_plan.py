@@ -44,6 +44,8 @@ def _knobs(p: dict) -> str:
         parts.append(f"top_fraction={p['top_fraction']:g}")
     if p.get("target_fraction") is not None:
         parts.append(f"target_fraction={p['target_fraction']:g}")
+    if p.get("eps") is not None:
+        parts.append(f"eps={p['eps']:g}")
     return " ".join(parts) or "(no knob)"
 
 
@@ -70,6 +72,11 @@ def _print_pilot(run_dir: str, target: int | None, as_json: bool) -> None:
     if "balance_rate" in result["configured"]:  # the pilot's own balance ran on small counts
         typer.echo(f"  balance at full scale (counts / f): predicted survival "
                    f"{result['configured']['balance_rate']:.3f}")
+    if result.get("dedup"):  # SemDeDup survival, the pilot's and corrected to full scale
+        typer.echo("dedup survival per eps (pilot -> full scale, 95%):")
+        for d in result["dedup"]:
+            typer.echo(f"  eps={d['eps']:<8g} {d['pilot_survival']:.3f} -> {d['survival']:.3f}"
+                       f" ({d['low']:.3f} .. {d['high']:.3f})")
     typer.echo(f"predicted final size, configured: {_line(result['configured'])}")
     typer.echo("sweep:")
     for p in result["sweep"]:
@@ -79,6 +86,12 @@ def _print_pilot(run_dir: str, target: int | None, as_json: bool) -> None:
         typer.echo(f"pipeline: {result['pipeline']}")
     if "entries" in result:
         typer.echo(f"per entry: {result['entries']}")
+    if result.get("entry_losses"):
+        typer.echo("entries losing the most after match (survival, 95% Wilson):")
+        for e in result["entry_losses"]:
+            lo, hi = e["interval"]
+            typer.echo(f"  {e['stage']:<16} {str(e['entry'])[:28]:<28} {e['kept']:>8,} / "
+                       f"{e['in']:<8,} {e['survival']:.3f} ({lo:.3f} .. {hi:.3f})")
     for note in result["notes"]:
         typer.echo(f"note: {note}")
 

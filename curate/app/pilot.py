@@ -11,11 +11,16 @@ divided by f, are Horvitz-Thompson estimates of the full run's sums.
 The model (docs/ARCHITECTURE.md §8.2.1): final = pre × Π post-balance rates × d × g, where
 ``pre = (r/f) Σ_{pilot pairs reaching balance} P_i(t; counts · r / f)`` (r = top_fraction /
 configured top_fraction, a proportional-thinning assumption; r = 1 unless swept), ``d`` is
-prune's measured dedup survival and ``g`` DBP's target_fraction (deterministic given its
-input). Without balance, pre = r × (pilot pairs past the last stage before prune) / f.
-The interval is a normal approximation: HT sampling variance ``(1 - f)/f² Σ y_i²`` plus
-the balance draws' own variance ``Σ P(1 - P)/f``, plus each measured post-balance rate's
-binomial variance, relative errors added in quadrature.
+prune's dedup survival at eps, corrected to full scale (:mod:`curate.app.pilot_dedup`: the
+pilot's own is biased up, it holds only f of each pair's near-duplicates) and ``g`` DBP's
+target_fraction (deterministic given its input). Without balance, pre = r × (pilot pairs
+past the last stage before prune) / f. The interval is a normal approximation: HT sampling
+variance ``(1 - f)/f² Σ y_i²`` plus the balance draws' own variance ``Σ P(1 - P)/f``, plus
+each measured post-balance rate's binomial variance and the dedup correction's bootstrap
+variance, relative errors added in quadrature. Balance's entry counts are counted on the
+pairs that reach it, so stages before balance (download, filters, the CLIP cut) are already
+in them, per entry; per-entry survival of the stages after match is a table
+(:mod:`curate.app.pilot_entries`), not a factor of the prediction.
 """
 
 from __future__ import annotations
@@ -88,8 +93,16 @@ class PilotModel:
         psec = cfg.section(self.prune) if self.prune else None
         self.g0 = psec.target_fraction if psec is not None and psec.dbp else None
         self.target_size = psec.target_size if psec is not None and psec.dbp else None
+        self.eps0 = psec.dedup_eps if psec is not None else None
         self._post_rates()
         self._load_balance()
+        self.dedup = None
+        if self.eps0 and self.f < 1:
+            from curate.app.pilot_dedup import DedupModel
+
+            rec = recs[self.prune]
+            self.dedup = DedupModel(self.rd, cfg, self.prune, self.f,
+                                    int((rec.get("dropped") or {}).get("semantic_duplicate", 0)))
 
     def _post_rates(self) -> None:
         """Measured rates of the stages after balance (or after the last per-pair stage),
@@ -154,15 +167,29 @@ class PilotModel:
         return r * s1 / f, r * r * s2 * (1 - f) / f**2, r * s3 / f
 
     def predict(self, t: float | None = None, top_fraction: float | None = None,
-                target_fraction: float | None = None) -> dict[str, float]:
+                target_fraction: float | None = None, eps: float | None = None
+                ) -> dict[str, float]:
         """Predicted final size and its 95% interval for these knobs (None: configured)."""
         t = self.t0 if t is None and self.balance else t
+        eps = self.eps0 if eps is None else eps
         tf = top_fraction if top_fraction is not None else self.tf0
         r = tf / self.tf0 if self.tf0 else 1.0
         est, v_ht, v_draw = self._pre(t, r)
         est0, f_r = est, self.f / r if r else 0.0  # balance's predicted rate, full scale
         rel2 = (v_ht + v_draw) / est**2 if est > 0 else 0.0
-        for _, rate, n in self.post:
+        dedup: dict[str, float] = {}
+        cap, rel2_d = math.inf, 0.0  # the dedup term's share: its survival is at most d(f)
+        for name, rate, n in self.post:
+            if self.dedup is not None and name.endswith("(dedup)"):
+                # the pilot's prune input as a fraction of the full run's (est, here): f,
+                # unless balance came first (its head entries keep ~t pairs in both)
+                s_eff = min(1.0, max(self.f, n / est)) if est > 0 else self.f
+                d_f, rate, sd = self.dedup.survival(eps, s_eff)  # corrected to full scale
+                est *= rate
+                rel2_d = (sd / rate) ** 2 if rate > 0 else 0.0
+                cap = d_f / rate if rate > 0 else math.inf
+                dedup = {"dedup_survival": rate, "dedup_fraction": s_eff}
+                continue
             est *= rate
             if n and 0 < rate:
                 rel2 += (1 - rate) / (rate * n)
@@ -171,15 +198,18 @@ class PilotModel:
             est *= g
         elif self.target_size is not None:
             est = min(est, float(self.target_size))
-        half = Z95 * est * math.sqrt(rel2)
+        half = Z95 * est * math.sqrt(rel2 + rel2_d)
+        high = min(est + half, est * cap * (1 + Z95 * math.sqrt(rel2)))
         n_bal = sum(len(ids) for ids in self.ids)
         bal_rate = {"balance_rate": est0 * f_r / n_bal} if n_bal else {}
-        return {**bal_rate, "predicted": est, "low": max(0.0, est - half), "high": est + half,
-                "t": t, "top_fraction": tf, "target_fraction": g}
+        return {**bal_rate, **dedup, "predicted": est, "low": max(0.0, est - half),
+                "high": high, "t": t, "top_fraction": tf, "target_fraction": g, "eps": eps}
 
     def solve(self, target: float) -> dict[str, float]:
         """The knob values for ``target``: t (others as configured) when the pipeline
-        balances; else DBP's target_fraction; else score's top_fraction."""
+        balances; else DBP's target_fraction; else score's top_fraction; else eps. eps is
+        a quality knob (what counts as a duplicate), so it is turned last: with another
+        knob it stays as configured, and the sweep shows what other values would give."""
         if self.balance is not None:
             lo, hi = 1e-6, float(max(self.counts.max(initial=1), 1)) / self.f * 2
             if self.predict(t=hi)["predicted"] < target:
@@ -201,12 +231,18 @@ class PilotModel:
         if self.tf0 is not None:
             full = self.predict(top_fraction=1.0)["predicted"]
             return self.predict(top_fraction=min(1.0, target / full) if full else 1.0)
+        if self.dedup is not None:  # eps alone: the sweep's eps nearest the target
+            return min((self.predict(eps=e) for e in self.dedup.eps),
+                       key=lambda p: abs(p["predicted"] - target))
         raise CurateError("plan --target: the pipeline has no knob to turn (balance.t, "
-                          "prune.target_fraction or score.filter.top_fraction)")
+                          "prune.target_fraction, score.filter.top_fraction or "
+                          "prune.dedup_eps)")
 
     def sweep(self) -> list[dict[str, float]]:
         """Predictions over a grid: t (balance), top_fraction and target_fraction around
-        the configured values (x0.5 .. x1.5, capped at 1)."""
+        the configured values (x0.5 .. x1.5, capped at 1) at the configured eps; then, at
+        the configured top_fraction and target_fraction, every t for each other eps of
+        the dedup sweep (x0.25 .. x4)."""
         ts = [None]
         if self.balance is not None:
             hi = float(max(self.counts.max(initial=1), 1)) / self.f
@@ -214,8 +250,10 @@ class PilotModel:
                         | {self.t0})
         tfs = _around(self.tf0)
         gs = _around(self.g0)
-        return [self.predict(t=t, top_fraction=tf, target_fraction=g)
+        rows = [self.predict(t=t, top_fraction=tf, target_fraction=g)
                 for t in ts for tf in tfs for g in gs]
+        others = [e for e in self.dedup.eps if e != round(self.eps0, 6)] if self.dedup else []
+        return rows + [self.predict(t=t, eps=e) for e in others for t in ts]
 
 
 def _around(v: float | None) -> list[float | None]:
@@ -235,10 +273,11 @@ def plan_pilot(run: str, target: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {"fraction": m.f, "pool_rows": m.pool_rows,
                            "pool_rows_full": m.pool_rows / m.f, "stages": m.stages,
                            "configured": m.predict(), "sweep": m.sweep(), "notes": []}
-    if m.f < 1 and any(name.endswith("(dedup)") and rate < 1 for name, rate, _ in m.post):
-        out["notes"].append("prune's dedup survival was measured on a sample, which holds "
-                            "fewer of each pair's near-duplicates: biased up, not in the "
-                            "interval (docs/ARCHITECTURE.md 8.2.1)")
+    if m.dedup is not None:
+        from curate.app.pilot_dedup import describe
+
+        out["dedup"] = m.dedup.table(out["configured"]["dedup_fraction"])
+        out["notes"].append(describe(m.dedup, out["configured"]["dedup_fraction"]))
     if target is not None:
         chosen = m.solve(float(target))
         out["chosen"] = chosen
@@ -251,6 +290,8 @@ def plan_pilot(run: str, target: int | None) -> dict[str, Any]:
             data[m.score]["filter"]["top_fraction"] = chosen["top_fraction"]
         if m.prune and chosen["target_fraction"] is not None:
             data[m.prune]["target_fraction"] = chosen["target_fraction"]
+        if m.prune and chosen["eps"] is not None:
+            data[m.prune]["dedup_eps"] = chosen["eps"]
         path = m.rd.path("plan", "pipeline.yaml")
         head = (f"# curate plan --target {target}: predicted {chosen['predicted']:,.0f} "
                 f"(95% interval {chosen['low']:,.0f} .. {chosen['high']:,.0f}) from the "
@@ -259,27 +300,9 @@ def plan_pilot(run: str, target: int | None) -> dict[str, Any]:
                                            ).encode())
         out["pipeline"] = path
     if m.balance is not None:
-        out["entries"] = _write_entries(m, (out.get("chosen") or out["configured"])["t"])
+        from curate.app.pilot_entries import write_entries
+
+        out["entries"], out["entry_losses"] = write_entries(
+            m, (out.get("chosen") or out["configured"])["t"])
     return out
 
-
-def _write_entries(m: PilotModel, t: float) -> str:
-    """``RUN/plan/entries.parquet``: per entry, the pilot's count at balance, its full-pool
-    estimate (count / f) and balance's per-entry rate min(1, t / estimate) at the chosen
-    (else configured) t: where the head is capped, per entry."""
-    import pyarrow as pa
-
-    from curate.core.io import read_table, write_parquet_atomic
-
-    bal = m.cfg.ref(m.balance)
-    src = m.rd.path(bal.folder, "entry_counts.parquet")
-    tab = read_table(m.rd.fs, src, None)
-    est = m.counts / m.f
-    with np.errstate(divide="ignore"):
-        rate = np.where(est > 0, np.minimum(1.0, t / np.maximum(est, 1e-300)), 1.0)
-    cols = {c: tab[c] for c in ("entry_id", "entry") if c in tab.column_names}
-    out = pa.table({**cols, "pilot_count": tab["count"], "estimated_count": est,
-                    "balance_rate": rate})
-    path = m.rd.path("plan", "entries.parquet")
-    write_parquet_atomic(m.rd.fs, path, out)
-    return path
