@@ -188,3 +188,39 @@ def test_decode_fast_scores_the_same_pairs_closely(tmp_path, tiny_ckpt, ray_sess
     eb = np.array(b.filter(ok)["image_emb"].to_pylist(), np.float32)
     cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
     assert cos.min() > 0.98, cos.min()
+
+
+def test_decode_gpu_on_cpu_keeps_the_same_pairs_as_exact(tmp_path, tiny_ckpt, ray_session,
+                                                        caplog):
+    """score.decode: gpu without CUDA runs the same code on the CPU (one warning line on the
+    driver): same reasons, same kept set under a min_score cut, embeddings within fp16
+    rounding; batch_size: auto is 256 on the CPU."""
+    import logging
+
+    pool = _pool(tmp_path)
+    run_pipeline(_cfg(tiny_ckpt), str(tmp_path / "exact"), pool=pool)
+    a = _scores(tmp_path / "exact").sort_by("uid")
+    s = np.sort(a["clip_score"].drop_null().to_numpy())
+    thr = float((s[len(s) // 2 - 1] + s[len(s) // 2]) / 2)  # between two scores: no tie
+    with caplog.at_level(logging.WARNING, logger="curate.stages.score"):
+        run_pipeline(_cfg(tiny_ckpt, decode="gpu", batch_size="auto",
+                          filter={"min_score": thr}), str(tmp_path / "gpu"), pool=pool)
+    warned = [r for r in caplog.records if "score.decode: gpu" in r.getMessage()]
+    assert len(warned) == 1 or torch_cuda_available()
+    b = _scores(tmp_path / "gpu").sort_by("uid")
+    kept_exact = {u for u, sc, r in zip(a["uid"].to_pylist(), a["clip_score"].to_pylist(),
+                                        a["reason"].to_pylist(), strict=True)
+                  if r is None and sc >= thr}
+    assert set(b.filter(b["kept"])["uid"].to_pylist()) == kept_exact
+    ra, rb = a["reason"].to_pylist(), b["reason"].to_pylist()
+    assert [x if x != "below_min_score" else None for x in rb] == ra
+    ok = pc.is_valid(a["clip_score"])
+    ea = np.array(a.filter(ok)["image_emb"].to_pylist(), np.float32)
+    eb = np.array(b.filter(ok)["image_emb"].to_pylist(), np.float32)
+    np.testing.assert_allclose(ea, eb, atol=2e-3)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -20,12 +20,16 @@ if TYPE_CHECKING:
 
 
 def encode_images(loaded: LoadedModel, images: torch.Tensor) -> np.ndarray:
-    """L2-normalised image embeddings, float32 [m, D]."""
+    """L2-normalised image embeddings, float32 [m, D].
+
+    `images` may already be on the model's device (``decode: gpu``): then ``.to`` is a no-op.
+    From pinned host memory (the score stage's CPU decoders on CUDA) the copy is asynchronous
+    (``non_blocking``) and ordered before the model's kernels on the same stream."""
     import torch
 
     if len(images) == 0:
         return np.zeros((0, loaded.embed_dim), dtype=np.float32)
-    with torch.inference_mode(), _autocast(loaded):
+    with torch.inference_mode(), autocast(loaded):
         feats = loaded.model.encode_image(images.to(loaded.device, non_blocking=True))
     return _normalise(feats)
 
@@ -43,7 +47,7 @@ def encode_texts(loaded: LoadedModel, captions: Sequence[str | None]) -> np.ndar
     if not texts:
         return np.zeros((0, loaded.embed_dim), dtype=np.float32)
     tokens = loaded.tokenizer(texts)
-    with torch.inference_mode(), _autocast(loaded):
+    with torch.inference_mode(), autocast(loaded):
         feats = loaded.model.encode_text(tokens.to(loaded.device, non_blocking=True))
     return _normalise(feats)
 
@@ -76,7 +80,8 @@ def _captions(captions: Sequence[str | None]) -> list[str]:
     return out
 
 
-def _autocast(loaded: LoadedModel):
+def autocast(loaded: LoadedModel):
+    """Autocast at the loaded precision (fp16 or bf16), or nothing for fp32."""
     import torch
 
     if loaded.precision == "fp32":

@@ -52,6 +52,19 @@ def decode_image(
     `draft_size` (width, height): let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, never
     below this size. `max_pixels`: decompression-bomb limit, default PIL's MAX_IMAGE_PIXELS.
     """
+    return load_rgb(open_image(data, max_pixels=max_pixels, formats=formats), draft_size)
+
+
+def open_image(
+    data: bytes | None,
+    *,
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = IMAGE_FORMATS,
+) -> Image.Image:
+    """Read the header only (format, size, mode: nothing decoded yet) and refuse an image over
+    `max_pixels` before any pixel is decoded; raise ImageDecodeError. Apart from
+    `load_rgb` so that the other decoders (``decode: fast | gpu``) check the same limit and
+    formats before they decode the bytes themselves."""
     if not data:
         raise ImageDecodeError(_DECODE_PREFIX + "no image bytes")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -59,23 +72,37 @@ def decode_image(
     # process-wide filter list without a lock (a thread can leave another's filters in place).
     try:
         img = Image.open(io.BytesIO(data), formats=_available(formats))
-        w, h = img.size
-        if limit and w * h > limit:
-            raise ImageDecodeError(
-                f"{_DECODE_PREFIX}image too large ({w}x{h} = {w * h} pixels > {limit})"
-            )
+    except Exception as exc:
+        raise _decode_error(exc) from exc
+    w, h = img.size
+    if limit and w * h > limit:
+        raise ImageDecodeError(
+            f"{_DECODE_PREFIX}image too large ({w}x{h} = {w * h} pixels > {limit})"
+        )
+    return img
+
+
+def load_rgb(img: Image.Image, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image `open_image` opened, as RGB (see `decode_image`)."""
+    try:
         if draft_size is not None and img.format in ("JPEG", "MPO"):
             img.draft("RGB", draft_size)
         img.load()
         return img if img.mode == "RGB" else img.convert("RGB")
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(_DECODE_PREFIX + "not a recognised image format") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(_DECODE_PREFIX + "image too large (decompression bomb)") from exc
-    except Exception as exc:  # truncated/corrupt streams: OSError, SyntaxError, ValueError...
-        raise ImageDecodeError(_DECODE_PREFIX + one_line(exc, 160)) from exc
+    except Exception as exc:
+        raise _decode_error(exc) from exc
+
+
+def _decode_error(exc: Exception) -> ImageDecodeError:
+    """The per-row error string for what Pillow raised."""
+    if isinstance(exc, ImageDecodeError):
+        return exc
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageDecodeError(_DECODE_PREFIX + "not a recognised image format")
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageDecodeError(_DECODE_PREFIX + "image too large (decompression bomb)")
+    # truncated/corrupt streams: OSError, SyntaxError, ValueError...
+    return ImageDecodeError(_DECODE_PREFIX + one_line(exc, 160))
 
 
 @functools.cache

@@ -8,8 +8,9 @@ encodes batches of ``score.batch_size``. Output ``scores/part-NNNNN.parquet``: u
 clip_score (float32 cosine of the normalised embeddings), image_emb and text_emb
 (``fixed_size_list<float16>[D]``), kept, reason, detail. A pool that brings ``image_emb``
 and ``text_emb``, or a score column (``pool_score_column``, e.g. DataComp's
-``clip_l14_similarity_score``), is scored from them without a model. ``decode: fast`` swaps
-open_clip's preprocess for :mod:`curate.models.fast_preprocess`.
+``clip_l14_similarity_score``), is scored from them without a model. The decode and encode
+loop is :mod:`curate.stages.score_encode` (``decode: exact | fast | gpu``, ``batch_size:
+auto``, pinned host memory on CUDA).
 
 Filters: ``min_score`` per shard; ``top_fraction``, DataComp's global cut, in global steps
 after the shards (:mod:`curate.stages._top_fraction`): over the whole pool that reached the
@@ -21,10 +22,8 @@ distributed radix selection: the driver holds one histogram, never the scores.
 from __future__ import annotations
 
 import logging
-import math
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -80,9 +79,13 @@ class ScoreConfig(Section):
     model_config_path: str | None = Field(None, alias="model_config")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    batch_size: int = Field(256, ge=1, le=65_536)
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] | Literal["auto"] = Field(
+        256, description="pairs per model call; auto: from the free GPU memory (256 on CPU)")
     num_actors: int | None = Field(None, ge=1)
-    decode: Literal["exact", "fast"] = "exact"  # fast: curate.models.fast_preprocess
+    decode: Literal["exact", "fast", "gpu"] = Field(
+        "exact", description="exact: open_clip's preprocess; fast: libjpeg-turbo + one "
+        "antialiased resample (curate.models.fast_preprocess); gpu: nvJPEG + resample on "
+        "the model's GPU (curate.models.gpu_decode; on the CPU without one)")
     pool_score_column: str | None = Field(
         "auto", description="a pool column of precomputed scores (no model runs); auto: "
         "DataComp's clip_l14/clip_b32_similarity_score when the pool has the one of the "
@@ -223,6 +226,9 @@ class ScoreStage(Stage):
                     "pool_score_column": col}
         if self._brings_embeddings():
             return {"random_init": False, "model": "none: the pool brings embeddings"}
+        if self.section.decode == "gpu" and not self._gpus():
+            log.warning("score.decode: gpu without a GPU for the score actors: images are "
+                        "decoded by the same code on the CPU (libjpeg-turbo)")
         _load(self._spec(device="cpu"))
         return {"random_init": self.section.pretrained == "none"}
 
@@ -243,7 +249,6 @@ class ScoreStage(Stage):
             self._model()  # once per actor, before its first shard (not in a shard's time)
 
     def _model(self):
-
         key = self.spec.fingerprint
         if key not in _MODEL:
             _MODEL.clear()
@@ -315,55 +320,11 @@ class ScoreStage(Stage):
 
     def _encode(self, inputs: pa.Table, todo: np.ndarray, captions: list[str | None]):
         """Decode (threads) and encode (model) the pairs in ``todo``, batch by batch."""
-        import torch
+        from curate.stages.score_encode import encode_rows
 
-        from curate.models.encode import encode
-        from curate.models.fast_preprocess import fast_batch
-        from curate.models.images import preprocess_images
-
-        loaded = self._model()
-        n = inputs.num_rows
-        images = inputs["image"].to_pylist() if "image" in inputs.column_names else [None] * n
-        idx = np.flatnonzero(todo)
-        d = loaded.embed_dim
-        img_emb = np.zeros((n, d), np.float32)
-        txt_emb = np.zeros((n, d), np.float32)
-        scores = np.full(n, np.nan, np.float32)
-        errs: list[str | None] = [None] * n
-        bs = self.section.batch_size
-        # half the cores decode the next batch while torch encodes this one
-        workers = max(1, _assigned_cpus() // 2)
-        sub = max(1, math.ceil(bs / workers))
-
-        def prep(rows: np.ndarray):
-            fn = fast_batch if self.section.decode == "fast" else preprocess_images
-            return rows, fn([images[i] for i in rows], loaded.preprocess)
-
-        batches = [idx[i:i + bs] for i in range(0, len(idx), bs)]
-        with ThreadPoolExecutor(workers) as pool:
-            # decode the next batch on the thread pool while the model encodes this one
-            def submit(batch: np.ndarray):
-                return [pool.submit(prep, batch[j:j + sub]) for j in range(0, len(batch), sub)]
-
-            ahead = submit(batches[0]) if batches else []
-            for b in range(len(batches)):
-                parts = [f.result() for f in ahead]
-                ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []
-                tensors, goods = [], []
-                for rows, (tensor, ok, perr) in parts:
-                    for j, e in enumerate(perr):
-                        if e is not None:
-                            errs[rows[j]] = e
-                    if len(rows[ok]):
-                        tensors.append(tensor)
-                        goods.append(rows[ok])
-                if not goods:
-                    continue
-                # one model call per batch_size pairs, however many threads decoded it
-                good = np.concatenate(goods)
-                ie, te, sc = encode(loaded, torch.cat(tensors), [captions[i] for i in good])
-                img_emb[good], txt_emb[good], scores[good] = ie, te, sc
-        return img_emb, txt_emb, scores, errs
+        s = self.section
+        return encode_rows(self._model(), inputs, todo, captions, decode=s.decode,
+                           batch_size=s.batch_size, cpus=_assigned_cpus())
 
 
 def _load(spec: Any) -> Any:
