@@ -187,35 +187,44 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
     failed: set[str] = set()
     produced = ""  # fold of the shard outputs (order-independent)
     log.info("%s: %d shards", name, len(todo))
-    for i, step in enumerate(steps):
-        spec = StageSpec(name, rd.url, conf, fingerprint, dict(options), dict(state))
-        stage.spec, stage.state = spec, spec.state
-        if isinstance(step, ShardStep):
-            outcomes = engine.map_items(
-                partial(run_shard, spec, cls), todo, resources=stage.resources(),
-                max_in_flight=stage.max_in_flight(), num_actors=stage.num_actors(),
-                desc=name, **_engine_opts(cfg))
-            failed, produced = _fold_shards(outcomes, st)
-            if failed and any(isinstance(s, GlobalStep) for s in steps[i + 1:]):
-                later = next(s.name for s in steps[i + 1:] if isinstance(s, GlobalStep))
-                raise StageIncomplete(
-                    f"{name}: {len(failed)} of {len(todo)} shards failed (e.g. "
-                    f"{sorted(failed)[0]}: {st['errors'][sorted(failed)[0]]}); its global "
-                    f"step '{later}' needs every shard, so later stages wait; rerun the "
-                    "same command to retry")
-            continue
-        key = _digest(fingerprint, step.name, input_id, produced, state)
-        rec = records.get(step.name)
-        if rec and rec.get("key") == key and not cls.always_rerun:
-            log.info("%s.%s: done before, reusing it", name, step.name)
-            info = rec.get("info", {})
-        else:
-            info = _run_global(stage, spec, cls, step, cfg)
-            records[step.name] = {"key": key, "info": info, "finished": now()}
-            rd.save_manifest(manifest)
-        state[step.name] = info
-        if isinstance(info, dict) and "counts" in info:  # a step that rewrote decisions
-            st.update(**info["counts"])
+    # a cluster-wide cap (Stage.gates) opens with the stage, so its actor starts while the
+    # earlier global steps run, and closes after its last step
+    gates = engine.shared_gates({stage.gate_name(w): cap for w, cap in stage.gates().items()}
+                                if todo else {})
+    with gates as gate_stats:
+        for i, step in enumerate(steps):
+            spec = StageSpec(name, rd.url, conf, fingerprint, dict(options), dict(state))
+            stage.spec, stage.state = spec, spec.state
+            if isinstance(step, ShardStep):
+                outcomes = engine.map_items(
+                    partial(run_shard, spec, cls), todo, resources=stage.resources(),
+                    max_in_flight=stage.max_in_flight(), num_actors=stage.num_actors(),
+                    desc=name, **_engine_opts(cfg))
+                failed, produced = _fold_shards(outcomes, st)
+                if failed and any(isinstance(s, GlobalStep) for s in steps[i + 1:]):
+                    later = next(s.name for s in steps[i + 1:] if isinstance(s, GlobalStep))
+                    raise StageIncomplete(
+                        f"{name}: {len(failed)} of {len(todo)} shards failed (e.g. "
+                        f"{sorted(failed)[0]}: {st['errors'][sorted(failed)[0]]}); its global "
+                        f"step '{later}' needs every shard, so later stages wait; rerun the "
+                        "same command to retry")
+                continue
+            key = _digest(fingerprint, step.name, input_id, produced, state)
+            if options:  # e.g. --retry-failed: download's consent step asks again
+                key = _digest(key, options)
+            rec = records.get(step.name)
+            if rec and rec.get("key") == key and not cls.always_rerun:
+                log.info("%s.%s: done before, reusing it", name, step.name)
+                info = rec.get("info", {})
+            else:
+                info = _run_global(stage, spec, cls, step, cfg)
+                records[step.name] = {"key": key, "info": info, "finished": now()}
+                rd.save_manifest(manifest)
+            state[step.name] = info
+            if isinstance(info, dict) and "counts" in info:  # a step that rewrote decisions
+                st.update(**info["counts"])
+    if gate_stats:  # filled as the gates close: e.g. how often a host's cap made a fetch wait
+        st["gates"] = {w: gate_stats.get(stage.gate_name(w), {}) for w in stage.gates()}
     st["global"] = {k: v for step_info in state.values() if isinstance(step_info, dict)
                     for k, v in step_info.items() if k not in ("counts", "outputs")
                     and (not isinstance(v, list | dict) or len(str(v)) < 2000)}

@@ -277,6 +277,24 @@ def test_consent_off_asks_for_no_consent_file(tmp_path, hosts, ray_session):
     assert a.hits.get("/robots.txt", 0) == before
 
 
+def test_unreachable_robots_is_asked_again_on_retry_failed(tmp_path, ray_session):
+    """A host whose robots.txt answered 503 is disallow-all for that run; a plain rerun
+    keeps the (recent) verdict without asking, ``--retry-failed`` asks again and fetches."""
+    with LoopbackServer({"/a.jpg": Route(JPG, "image/jpeg"), "/robots.txt": Route(
+            b"User-agent: *\nAllow: /\n", "text/plain", first=[Route(status=503)])}) as srv:
+        pool = write_pool(tmp_path / "pool.parquet", [{"url": srv.url("/a.jpg"),
+                                                       "caption": "host down once"}])
+        cfg = base_config(download={"consent": {"tdmrep": False}})
+        out = str(tmp_path / "run")
+        m = run_pipeline(cfg, out, pool=pool)
+        assert m["stages"]["download"]["dropped"] == {"robots_disallowed": 1}
+        m = run_pipeline(cfg, out, pool=pool)
+        assert srv.hits["/robots.txt"] == 1 and srv.hits.get("/a.jpg", 0) == 0
+        m = run_pipeline(cfg, out, pool=pool, options={"download": {"retry_failed": True}})
+        assert srv.hits["/robots.txt"] == 2 and srv.hits["/a.jpg"] == 1
+        assert m["stages"]["download"]["kept"] == 1
+
+
 def test_denylist_url_pattern_rules_and_bad_pattern(tmp_path):
     from curate.algorithms.denylist import match
     from curate.core.rundir import RunDir

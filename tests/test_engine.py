@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curate.core import engine
+from curate.core import engine, packing
 
 
 def _result(n: int) -> dict:
@@ -14,14 +14,14 @@ def _result(n: int) -> dict:
 
 def test_pack_round_trip_only_above_the_threshold():
     small, large = _result(10), _result(200_000)
-    assert engine._pack(small) is small and engine._pack(None) is None
-    packed = engine._pack(large)
-    assert isinstance(packed, engine._Packed) and len(packed.data) < packed.size / 2
-    back = engine._unpack(packed)
+    assert packing.pack(small) is small and packing.pack(None) is None
+    packed = packing.pack(large)
+    assert isinstance(packed, packing._Packed) and len(packed.data) < packed.size / 2
+    back = packing.unpack(packed)
     assert back["shard"] == large["shard"]
     for k in ("ids", "counts"):
         assert back[k].dtype == large[k].dtype and np.array_equal(back[k], large[k])
-    assert engine._unpack(small) is small
+    assert packing.unpack(small) is small
 
 
 def test_map_items_returns_large_results_whole(ray_session):

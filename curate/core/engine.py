@@ -11,9 +11,9 @@ times, then recorded as failed with its last error. Nothing hangs on a stuck wor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from curate.core.packing import pack as _pack
+from curate.core.packing import unpack as _unpack
 from curate.errors import CurateError
 
 log = logging.getLogger(__name__)
@@ -153,43 +155,6 @@ def _short(err: BaseException) -> str:
     return text[0][:500] if text else type(err).__name__
 
 
-#: a result whose pickle is larger comes back compressed (:func:`_pack`)
-PACK_BYTES = 64 * 1024
-
-
-class _Packed:
-    """A task's result, pickled and zstd-compressed (``size``: the pickle's length)."""
-
-    __slots__ = ("data", "size")
-
-    def __init__(self, data: bytes, size: int):
-        self.data, self.size = data, size
-
-
-def _pack(value: Any) -> Any:
-    """Compress a large result. Why: Ray returns results over 100 KB through its
-    shared-memory object store, and every store page the driver reads stays in the
-    driver's RSS (RssShmem), so folding per-shard count vectors made the driver's RSS grow
-    with the number of shards (measured: 406 -> 477 MB from 1M to 10M text-first pairs,
-    its private memory flat). Sparse count vectors compress ~5x."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raw = pickle.dumps(value, protocol=5)
-    if len(raw) < PACK_BYTES:
-        return value
-    import pyarrow as pa
-
-    return _Packed(pa.compress(raw, codec="zstd", asbytes=True), len(raw))
-
-
-def _unpack(value: Any) -> Any:
-    if not isinstance(value, _Packed):
-        return value
-    import pyarrow as pa
-
-    return pickle.loads(pa.decompress(value.data, value.size, codec="zstd", asbytes=True))
-
-
 def _apply(fn: Callable[[Any], Any], item: Any, fault: tuple | None = None) -> Any:
     # the fault-injection hook (curate.core.faults) follows the driver's environment at submit
     # time, so tests can inject faults into a Ray instance that started before them
@@ -205,6 +170,60 @@ class _Runner:
 
     def run(self, fn: Callable[[Any], Any], item: Any, fault: tuple | None) -> Any:
         return _apply(fn, item, fault)
+
+
+@contextlib.contextmanager
+def shared_gates(gates: dict[str, int], lease_s: float = 30.0):
+    """Driver side of a cluster-wide cap: one gate actor per name (``capacity`` slots per
+    key) while the block runs, then gone; yields a dict filled with each gate's stats on
+    exit. Workers reach a gate by name with :func:`gate_leases`."""
+    stats: dict[str, dict] = {}
+    if not gates:
+        yield stats
+        return
+    import ray
+
+    from curate.core.slots import GateActor
+
+    init()
+    actors = {name: ray.remote(GateActor).options(
+        name=name, num_cpus=0, get_if_exists=True).remote(cap, lease_s)
+        for name, cap in gates.items()}
+    try:
+        yield stats
+    finally:
+        for name, actor in actors.items():
+            try:
+                stats[name] = ray.get(actor.stats.remote(), timeout=10)
+            except Exception as err:  # noqa: BLE001 - statistics only
+                log.warning("gate %s: no statistics (%s)", name, _short(err))
+            ray.kill(actor, no_restart=True)
+
+
+def gate_leases(name: str, linger_s: float = 0.5):
+    """A worker's client (:class:`curate.core.slots.Leases`) of the shared gate ``name``;
+    None where there is none (no Ray, or the driver made no such gate): the caller's local
+    cap is then the only one. Close it when done."""
+    if not is_initialized():
+        return None
+    import uuid
+
+    import ray
+
+    try:
+        actor = ray.get_actor(name)
+    except ValueError:
+        return None
+    from curate.core.slots import Leases
+
+    holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+    def lost(err: BaseException) -> None:
+        log.warning("gate %s unreachable (%s): local caps only from now on", name, _short(err))
+
+    return Leases(lambda want, give: ray.get(actor.sync.remote(holder, want, give),
+                                             timeout=60),
+                  linger_s=linger_s, on_error=lost)
 
 
 def task_options(res: Resources) -> dict[str, Any]:

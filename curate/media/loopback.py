@@ -35,7 +35,7 @@ class LoopbackServer:
                  host: str = "127.0.0.1"):
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: dict[str, int] = {}
-        self.in_flight = self.peak = 0  # requests being answered now, and the most at once
+        self.in_flight = self.peak = 0  # requests received, not yet answered; the most at once
         self._lock = threading.Lock()
         server = self
 
@@ -48,9 +48,17 @@ class LoopbackServer:
                     hit = server.hits[path] = server.hits.get(path, 0) + 1
                     server.in_flight += 1
                     server.peak = max(server.peak, server.in_flight)
+                self._counted = True
                 try:
                     self._answer(path, hit)
                 finally:
+                    self._done()
+
+            def _done(self) -> None:
+                # a request stops counting as it starts to be answered: its client may
+                # finish reading and send the next one before this thread runs again
+                if self._counted:
+                    self._counted = False
                     with server._lock:
                         server.in_flight -= 1
 
@@ -66,6 +74,7 @@ class LoopbackServer:
                 headers = dict(route.headers)
                 if route.location:
                     headers["Location"] = route.location
+                self._done()
                 self._send(route.status, route.body, route.content_type, headers)
 
             def _send(self, status: int, body: bytes, ctype: str, headers: dict) -> None:

@@ -8,10 +8,13 @@ duration of one shard (a download task runs one shard at a time in its process),
 img2dataset keeps its thread pool, writer, resize hook and X-Robots-Tag handling (its own
 ``is_disallowed`` is called exactly as it does) and curate adds what it lacks.
 
-What the cap guarantees: at most ``per_host`` requests in flight to one host name from one
-shard task, so at most ``per_host x (shard tasks in flight, download.processes)`` across
-the cluster. URLs are interleaved by host (:func:`interleave`) so a thread rarely waits on
-a busy host while another host is idle.
+What the cap guarantees: at most ``per_host`` requests in flight to one host name across
+the whole cluster. Two levels: a thread first takes one of its task's ``per_host`` local
+slots for the host, then one of the cluster's (``gate``: the download stage's shared gate,
+:mod:`curate.core.slots`, one Ray actor; its slots linger briefly in a task that keeps
+asking for the same host, so most requests need no remote call). Without a gate (no Ray,
+or the gate was lost mid-run) the cap holds per task only. URLs are interleaved by host
+(:func:`interleave`) so a thread rarely waits on a busy host while another host is idle.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from curate.media.robots import user_agent_string
@@ -31,6 +35,8 @@ from curate.media.robots import user_agent_string
 #: error text of a pair refused by the ``tdm-reservation: 1`` response header
 TDM_HEADER = "TDM reservation: the response carries 'tdm-reservation: 1' (TDMRep)"
 XROBOTS = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own text
+#: error text of a pair whose host had no free slot cluster-wide before the time limit
+HOST_BUSY = "per-host cap: no free slot for this host before the shard's time limit"
 
 
 def host_of(url: str) -> str:
@@ -76,10 +82,29 @@ class Policy:
     backoff_s: float = 1.0       # 429/503 without Retry-After: backoff_s * 2**attempt
     tdm_header: bool = True
     deadline: float | None = None  # time.monotonic() after which nothing waits any more
+    #: the cluster-wide cap (acquire(key, deadline) -> bool, release(key)); None: local only
+    gate: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: dict = field(default_factory=dict)
     _not_before: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)  # host -> number of 429/503 back-offs
+    _left: dict = field(default_factory=dict)  # host -> this shard's requests not started
+
+    def expect(self, urls: list[str]) -> None:
+        """The shard's URLs: a gate slot is kept between two requests to one host only
+        while more of them are still to come."""
+        for u in urls:
+            h = host_of(u)
+            self._left[h] = self._left.get(h, 0) + 1
+
+    def start(self, host: str) -> None:
+        with self._lock:
+            if self._left.get(host, 0) > 0:
+                self._left[host] -= 1
+
+    def more(self, host: str) -> bool:
+        with self._lock:
+            return self._left.get(host, 0) > 0
 
     def slot(self, host: str) -> threading.Semaphore:
         with self._lock:
@@ -134,11 +159,19 @@ def download(row, timeout, retries, user_agent_token, disallowed_header_directiv
     host = host_of(url)
     ua = user_agent_string(user_agent_token)
     err, tries, waits = None, 0, 0
+    policy.start(host)
     while True:
         policy.wait_turn(host)
         with policy.slot(host):
-            stream, err, delay = _once(url, timeout, ua, user_agent_token,
-                                       disallowed_header_directives, policy)
+            if policy.gate is not None and not policy.gate.acquire(host, policy.deadline):
+                return key, None, f"{HOST_BUSY} ({host})"
+            delay = None
+            try:
+                stream, err, delay = _once(url, timeout, ua, user_agent_token,
+                                           disallowed_header_directives, policy)
+            finally:
+                if policy.gate is not None:
+                    policy.gate.release(host, keep=policy.more(host) or delay is not None)
         if stream is not None:
             return key, stream, None
         if delay is not None:  # 429/503: wait as told (capped), within the deadline

@@ -16,13 +16,14 @@ records; an origin already recorded is not asked again, so a crashed step resume
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
-from curate.config import Section
+from curate.config import OPERATIONAL, Section
 from curate.core.io import write_bytes_atomic, write_parquet_atomic
 from curate.core.rundir import RunDir, now
 from curate.media import robots
@@ -49,11 +50,19 @@ class ConsentConfig(Section):
                             description="product token matched against robots.txt groups")
     timeout: float = Field(5, gt=0, le=120, description="per consent file")
     on_unreachable: Literal["disallow", "allow"] = "disallow"
+    recheck_unreachable_s: float = Field(
+        3600, ge=0, json_schema_extra=OPERATIONAL,
+        description="an origin recorded as unreachable longer ago than this is asked again "
+        "when the consent step next runs (a new pool, or --retry-failed: always)")
 
 
 class PoliteConfig(Section):
     per_host: int = Field(4, ge=1, le=1024,
-                          description="requests in flight per host and shard task")
+                          description="requests in flight per host across the cluster")
+    cluster_wide: bool = Field(
+        True, description="hold per_host across every download task (one shared gate); "
+        "false: per shard task, as img2dataset's processes would",
+        json_schema_extra=OPERATIONAL)
     http_retries: int = Field(2, ge=0, le=10, description="extra tries after a 429/503")
     retry_after_max_s: float = Field(30, ge=0, le=600)
     backoff_s: float = Field(1.0, ge=0, le=60, description="429/503 without Retry-After")
@@ -123,18 +132,28 @@ def record_path(rd: RunDir, folder: str, org: str) -> str:
 
 
 def fetch_records(rd: RunDir, folder: str, origins: list[str], section: Any,
-                  skip_existing: bool = True) -> dict[str, dict]:
-    """Each origin's consent record: read when recorded, else fetched and written."""
+                  skip_existing: bool = True, recheck_s: float | None = None
+                  ) -> dict[str, dict]:
+    """Each origin's consent record: read when recorded, else fetched and written.
+
+    A record of an unreachable robots.txt (disallow-all) recorded more than ``recheck_s``
+    seconds ago (default ``consent.recheck_unreachable_s``) is fetched again: a host that
+    was down once must not stay excluded from every later run on the directory."""
     c = section.consent
+    recheck = c.recheck_unreachable_s if recheck_s is None else recheck_s
 
     def one(org: str) -> dict:
         path = record_path(rd, folder, org)
         if skip_existing and rd.fs.exists(path):
             with rd.fs.open(path, "rb") as f:
-                return json.loads(f.read())
+                rec = json.loads(f.read())
+            stale = time.time() - rec.get("fetched_at", 0) > recheck
+            if not (stale and (rec.get("robots") or {}).get("state") == "unreachable"):
+                return rec
         ok = _allowed_origin(org, section.allow_private_addresses)
         rec = (robots.fetch(org, c.timeout, section.user_agent_token, c.robots, c.tdmrep)
                if ok else {"origin": org})
+        rec["fetched_at"] = round(time.time(), 3)
         write_bytes_atomic(rd.fs, path, json.dumps(rec).encode())
         return rec
 

@@ -14,7 +14,8 @@ output ``folder``, whether it ``decides`` (writes ``kept``/``reason``/``detail``
   state), ``commit(acc) -> info`` on the driver. Resume is the step's record in run.json.
 
 The driver (:mod:`curate.driver`) runs every step the same way; stages never call the
-engine themselves. What a stage's earlier global steps committed (``self.state``) reaches
+engine themselves (a shared cap across workers is declared by :meth:`Stage.gates` and taken
+through :meth:`Stage.gate`). What a stage's earlier global steps committed (``self.state``) reaches
 its workers with the :class:`StageSpec`, so a map or a shard sees e.g. the entry-count
 digest or the k-means scratch folder.
 """
@@ -174,6 +175,24 @@ class Stage:
     def num_actors(self) -> int | None:
         """Run shards on this many long-lived actors instead of tasks (a model per actor)."""
         return None
+
+    def gates(self) -> dict[str, int]:
+        """Cluster-wide caps the shard step's workers share, ``what -> slots per key``
+        (download: ``{"hosts": per_host}``); the driver keeps each open while the shard
+        step runs, and a worker takes slots with :meth:`gate`."""
+        return {}
+
+    def gate_name(self, what: str) -> str:
+        """The cluster-wide name of this run's and stage's gate ``what``."""
+        tag = hashlib.sha256(f"{self.spec.run_url}|{self.name}".encode()).hexdigest()[:16]
+        return f"curate-gate-{tag}-{what}"
+
+    def gate(self, what: str) -> Any:
+        """A worker's client of gate ``what`` (:class:`curate.core.slots.Leases`: acquire,
+        release, close), or None when the driver opened none (then local caps only)."""
+        from curate.core import engine
+
+        return engine.gate_leases(self.gate_name(what))
 
     # ----------------------------------------------------------------- helpers
     def deciding_before(self) -> list[str]:

@@ -13,7 +13,8 @@ Consent comes before fetching (``_download_consent``, ARCHITECTURE §8.12): a pa
 denylist rule, robots.txt or TDMRep refuses is never requested and is dropped as
 ``denylisted``, ``robots_disallowed`` or ``tdm_reserved`` (detail: the rule); each origin's
 robots.txt and tdmrep.json are fetched once per run by global steps before the shards.
-Fetching is polite (``curate.media.polite``): a per-host cap, 429/503 Retry-After.
+Fetching is polite (``curate.media.polite``): a per-host cap across the cluster (a gate
+the driver opens for the shard step, :meth:`gates`), 429/503 Retry-After.
 
 ``width``/``height`` are those of the stored bytes (after ``resize``, when set);
 ``original_width``/``original_height`` those of the image as fetched, before any resize —
@@ -139,11 +140,19 @@ class DownloadStage(Stage):
         return consent.shard_origins([u for i, u in enumerate(urls) if i not in denied])
 
     def _records(self, batch: list[str]) -> dict[str, int]:
-        recs = consent.fetch_records(self.rd, self._folder(), batch, self.section)
+        # --retry-failed asks every origin recorded as unreachable again, however recent
+        recheck = 0.0 if self.spec.options.get("retry_failed") else None
+        recs = consent.fetch_records(self.rd, self._folder(), batch, self.section,
+                                     recheck_s=recheck)
         return consent.summarize_records(recs)
 
     def max_in_flight(self) -> int | None:
         return self.section.processes
+
+    def gates(self) -> dict[str, int]:
+        """The per-host cap holds across every download task of the cluster."""
+        p = self.section.polite
+        return {"hosts": p.per_host} if p is not None and p.cluster_wide else {}
 
     def inputs(self, shard: str) -> pa.Table:
         t = self.survivors(shard)
@@ -246,12 +255,15 @@ class DownloadStage(Stage):
                 per_host=p.per_host, http_retries=p.http_retries,
                 retry_after_max_s=p.retry_after_max_s, backoff_s=p.backoff_s,
                 tdm_header=cfg.consent.tdmrep,
-                deadline=time.monotonic() + 0.8 * timeout if timeout else None)
+                deadline=time.monotonic() + 0.8 * timeout if timeout else None,
+                gate=self.gate("hosts") if p.cluster_wide else None)
         scratch = tempfile.mkdtemp(prefix=f"curate-dl-{shard[:10]}-")
         try:
             got = fetch([uids[i] for i in idx], [urls[i] for i in idx], cfg, scratch, policy)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            if policy is not None and policy.gate is not None:
+                policy.gate.close()
         for i in idx:
             r = got.get(uids[i])
             if r is None:

@@ -1,0 +1,157 @@
+"""Cluster-wide caps (issue 14: the per-host cap across all download workers): the slot
+table's rules, one process's leases, and the download stage on a loopback host with two
+download tasks at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow.parquet as pq
+from conftest import base_config, drawn_image, write_pool
+
+from curate.core.slots import Leases, SlotTable
+from curate.driver import run_pipeline
+from curate.media.loopback import LoopbackServer, Route
+
+
+def test_slot_table_caps_each_key_and_frees_what_is_given_back():
+    t = SlotTable(capacity=2, lease_s=10)
+    assert t.sync("a", {"h": 1}, {}, 0) == ({"h": 1}, [])
+    assert t.sync("b", {"h": 3}, {}, 0) == ({"h": 1}, [])   # h is at its cap: 1 of 3
+    # a holds h and b waits for it: h is contended for a, not for b
+    assert t.sync("a", {"other": 1}, {}, 0) == ({"other": 1}, ["h"])
+    assert t.sync("b", {"h": 2}, {}, 0)[0] == {}            # still full
+    assert t.sync("a", {}, {"h": 5}, 0) == ({}, [])         # gives back only what it has
+    assert t.sync("b", {"h": 1}, {}, 0) == ({"h": 1}, [])
+    assert t.used == {"h": 2, "other": 1}
+    assert t.stats() == {"capacity": 2, "peak_per_key": 2, "cap_hits": 2, "waits": 4}
+
+
+def test_slot_table_expires_a_silent_holder_only():
+    t = SlotTable(capacity=1, lease_s=10)
+    t.sync("dead", {"h": 1}, {}, 0)
+    t.sync("alive", {"g": 1}, {}, 0)
+    t.sync("alive", {}, {}, 8)                              # a call renews the lease
+    assert t.sync("x", {"h": 1}, {}, 9)[0] == {}            # within dead's lease
+    assert t.sync("x", {"h": 1}, {}, 10.5)[0] == {"h": 1}   # dead's lease ran out
+    assert t.used == {"h": 1, "g": 1}                       # alive kept g
+    assert sorted(t.expire(30)) == ["g", "h"] and t.used == {} and t.wanting == {}
+
+
+class _Shared:
+    """A SlotTable behind a lock, as the gate actor serves it (one call at a time)."""
+
+    def __init__(self, capacity: int):
+        self.table, self.lock = SlotTable(capacity, 60), threading.Lock()
+
+    def client(self, holder: str, linger_s: float = 0.05) -> Leases:
+        def sync(want: dict, give: dict):
+            with self.lock:
+                return self.table.sync(holder, want, give, time.monotonic())
+
+        return Leases(sync, linger_s=linger_s, poll_s=0.002)
+
+
+def test_leases_of_two_processes_never_exceed_the_shared_cap():
+    shared = _Shared(capacity=3)
+    in_use, peak, lock = [0], [0], threading.Lock()
+
+    def request(args) -> None:
+        leases, key, last = args
+        assert leases.acquire(key, time.monotonic() + 30)
+        with lock:
+            in_use[0] += key == "h"
+            peak[0] = max(peak[0], in_use[0])
+        time.sleep(0.003)
+        with lock:
+            in_use[0] -= key == "h"
+        leases.release(key, keep=not last)
+
+    a, b = shared.client("a"), shared.client("b")
+    work = [(x, k, i >= 190) for i in range(200) for x in (a, b) for k in ("h", "g")]
+    with ThreadPoolExecutor(16) as ex:
+        list(ex.map(request, work))
+    a.close()
+    b.close()
+    assert peak[0] == 3                            # the cap, reached and never passed
+    assert shared.table.used == {}                 # closing gave every slot back
+
+
+def test_leases_keep_a_slot_between_requests_only_while_asked_to():
+    shared = _Shared(capacity=2)
+    a = shared.client("a", linger_s=30)
+    for _ in range(50):                            # more URLs of h to come: keep it
+        assert a.acquire("h")
+        a.release("h", keep=True)
+    assert shared.table.used == {"h": 1}
+    calls = a.remote_calls
+    assert calls <= 3
+    assert a.acquire("h")
+    a.release("h", keep=False)                     # the last URL of h: back at the next call
+    _until(lambda: shared.table.used == {})
+    assert a.acquire("g")
+    a.release("g")
+    a.close()                                      # kept slots go back on close
+    assert shared.table.used == {}
+
+
+def test_a_kept_slot_goes_to_another_holder_that_waits():
+    shared = _Shared(capacity=1)
+    a, b = shared.client("a", linger_s=60), shared.client("b", linger_s=60)
+    assert a.acquire("h")
+    a.release("h", keep=True)                      # a would keep it for a minute ...
+    assert b.acquire("h", time.monotonic() + 10)   # ... but b waits: contended, handed on
+    b.release("h", keep=False)
+    for x in (a, b):
+        x.close()
+
+
+def test_leases_give_up_at_the_deadline_and_open_when_the_table_is_lost():
+    shared = _Shared(capacity=1)
+    a, b = shared.client("a"), shared.client("b")
+    assert a.acquire("h")
+    assert not b.acquire("h", deadline=time.monotonic() + 0.1)  # a holds the only slot
+
+    def broken(want, give):
+        raise ConnectionError("actor died")
+
+    lost = []
+    c = Leases(broken, on_error=lost.append)
+    assert c.acquire("h") and c.acquire("h") and c.open  # local caps only from now on
+    assert len(lost) == 1
+    for x in (a, b, c):
+        x.close()
+
+
+def _until(cond, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_download_per_host_cap_holds_across_two_tasks(tmp_path, ray_session):
+    """Two download tasks (two shards, processes=2) on one host with per_host=2: the server
+    never sees more than 2 requests at once, and every pair is fetched."""
+    routes = {f"/{i}.jpg": Route(drawn_image(i, (32, 24), "jpg"), "image/jpeg", delay_s=0.15)
+              for i in range(24)}
+    with LoopbackServer(routes) as srv:
+        pool = write_pool(tmp_path / "pool.parquet",
+                          [{"url": srv.url(f"/{i}.jpg"), "caption": f"c {i}"} for i in range(24)])
+        cfg = base_config(pool={"shard_size": 12},
+                          download={"processes": 2, "consent": {"robots": False,
+                                                                "tdmrep": False},
+                                    "polite": {"per_host": 2}})
+        out = tmp_path / "run"
+        m = run_pipeline(cfg, str(out), pool=pool)
+        assert srv.peak <= 2, srv.peak
+    st = m["stages"]["download"]
+    assert st["kept"] == 24
+    gate = st["gates"]["hosts"]
+    assert gate["peak_per_key"] == 2 and gate["cap_hits"] >= 1
+    assert json.loads((out / "run.json").read_text())["stages"]["download"]["gates"] == {
+        "hosts": gate}
+    assert pq.read_table(out / "images", columns=["kept"])["kept"].to_pylist() == [True] * 24
