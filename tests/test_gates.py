@@ -27,7 +27,7 @@ def test_slot_table_caps_each_key_and_frees_what_is_given_back():
     assert t.sync("a", {}, {"h": 5}, 0) == ({}, [])         # gives back only what it has
     assert t.sync("b", {"h": 1}, {}, 0) == ({"h": 1}, [])
     assert t.used == {"h": 2, "other": 1}
-    assert t.stats() == {"capacity": 2, "peak_per_key": 2, "cap_hits": 2, "waits": 4}
+    assert t.stats() == {"capacity": 2, "peak_per_key": 2, "cap_hits": 2, "waits": 4, "calls": 6}
 
 
 def test_slot_table_expires_a_silent_holder_only():
@@ -124,6 +124,35 @@ def test_leases_give_up_at_the_deadline_and_open_when_the_table_is_lost():
     assert len(lost) == 1
     for x in (a, b, c):
         x.close()
+
+
+def test_a_client_outlives_its_table_and_its_kept_slots_void_with_a_new_one():
+    """Workers keep one client across stage runs: when the table closes it grants
+    everything (nothing to cap against), and a reopened table's generation voids the slots
+    it kept from the old one (which the new table never granted)."""
+    from curate.core.slots import GateActor
+
+    gates, lock = GateActor(), threading.Lock()
+
+    def sync(want, give):
+        with lock:
+            return gates.sync("g", "w1", want, give)
+
+    gates.open("g", 1, 60)
+    c = Leases(sync, linger_s=60, poll_s=0.002, check_s=0.01)
+    assert c.acquire("h")
+    c.release("h", keep=True)                      # kept
+    assert gates.close("g")["peak_per_key"] == 1
+    _until(lambda: c._closed)
+    assert c.acquire("h") and c.acquire("h")       # closed: no cap to keep
+    gates.open("g", 1, 60)                          # the next run's table
+    _until(lambda: not c._closed)
+    assert c._idle == {}                           # the old kept slot is void
+    assert c.acquire("h", time.monotonic() + 5)    # granted by the new table ...
+    assert gates.tables["g"][0].used == {"h": 1}   # ... which counts it
+    c.release("h", keep=False)
+    c.close()
+    assert gates.tables["g"][0].used == {}
 
 
 def _until(cond, timeout: float = 10.0) -> None:

@@ -5,8 +5,8 @@ cap (download's per-host cap), without Ray.
 leased at a time, each to a *holder* (one process's :class:`Leases`). A holder that stops
 syncing (its worker died, or was killed for a time limit) loses its slots after
 ``lease_s``, so a crash never shrinks the cap for good. The engine serves the table from
-one Ray actor (:class:`GateActor`, started by ``curate.core.engine.shared_gates``); tests
-drive it directly.
+one Ray actor per session (:class:`GateActor`, started by ``curate.core.engine``); tests
+drive the table directly.
 
 :class:`Leases` is a process's side, and why it *batches*: one remote call per request
 (take, then give) cost ~1.5 ms each inside a Ray worker, serialised across the worker's
@@ -41,12 +41,14 @@ class SlotTable:
         self.peak = 0                                    # most slots of one key at once
         self.cap_hits = 0                                # times a key reached capacity
         self.waits = 0                                   # slots asked for and refused
+        self.calls = 0                                   # syncs served
 
     def sync(self, holder: str, want: dict[str, int], give: dict[str, int], now: float
              ) -> tuple[dict[str, int], list[str]]:
         """Take back ``give``, grant what is free of ``want``; returns (granted per key,
         the keys this holder holds that another holder is waiting for)."""
         self.expire(now)
+        self.calls += 1
         self.seen[holder] = now
         for key, n in give.items():
             self.release(holder, key, n)
@@ -119,27 +121,43 @@ class SlotTable:
     def stats(self) -> dict:
         """Constant size, however many keys (hosts) went through."""
         return {"capacity": self.capacity, "peak_per_key": self.peak,
-                "cap_hits": self.cap_hits, "waits": self.waits}
+                "cap_hits": self.cap_hits, "waits": self.waits, "calls": self.calls}
 
 
 class GateActor:
-    """The cluster's one :class:`SlotTable` for a shared cap, as a Ray actor (the engine
-    wraps it; methods never block, so one thread serves every holder in order)."""
+    """The gates of one Ray session, as one Ray actor (the engine starts it once and keeps
+    it: starting an actor is a new worker process, ~0.7 s of CPU on a busy 2-core machine,
+    which a download stage paid on every run when each stage had its own). One
+    :class:`SlotTable` per open gate name; methods never block, so one thread serves every
+    holder in order."""
 
-    def __init__(self, capacity: int, lease_s: float):
-        self.table = SlotTable(capacity, lease_s)
+    def __init__(self):
+        self.tables: dict[str, tuple[SlotTable, int]] = {}
+        self.opened = 0
 
-    def sync(self, holder: str, want: dict[str, int], give: dict[str, int]):
-        return self.table.sync(holder, want, give, time.monotonic())
+    def open(self, name: str, capacity: int, lease_s: float) -> None:
+        self.opened += 1  # the generation: slots of an earlier table are not this one's
+        self.tables[name] = (SlotTable(capacity, lease_s), self.opened)
 
-    def stats(self) -> dict:
-        return self.table.stats()
+    def close(self, name: str) -> dict:
+        table, _ = self.tables.pop(name, (None, 0))
+        return table.stats() if table is not None else {}
+
+    def sync(self, name: str, holder: str, want: dict[str, int], give: dict[str, int]
+             ) -> tuple[dict[str, int], list[str], int | None]:
+        """(granted, contended, generation); generation None: the gate is closed."""
+        table, gen = self.tables.get(name, (None, None))
+        if table is None:
+            return {}, [], None
+        return (*table.sync(holder, want, give, time.monotonic()), gen)
 
 
 class Leases:
     """One process's slots: ``acquire(key)`` / ``release(key, keep)`` from its threads.
 
-    ``sync(want, give) -> (granted, contended)`` is the table's call (remote); only this
+    ``sync(want, give) -> (granted, contended[, generation])`` is the table's call (remote;
+    generation None: the gate is closed, so grant everything; a new generation voids the
+    slots kept from an earlier table, as a cached client outlives a stage run); only this
     object's background thread makes it, at most one at a time: at least every
     ``renew_s`` (which keeps the leases alive), every ``check_s`` while it keeps idle slots
     (to learn that another holder waits for one), and every ``poll_s`` while one of its
@@ -149,7 +167,7 @@ class Leases:
     one left (``on_error`` is told once).
     """
 
-    def __init__(self, sync: Callable[[dict, dict], tuple[dict, list]],
+    def __init__(self, sync: Callable[[dict, dict], tuple],
                  linger_s: float = 0.5, renew_s: float = 5.0, poll_s: float = 0.02,
                  check_s: float = 0.1,
                  on_error: Callable[[BaseException], None] | None = None):
@@ -162,10 +180,13 @@ class Leases:
         self._since: dict[str, float] = {}   # key -> when its idle slot came back
         self._want: dict[str, int] = {}      # key -> threads waiting for a slot
         self._give: dict[str, int] = {}      # slots to hand back at the next call
+        self._pre: dict[str, int] = {}       # slots to ask for before a thread needs them
         self._contended: set[str] = set()
         self._wake = threading.Event()
         self._stop = False
         self.open = False
+        self._closed = False                 # the gate is closed: grant all, keep nothing
+        self._gen: int | None = None         # the table generation our slots belong to
         self.remote_calls = 0
         self._thread = threading.Thread(target=self._loop, name="leases", daemon=True)
         self._thread.start()
@@ -178,7 +199,7 @@ class Leases:
             self._want[key] = self._want.get(key, 0) + 1
             self._wake.set()
             try:
-                while not self.open:
+                while not (self.open or self._closed):
                     if self._take_idle(key):
                         return True
                     left = None if deadline is None else deadline - time.monotonic()
@@ -191,9 +212,18 @@ class Leases:
                 if not self._want[key]:
                     del self._want[key]
 
+    def prefetch(self, want: dict[str, int]) -> None:
+        """Ask for slots before any thread needs them (at most once per key and call):
+        a task that knows its keys starts with them instead of one round trip per key.
+        Unused, they go back after ``linger_s``, or sooner when contended."""
+        with self._cv:
+            for k, n in want.items():
+                self._pre[k] = max(self._pre.get(k, 0), n)
+        self._wake.set()
+
     def release(self, key: str, keep: bool = True) -> None:
         with self._cv:
-            if self.open:
+            if self.open or self._closed:
                 return
             if self._want.get(key) or (keep and key not in self._contended):
                 self._idle[key] = self._idle.get(key, 0) + 1
@@ -231,6 +261,10 @@ class Leases:
                 stop = self._stop
                 want = {k: n - self._idle.get(k, 0) for k, n in self._want.items()
                         if n > self._idle.get(k, 0)}
+                for k, n in self._pre.items():
+                    if n > self._idle.get(k, 0) + want.get(k, 0):
+                        want[k] = n - self._idle.get(k, 0)
+                self._pre = {}
                 give, self._give = self._give, {}
                 for k, n in list(self._idle.items()):
                     if stop or k in self._contended or now - self._since.get(k, 0) >= \
@@ -242,12 +276,16 @@ class Leases:
             if want or give or stop or now - last >= (self.check_s if kept else self.renew_s):
                 try:
                     self.remote_calls += 1
-                    granted, contended = self._sync({} if stop else want, give)
+                    reply = self._sync({} if stop else want, give)
                 except Exception as err:  # noqa: BLE001 - a lost table must not stop fetching
                     self._fail(err)
                     return
+                granted, contended, gen = reply if len(reply) == 3 else (*reply, 0)
                 last = now
                 with self._cv:
+                    self._closed = gen is None
+                    if gen != self._gen:  # a new table (or none): our kept slots are void
+                        self._idle, self._gen = {}, gen
                     for k, n in granted.items():
                         self._idle[k] = self._idle.get(k, 0) + n
                         self._since[k] = now

@@ -63,7 +63,7 @@ def fetch(uids: list[str], urls: list[str], cfg: Any, scratch: str,
     if policy is not None:
         order = polite.interleave(list(range(len(urls))), urls)
         uids, urls = [uids[i] for i in order], [urls[i] for i in order]
-        policy.expect(urls)
+        policy.expect(urls, cfg.threads)
     src = f"{scratch}/input.feather"
     feather.write_feather(pa.table({"url": urls, "uid": uids}), src)
     out_dir = f"{scratch}/out"

@@ -90,12 +90,18 @@ class Policy:
     stats: dict = field(default_factory=dict)  # host -> number of 429/503 back-offs
     _left: dict = field(default_factory=dict)  # host -> this shard's requests not started
 
-    def expect(self, urls: list[str]) -> None:
+    def expect(self, urls: list[str], threads: int = 1) -> None:
         """The shard's URLs: a gate slot is kept between two requests to one host only
-        while more of them are still to come."""
+        while more of them are still to come; and the gate is asked at once for each
+        host's share of the threads (one round trip for the shard's start, not one per
+        host as threads reach it)."""
         for u in urls:
             h = host_of(u)
             self._left[h] = self._left.get(h, 0) + 1
+        if self.gate is not None and self._left:
+            share = max(1, -(-threads // len(self._left)))
+            self.gate.prefetch({h: min(n, share, self.per_host)
+                                for h, n in self._left.items()})
 
     def start(self, host: str) -> None:
         with self._lock:

@@ -189,7 +189,8 @@ class Stage:
 
     def gate(self, what: str) -> Any:
         """A worker's client of gate ``what`` (:class:`curate.core.slots.Leases`: acquire,
-        release, close), or None when the driver opened none (then local caps only)."""
+        release; the process's, kept across shards), or None without a gate service
+        (then local caps only)."""
         from curate.core import engine
 
         return engine.gate_leases(self.gate_name(what))

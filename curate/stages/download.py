@@ -262,8 +262,6 @@ class DownloadStage(Stage):
             got = fetch([uids[i] for i in idx], [urls[i] for i in idx], cfg, scratch, policy)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-            if policy is not None and policy.gate is not None:
-                policy.gate.close()
         for i in idx:
             r = got.get(uids[i])
             if r is None:
