@@ -61,7 +61,7 @@ download: {{threads: 4, timeout: 5, allow_private_addresses: true, consent: {{ti
 score: {{model_config: {tmp_path / 'tiny-fault.json'}, pretrained: none, batch_size: 8}}
 match: {{metadata: {tmp_path / 'vocab.txt'}}}
 balance: {{t: 3, seed: 0}}
-prune: {{k: 2, niter: 5, dedup_eps: 0.05, dbp: true, target_fraction: 0.7}}
+prune: {{k: 2, niter: 5, dedup_eps: 0.000001, dbp: true, target_fraction: 0.7}}
 emit: {{rows_per_shard: 4, webdataset: true}}
 run: {{max_retries: 0, num_cpus: 2}}
 """)
