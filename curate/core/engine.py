@@ -180,15 +180,15 @@ def _gate_service(create: bool = False) -> Any:
     """The session's gate actor (None where there is none and ``create`` is false)."""
     import ray
 
-    if create:
-        from curate.core.slots import GateActor
-
-        return ray.remote(GateActor).options(name=GATES_ACTOR, num_cpus=0,
-                                              get_if_exists=True).remote()
     try:
         return ray.get_actor(GATES_ACTOR)
     except ValueError:
-        return None
+        if not create:
+            return None
+    from curate.core.slots import GateActor
+
+    return ray.remote(GateActor).options(name=GATES_ACTOR, num_cpus=0,
+                                          get_if_exists=True).remote()
 
 
 @contextlib.contextmanager
