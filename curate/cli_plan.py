@@ -84,6 +84,7 @@ def _print_pilot(run_dir: str, target: int | None, as_json: bool) -> None:
     if "chosen" in result:
         typer.echo(f"for {target:,}: {_line(result['chosen'])}")
         typer.echo(f"pipeline: {result['pipeline']}")
+        _short_of_target(result, target)
     if "entries" in result:
         typer.echo(f"per entry: {result['entries']}")
     if result.get("entry_losses"):
@@ -94,6 +95,19 @@ def _print_pilot(run_dir: str, target: int | None, as_json: bool) -> None:
                        f"{e['in']:<8,} {e['survival']:.3f} ({lo:.3f} .. {hi:.3f})")
     for note in result["notes"]:
         typer.echo(f"note: {note}")
+
+
+def _short_of_target(result: dict, target: int) -> None:
+    """The chosen knob cannot reach the target (e.g. target_fraction capped at 1): name the
+    sweep's settings that do, so the user sees which other knob would."""
+    if result["chosen"]["predicted"] >= 0.95 * target:
+        return
+    reach = [p for p in result["sweep"] if p["predicted"] >= target]
+    nearest = min(reach, key=lambda p: p["predicted"]) if reach else None
+    hint = (f"; the sweep reaches it with: {_knobs(nearest)}" if nearest
+            else "; no setting in the sweep reaches it")
+    typer.echo(f"note: {target:,} is beyond what the chosen knob can give "
+               f"({result['chosen']['predicted']:,.0f}){hint}")
 
 
 def run_pilot(pool: str | None, pipeline: str | None, fraction: float, out: str, seed: int,

@@ -195,3 +195,23 @@ def test_per_entry_survival_after_match(tmp_path, ray_session):
             assert row["prune_low"] <= row["prune_survival"] <= row["prune_high"]
     assert res["entry_losses"] and res["entry_losses"][0]["stage"] == "prune"
     assert int(pc.sum(prune["kept"]).as_py()) < prune.num_rows
+
+
+def test_plan_names_another_knob_when_the_chosen_one_falls_short(tmp_path, ray_session):
+    """DBP's target_fraction is the knob with DBP on, capped at 1: a target beyond it gets
+    a note naming the sweep's setting that reaches it (here a smaller eps)."""
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    pool = _dup_pool(tmp_path / "pool.parquet", n_groups=500, seed=1)
+    run_pipeline(_cfg(0.01, dbp=True, sample_fraction=0.4, sample_seed=1),
+                 str(tmp_path / "pilot"), pool=pool)
+    r = CliRunner().invoke(app, ["plan", str(tmp_path / "pilot"), "--target", "700"])
+    assert r.exit_code == 0, r.output
+    chosen = r.output.split("for 700:")[1].splitlines()[0]
+    assert "target_fraction=1 " in chosen + " "
+    note = next(line for line in r.output.splitlines() if "beyond what the chosen knob" in line)
+    assert "the sweep reaches it with:" in note and "eps=" in note
+    r = CliRunner().invoke(app, ["plan", str(tmp_path / "pilot"), "--target", "50000"])
+    assert "no setting in the sweep reaches it" in r.output
