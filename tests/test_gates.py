@@ -145,8 +145,11 @@ def test_a_client_outlives_its_table_and_its_kept_slots_void_with_a_new_one():
     assert gates.close("g")["peak_per_key"] == 1
     _until(lambda: c._closed)
     assert c.acquire("h") and c.acquire("h")       # closed: no cap to keep
-    gates.open("g", 1, 60)                          # the next run's table
-    _until(lambda: not c._closed)
+    gates.open("g", 1, 60)                          # the next run's table: a client that
+    assert c.acquire("h", time.monotonic() + 5)    # saw it closed asks before granting
+    assert gates.tables["g"][0].used == {"h": 1}
+    c.release("h", keep=False)
+    _until(lambda: gates.tables["g"][0].used == {})
     assert c._idle == {}                           # the old kept slot is void
     assert c.acquire("h", time.monotonic() + 5)    # granted by the new table ...
     assert gates.tables["g"][0].used == {"h": 1}   # ... which counts it

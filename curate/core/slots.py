@@ -187,6 +187,7 @@ class Leases:
         self.open = False
         self._closed = False                 # the gate is closed: grant all, keep nothing
         self._gen: int | None = None         # the table generation our slots belong to
+        self._replies = 0                    # calls answered (a waiter for a fresh answer)
         self.remote_calls = 0
         self._thread = threading.Thread(target=self._loop, name="leases", daemon=True)
         self._thread.start()
@@ -199,6 +200,9 @@ class Leases:
             self._want[key] = self._want.get(key, 0) + 1
             self._wake.set()
             try:
+                if self._closed:  # closed at the last call: a new run may have reopened it
+                    seen = self._replies
+                    self._cv.wait_for(lambda: self._replies > seen or self.open, timeout=5.0)
                 while not (self.open or self._closed):
                     if self._take_idle(key):
                         return True
@@ -283,6 +287,7 @@ class Leases:
                 granted, contended, gen = reply if len(reply) == 3 else (*reply, 0)
                 last = now
                 with self._cv:
+                    self._replies += 1
                     self._closed = gen is None
                     if gen != self._gen:  # a new table (or none): our kept slots are void
                         self._idle, self._gen = {}, gen
