@@ -189,8 +189,9 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
     log.info("%s: %d shards", name, len(todo))
     # a cluster-wide cap (Stage.gates) opens with the stage, so its actor starts while the
     # earlier global steps run, and closes after its last step
-    gates = engine.shared_gates({stage.gate_name(w): cap for w, cap in stage.gates().items()}
-                                if todo else {})
+    caps = stage.gates() if todo else {}
+    gate_names = {w: stage.gate_name(w) for w in caps}
+    gates = engine.shared_gates({gate_names[w]: cap for w, cap in caps.items()})
     with gates as gate_stats:
         for i, step in enumerate(steps):
             spec = StageSpec(name, rd.url, conf, fingerprint, dict(options), dict(state))
@@ -224,7 +225,7 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
             if isinstance(info, dict) and "counts" in info:  # a step that rewrote decisions
                 st.update(**info["counts"])
     if gate_stats:  # filled as the gates close: e.g. how often a host's cap made a fetch wait
-        st["gates"] = {w: gate_stats.get(stage.gate_name(w), {}) for w in stage.gates()}
+        st["gates"] = {w: gate_stats.get(name, {}) for w, name in gate_names.items()}
     st["global"] = {k: v for step_info in state.values() if isinstance(step_info, dict)
                     for k, v in step_info.items() if k not in ("counts", "outputs")
                     and (not isinstance(v, list | dict) or len(str(v)) < 2000)}

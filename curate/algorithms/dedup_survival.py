@@ -108,8 +108,9 @@ def subsample_counts(emb: np.ndarray, labels: np.ndarray, dist: np.ndarray, uids
             rows = np.flatnonzero(us[r] < phi) if phi < 1 else np.arange(len(labels))
             n[p, r] = np.bincount(group[rows], minlength=ng)
             for e, eps in enumerate(eps_list):
-                dup = dedup_by_cluster(emb[rows], labels[rows], dist[rows], eps, keep=keep,
-                                       seed=seed, block=block, rule=rule)
+                dup = full if phi >= 1 and eps == max(eps_list) else dedup_by_cluster(
+                    emb[rows], labels[rows], dist[rows], eps, keep=keep, seed=seed,
+                    block=block, rule=rule)  # the full rows at the largest eps: done above
                 kept[e, p, r] = np.bincount(group[rows[dup < 0]], minlength=ng)
             if phi >= 1:  # the full rows: every replicate is the same
                 n[p, :], kept[:, p, :] = n[p, r], kept[:, p, r][:, None]
@@ -137,9 +138,9 @@ def full_survival(n: np.ndarray, kept: np.ndarray, f: float, phis: Sequence[floa
 
     ng = n.shape[-1]
     d_f = float(kept[0].sum() / n[0].sum()) if n[0].sum() else 1.0
-    est = fit(np.ones(ng))
     if f >= 1 or ng == 0:
         return d_f, d_f, 0.0
+    est = fit(np.ones(ng))
     rng = np.random.default_rng(seed)
     reps = [fit(np.bincount(rng.integers(0, ng, ng), minlength=ng).astype(np.float64))
             for _ in range(boot)]

@@ -126,11 +126,6 @@ def _load(rd: Any, cfg: Any, prune: str) -> tuple[np.ndarray, np.ndarray, np.nda
             u.take(pa.array(order)).to_numpy(zero_copy_only=False))
 
 
-def dedup_rel_var(est: float, sd: float) -> float:
-    """The corrected survival's relative variance, for the prediction's quadrature sum."""
-    return (sd / est) ** 2 if est > 0 else 0.0
-
-
 def describe(model: DedupModel, fraction: float | None = None) -> str:
     d_f, est, sd = model.survival(None, fraction)
     # measured: pilots that saw ~40-55 groups covered 24 of 30 planted cases, ~180-210: 30

@@ -49,9 +49,7 @@ def stage_entry_counts(m: Any, stage: str, match_folder: str, n_entries: int
                 and rd.fs.exists(rd.shard_path(match_folder, shard))):
             continue
         d = rd.read(folder, shard, ["uid", "kept"])
-        mt = rd.read(match_folder, shard, ["uid", "entry_ids"])
-        idx = pc.index_in(d["uid"], value_set=mt["uid"].combine_chunks())
-        lists = pc.take(mt["entry_ids"].combine_chunks(), idx)
+        lists = rd.column_for(match_folder, shard, d["uid"], "entry_ids")
         ids = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
         parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
         kept = d["kept"].combine_chunks().to_numpy(zero_copy_only=False)[parent]

@@ -38,6 +38,7 @@ class SlotTable:
         self.held: dict[str, dict[str, int]] = {}       # holder -> key -> slots
         self.seen: dict[str, float] = {}                # holder -> last call
         self.wanting: dict[str, set[str]] = {}          # key -> holders refused last sync
+        self.waiting_for: dict[str, set[str]] = {}      # holder -> its keys in ``wanting``
         self.peak = 0                                    # most slots of one key at once
         self.cap_hits = 0                                # times a key reached capacity
         self.waits = 0                                   # slots asked for and refused
@@ -53,25 +54,17 @@ class SlotTable:
         for key, n in give.items():
             self.release(holder, key, n)
         granted: dict[str, int] = {}
+        short: set[str] = set()  # keys this holder still waits for after this call
         for key, n in want.items():
             got = 0
             while got < n and self.try_acquire(holder, key):
                 got += 1
             if got:
                 granted[key] = got
-            waiting = self.wanting.setdefault(key, set())
             if got < n:
-                waiting.add(holder)
+                short.add(key)
                 self.waits += n - got
-            else:
-                waiting.discard(holder)
-                if not waiting:
-                    del self.wanting[key]
-        for key in list(self.wanting):  # a holder that stopped asking waits no more
-            if key not in want and holder in self.wanting[key]:
-                self.wanting[key].discard(holder)
-                if not self.wanting[key]:
-                    del self.wanting[key]
+        self._waiting(holder, short)
         mine = self.held.get(holder, {})
         contended = [k for k in mine if self.wanting.get(k, set()) - {holder}]
         return granted, contended
@@ -112,11 +105,21 @@ class SlotTable:
                 freed.append(key)
             self.held.pop(holder, None)
             del self.seen[holder]
-            for key in list(self.wanting):
-                self.wanting[key].discard(holder)
-                if not self.wanting[key]:
-                    del self.wanting[key]
+            self._waiting(holder, set())
         return freed
+
+    def _waiting(self, holder: str, keys: set[str]) -> None:
+        """Record that ``holder`` now waits for exactly ``keys`` (O(its keys), not O(all
+        keys anyone waits for): this runs on every call the gate actor serves)."""
+        before = self.waiting_for.pop(holder, set())
+        for key in before - keys:
+            self.wanting[key].discard(holder)
+            if not self.wanting[key]:
+                del self.wanting[key]
+        for key in keys - before:
+            self.wanting.setdefault(key, set()).add(holder)
+        if keys:
+            self.waiting_for[holder] = keys
 
     def stats(self) -> dict:
         """Constant size, however many keys (hosts) went through."""

@@ -11,8 +11,9 @@ img2dataset keeps its thread pool, writer, resize hook and X-Robots-Tag handling
 What the cap guarantees: at most ``per_host`` requests in flight to one host name across
 the whole cluster. Two levels: a thread first takes one of its task's ``per_host`` local
 slots for the host, then one of the cluster's (``gate``: the download stage's shared gate,
-:mod:`curate.core.slots`, one Ray actor; its slots linger briefly in a task that keeps
-asking for the same host, so most requests need no remote call). Without a gate (no Ray,
+:mod:`curate.core.slots`, one Ray actor; a task keeps a host's slot while its shard has
+more URLs for the host and no other task waits for it, so most requests need no remote
+call). Without a gate (no Ray,
 or the gate was lost mid-run) the cap holds per task only. URLs are interleaved by host
 (:func:`interleave`) so a thread rarely waits on a busy host while another host is idle.
 """

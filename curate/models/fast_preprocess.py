@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from curate.models.images import ImageDecodeError, load_rgb, open_image
+from curate.models.images import load_rgb, open_image
 
 if TYPE_CHECKING:
     import torch
@@ -153,8 +153,7 @@ def fast_batch(images: list[bytes | None], preprocess, max_pixels: int | None = 
     (tensor of the images that worked, their indices, one error or None per input)."""
     import torch
 
-    from curate.models.images import input_size
-    from curate.models.oneline import one_line
+    from curate.models.images import input_size, row_error
 
     h, w = input_size(preprocess) or (224, 224)
     if h != w:  # a non-square input ('squash' resize) is not what this path computes
@@ -167,11 +166,8 @@ def fast_batch(images: list[bytes | None], preprocess, max_pixels: int | None = 
     for i, data in enumerate(images):
         try:
             fast_into(out[i], data, h, scale, shift, max_pixels)
-        except ImageDecodeError as exc:
-            errors.append(str(exc))
-            continue
         except Exception as exc:  # noqa: BLE001 - one odd image must not end the batch
-            errors.append("image decode failed: " + one_line(exc, 160))
+            errors.append(row_error(exc))
             continue
         ok.append(i)
         errors.append(None)

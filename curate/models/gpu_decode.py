@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from curate.models.fast_preprocess import JPEG_MODES, affine, resample_into
-from curate.models.images import ImageDecodeError, decode_image, input_size, open_image
-from curate.models.oneline import one_line
+from curate.models.images import ImageDecodeError, input_size, load_rgb, open_image, row_error
 
 if TYPE_CHECKING:
     import torch
@@ -57,9 +56,10 @@ def gpu_batch(images: list[bytes | None], preprocess, max_pixels: int | None = N
     out = torch.empty((len(images), 3, h, w), dtype=torch.float32, device=device)
     errors: list[str | None] = [None] * len(images)
     jpegs, sizes, cpu = [], [], []
+    opened = {}  # index -> its header-checked image (the exact fallback decodes from it)
     for i, data in enumerate(images):
         try:
-            img = open_image(data, max_pixels=max_pixels)  # the limit, before decoding
+            img = opened[i] = open_image(data, max_pixels=max_pixels)  # the limit first
         except ImageDecodeError as exc:
             errors[i] = str(exc)
             continue
@@ -78,7 +78,7 @@ def gpu_batch(images: list[bytes | None], preprocess, max_pixels: int | None = N
         except Exception:  # noqa: BLE001 - odd decoder output: the exact path says what
             cpu.append(i)
     for i in cpu:
-        errors[i] = _exact_into(out[i], images[i], preprocess, max_pixels)
+        errors[i] = _exact_into(out[i], opened[i], preprocess)
     idx = np.asarray([i for i, e in enumerate(errors) if e is None], np.int64)
     if len(idx) == len(images):
         return out, idx, errors
@@ -108,13 +108,11 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor 
     return out
 
 
-def _exact_into(out: torch.Tensor, data: bytes | None, preprocess,
-                max_pixels: int | None) -> str | None:
-    """open_clip's preprocess on the CPU into ``out`` (on any device); the error or None."""
+def _exact_into(out: torch.Tensor, img, preprocess) -> str | None:
+    """open_clip's preprocess on the CPU into ``out`` (on any device), from the image
+    :func:`gpu_batch` already opened (header read, pixel limit checked); the error or None."""
     try:
-        out.copy_(preprocess(decode_image(data, max_pixels=max_pixels)))
-    except ImageDecodeError as exc:
-        return str(exc)
+        out.copy_(preprocess(load_rgb(img)))
     except Exception as exc:  # noqa: BLE001 - one odd image must not end the batch
-        return "image decode failed: " + one_line(exc, 160)
+        return row_error(exc)
     return None

@@ -116,6 +116,14 @@ def _available(formats: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if formats is None else _available_formats(tuple(f.upper() for f in formats))
 
 
+def row_error(exc: Exception) -> str:
+    """One image's error text in a batch, whichever decoder failed: ours as raised, anything
+    else (a transform, a decoder's own exception) as one line after the common prefix."""
+    if isinstance(exc, ImageDecodeError):
+        return str(exc)
+    return _DECODE_PREFIX + one_line(exc, 160)
+
+
 def preprocess_images(
     images: Sequence[bytes | None],
     preprocess,
@@ -144,11 +152,8 @@ def preprocess_images(
         try:
             img = decode_image(data, draft_size=draft, max_pixels=max_pixels)
             tensor = preprocess(img)
-        except ImageDecodeError as exc:
-            errors.append(str(exc))
-            continue
-        except Exception as exc:  # a transform failing on an odd image must not end the batch
-            errors.append(_DECODE_PREFIX + one_line(exc, 160))
+        except Exception as exc:  # noqa: BLE001 - an odd image must not end the batch
+            errors.append(row_error(exc))
             continue
         tensors.append(tensor)
         ok.append(i)
