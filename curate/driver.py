@@ -25,7 +25,7 @@ import time
 from functools import partial
 from typing import Any
 
-from curate.core import engine, faults
+from curate.core import engine, faults, slots
 from curate.core.rundir import RunDir, now, versions
 from curate.errors import CurateError, FailedShardsError, InputError, RunDirError
 from curate.stages.base import GlobalStep, ShardStep, StageSpec, run_map, run_shard
@@ -187,19 +187,26 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
     failed: set[str] = set()
     produced = ""  # fold of the shard outputs (order-independent)
     log.info("%s: %d shards", name, len(todo))
-    # a cluster-wide cap (Stage.gates) opens with the stage, so its actor starts while the
-    # earlier global steps run, and closes after its last step
+    # a cluster-wide cap (Stage.gates) is split over the shard tasks run at once; what is
+    # left to share opens as a gate with the stage (its actor starts while the earlier
+    # global steps run) and closes after its last step
     caps = stage.gates() if todo else {}
-    gate_names = {w: stage.gate_name(w) for w in caps}
-    gates = engine.shared_gates({gate_names[w]: cap for w, cap in caps.items()})
+    in_flight = stage.max_in_flight()
+    if caps:
+        in_flight = engine.in_flight_limit(stage.resources(), in_flight, stage.num_actors())
+    shares = {w: slots.split(cap, in_flight) if stage.split_gates() else (0, cap)
+              for w, cap in caps.items()}
+    gate_names = {w: stage.gate_name(w) for w, (_, shared) in shares.items() if shared}
+    gates = engine.shared_gates({gate_names[w]: shares[w][1] for w in gate_names})
     with gates as gate_stats:
         for i, step in enumerate(steps):
-            spec = StageSpec(name, rd.url, conf, fingerprint, dict(options), dict(state))
+            spec = StageSpec(name, rd.url, conf, fingerprint, dict(options), dict(state),
+                             shares)
             stage.spec, stage.state = spec, spec.state
             if isinstance(step, ShardStep):
                 outcomes = engine.map_items(
                     partial(run_shard, spec, cls), todo, resources=stage.resources(),
-                    max_in_flight=stage.max_in_flight(), num_actors=stage.num_actors(),
+                    max_in_flight=in_flight, num_actors=stage.num_actors(),
                     desc=name, **_engine_opts(cfg))
                 failed, produced = _fold_shards(outcomes, st)
                 if failed and any(isinstance(s, GlobalStep) for s in steps[i + 1:]):
@@ -224,8 +231,11 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
             state[step.name] = info
             if isinstance(info, dict) and "counts" in info:  # a step that rewrote decisions
                 st.update(**info["counts"])
-    if gate_stats:  # filled as the gates close: e.g. how often a host's cap made a fetch wait
-        st["gates"] = {w: gate_stats.get(name, {}) for w, name in gate_names.items()}
+    if shares:  # the split, and each gate's statistics (filled as it closes): e.g. how
+        # often a host's cap made a fetch wait
+        st["gates"] = {w: {"tasks_at_once": in_flight, "reserved_per_task": r, "shared": sh,
+                           **gate_stats.get(gate_names.get(w, ""), {})}
+                       for w, (r, sh) in shares.items()}
     st["global"] = {k: v for step_info in state.values() if isinstance(step_info, dict)
                     for k, v in step_info.items() if k not in ("counts", "outputs")
                     and (not isinstance(v, list | dict) or len(str(v)) < 2000)}

@@ -101,7 +101,8 @@ def test_retry_after_parsing():
 
 def test_interleave_round_robin_by_host():
     urls = ["http://a/1", "http://a/2", "http://a/3", "http://b/1", "http://c/1", "http://b/2"]
-    assert polite.interleave(list(range(6)), urls) == [0, 3, 4, 1, 5, 2]
+    hosts = [polite.host_of(u) for u in urls]
+    assert polite.interleave(list(range(6)), hosts) == [0, 3, 4, 1, 5, 2]
 
 
 def test_429_with_retry_after_is_retried_after_the_delay():

@@ -10,8 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import base_config, drawn_image, write_pool
 
+from curate.core import slots
 from curate.core.slots import Leases, SlotTable
 from curate.driver import run_pipeline
 from curate.media.loopback import LoopbackServer, Route
@@ -165,9 +167,17 @@ def _until(cond, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_download_per_host_cap_holds_across_two_tasks(tmp_path, ray_session):
-    """Two download tasks (two shards, processes=2) on one host with per_host=2: the server
-    never sees more than 2 requests at once, and every pair is fetched."""
+@pytest.mark.parametrize("per_host,split,reserved,shared", [
+    (2, True, 1, 0),    # two tasks divide the cap: each holds one slot, no gate at all
+    (1, True, 0, 1),    # fewer slots than tasks: every request goes through the gate
+    (3, True, 1, 1),    # one slot each, the third shared through the gate
+    (2, False, 0, 2),   # split_cap false: the whole cap through the gate
+])
+def test_download_per_host_cap_holds_across_two_tasks(tmp_path, ray_session, per_host, split,
+                                                       reserved, shared):
+    """Two download tasks (two shards, processes=2) on one host: the server never sees more
+    than per_host requests at once, every pair is fetched, and the cap is split as
+    slots.split says (the gate's own statistics show it lent its shared slot)."""
     routes = {f"/{i}.jpg": Route(drawn_image(i, (32, 24), "jpg"), "image/jpeg", delay_s=0.15)
               for i in range(24)}
     with LoopbackServer(routes) as srv:
@@ -176,14 +186,31 @@ def test_download_per_host_cap_holds_across_two_tasks(tmp_path, ray_session):
         cfg = base_config(pool={"shard_size": 12},
                           download={"processes": 2, "consent": {"robots": False,
                                                                 "tdmrep": False},
-                                    "polite": {"per_host": 2}})
+                                    "polite": {"per_host": per_host, "split_cap": split}})
         out = tmp_path / "run"
         m = run_pipeline(cfg, str(out), pool=pool)
-        assert srv.peak <= 2, srv.peak
+        assert srv.peak <= per_host, srv.peak
     st = m["stages"]["download"]
     assert st["kept"] == 24
     gate = st["gates"]["hosts"]
-    assert gate["peak_per_key"] == 2 and gate["cap_hits"] >= 1
+    assert (gate["tasks_at_once"], gate["reserved_per_task"], gate["shared"]) == (
+        2, reserved, shared)
+    if shared:
+        assert gate["peak_per_key"] == shared and gate["calls"] >= 1
+    else:
+        assert "calls" not in gate  # no gate opened: nothing was asked of one
     assert json.loads((out / "run.json").read_text())["stages"]["download"]["gates"] == {
         "hosts": gate}
     assert pq.read_table(out / "images", columns=["kept"])["kept"].to_pylist() == [True] * 24
+
+
+def test_split_never_exceeds_the_cap():
+    """Written from the rule, not the function: holders x reserved + shared == capacity,
+    reserved as large as it can be."""
+    for cap in range(1, 20):
+        for k in range(1, 30):
+            r, s = slots.split(cap, k)
+            assert k * r + s == cap and 0 <= s < k and r == max(
+                x for x in range(cap + 1) if k * x <= cap)
+    with pytest.raises(ValueError):
+        slots.split(0, 2)

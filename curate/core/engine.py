@@ -140,6 +140,17 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def in_flight_limit(res: Resources | None = None, max_in_flight: int | None = None,
+                    num_actors: int | None = None) -> int:
+    """How many items :func:`map_items` runs at once with these arguments: the most work
+    a step can have in flight, which a cap shared by its workers is split by."""
+    if num_actors:
+        return num_actors
+    init()
+    res = res or Resources()
+    return max_in_flight or max(1, int(cluster_cpus() / max(res.num_cpus, 0.01)))
+
+
 def cluster_gpus() -> int:
     import ray
 
@@ -298,7 +309,7 @@ def map_items(
     fn_ref = ray.put(fn)
     fault = ((os.environ["CURATE_FAULT"], str(os.getpid()))
              if os.environ.get("CURATE_FAULT") else None)
-    limit = max_in_flight or max(1, int(cluster_cpus() / max(res.num_cpus, 0.01)))
+    limit = in_flight_limit(res, max_in_flight)
     actor_cls = None
     free: list[Any] = []
     if num_actors:

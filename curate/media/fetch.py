@@ -61,9 +61,10 @@ def fetch(uids: list[str], urls: list[str], cfg: Any, scratch: str,
     if not urls:
         return {}
     if policy is not None:
-        order = polite.interleave(list(range(len(urls))), urls)
+        hosts = [polite.host_of(u) for u in urls]
+        order = polite.interleave(list(range(len(urls))), hosts)
         uids, urls = [uids[i] for i in order], [urls[i] for i in order]
-        policy.expect(urls, cfg.threads)
+        policy.expect(urls, [hosts[i] for i in order], cfg.threads)
     src = f"{scratch}/input.feather"
     feather.write_feather(pa.table({"url": urls, "uid": uids}), src)
     out_dir = f"{scratch}/out"

@@ -68,10 +68,13 @@ class StageSpec:
     options: dict[str, Any] = field(default_factory=dict)
     #: what this stage's earlier global steps committed, by step name
     state: dict[str, Any] = field(default_factory=dict)
+    #: each cluster-wide cap of :meth:`Stage.gates` as the driver split it for the shard
+    #: step: ``what -> (slots per key each task holds alone, slots per key in the gate)``
+    gates: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def key(self) -> str:
         payload = json.dumps([self.name, self.run_url, self.fingerprint, self.options,
-                              self.state], sort_keys=True, default=str)
+                              self.state, self.gates], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -178,9 +181,22 @@ class Stage:
 
     def gates(self) -> dict[str, int]:
         """Cluster-wide caps the shard step's workers share, ``what -> slots per key``
-        (download: ``{"hosts": per_host}``); the driver keeps each open while the shard
-        step runs, and a worker takes slots with :meth:`gate`."""
+        (download: ``{"hosts": per_host}``). The driver splits each over the tasks it runs
+        at once (:func:`curate.core.slots.split`): each task holds ``reserved`` slots per
+        key alone, and the rest is a gate, open while the shard step runs, that a worker
+        takes slots of with :meth:`gate`; :meth:`gate_share` tells a worker its split."""
         return {}
+
+    def split_gates(self) -> bool:
+        """Whether the driver splits :meth:`gates` over the tasks at once (False: every
+        slot through the gate)."""
+        return True
+
+    def gate_share(self, what: str) -> tuple[int, int] | None:
+        """(reserved, shared) of cap ``what`` for this run's shard step; None outside the
+        driver's shard step (a stage run by hand: the whole cap per task)."""
+        share = self.spec.gates.get(what)
+        return (int(share[0]), int(share[1])) if share is not None else None
 
     def gate_name(self, what: str) -> str:
         """The cluster-wide name of this run's and stage's gate ``what``."""

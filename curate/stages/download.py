@@ -114,30 +114,37 @@ class DownloadStage(Stage):
         c = self.section.consent
         if c.robots or c.tdmrep:
             steps += [
-                GlobalStep("hosts", plan=lambda: list(self.shards), map=self._origins,
+                GlobalStep("hosts", plan=lambda: consent.shard_groups(self.shards),
+                           map=self._origins,
                            start=set, fold=lambda acc, _item, res: acc.update(res) or acc,
                            commit=lambda acc: consent.write_origins(self.rd, self._folder(),
                                                                     acc)),
                 GlobalStep("robots", plan=lambda: consent.origin_batches(
                     self.rd, self._folder()), map=self._records, start=dict,
-                    fold=consent.add_counts, commit=lambda acc: {"consent_files": acc}),
+                    fold=consent.add_counts, commit=lambda acc: {
+                        "consent_files": acc, "records_at": time.time_ns()}),
             ]
         return [*steps, ShardStep()]
 
     def _folder(self) -> str:
         return self.pipeline.ref(self.name).folder
 
-    def _origins(self, shard: str) -> list[str]:
-        t = self.inputs(shard)
-        if "url" not in t.column_names:
-            return []
-        if "image" in t.column_names:  # pairs the pool brings bytes for are not fetched
-            t = t.filter(pc.is_null(t["image"]))
-        urls = t["url"].to_pylist()
-        # a denylisted pair's origin is not asked for its consent files either
-        denied, _ = consent.pre_fetch(self.rd, self._folder(), None, t["uid"].to_pylist(),
-                                      urls, list(range(len(urls))), [])
-        return consent.shard_origins([u for i, u in enumerate(urls) if i not in denied])
+    def _origins(self, group: dict[str, Any]) -> list[str]:
+        out: set[str] = set()
+        for shard in group["shards"]:
+            t = self.inputs(shard)
+            if "url" not in t.column_names:
+                continue
+            if "image" in t.column_names:  # pairs the pool brings bytes for are not fetched
+                t = t.filter(pc.is_null(t["image"]))
+            urls = t["url"].to_pylist()
+            # a denylisted pair's origin is not asked for its consent files either
+            denied, _ = consent.pre_fetch(self.rd, self._folder(), None,
+                                          t["uid"].to_pylist(), urls,
+                                          list(range(len(urls))), [])
+            out.update(consent.shard_origins([u for i, u in enumerate(urls)
+                                              if i not in denied]))
+        return sorted(out)
 
     def _records(self, batch: list[str]) -> dict[str, int]:
         # --retry-failed asks every origin recorded as unreachable again, however recent
@@ -153,6 +160,9 @@ class DownloadStage(Stage):
         """The per-host cap holds across every download task of the cluster."""
         p = self.section.polite
         return {"hosts": p.per_host} if p is not None and p.cluster_wide else {}
+
+    def split_gates(self) -> bool:
+        return self.section.polite is None or self.section.polite.split_cap
 
     def inputs(self, shard: str) -> pa.Table:
         t = self.survivors(shard)
@@ -217,8 +227,9 @@ class DownloadStage(Stage):
                 images[i] = brought[i]
         # consent before fetching: denylist (every row), then robots.txt and TDMRep
         codes: list[str | None] = [None] * n
+        stamp = (self.state.get("robots") or {}).get("records_at")
         verdicts, rules = consent.pre_fetch(self.rd, self._folder(), cfg, uids, urls,
-                                            list(range(n)), need)
+                                            list(range(n)), need, stamp)
         for i, (code, detail) in verdicts.items():
             codes[i], errors[i], images[i] = code, detail, None
         need = [i for i in need if codes[i] is None]
@@ -251,12 +262,16 @@ class DownloadStage(Stage):
         if cfg.polite is not None:
             p = cfg.polite
             timeout = self.cfg.run.shard_timeout_s
+            # cluster-wide: this task's own share of each host's cap, plus the gate's
+            # shared remainder (none where the tasks at once divide per_host)
+            share = self.gate_share("hosts") if p.cluster_wide else None
+            reserved, shared = share if share is not None else (p.per_host, 0)
+            gate = self.gate("hosts") if p.cluster_wide and (shared or share is None) else None
             policy = polite.Policy(
-                per_host=p.per_host, http_retries=p.http_retries,
-                retry_after_max_s=p.retry_after_max_s, backoff_s=p.backoff_s,
-                tdm_header=cfg.consent.tdmrep,
-                deadline=time.monotonic() + 0.8 * timeout if timeout else None,
-                gate=self.gate("hosts") if p.cluster_wide else None)
+                per_host=reserved + shared, reserved=reserved if gate is not None else None,
+                http_retries=p.http_retries, retry_after_max_s=p.retry_after_max_s,
+                backoff_s=p.backoff_s, tdm_header=cfg.consent.tdmrep,
+                deadline=time.monotonic() + 0.8 * timeout if timeout else None, gate=gate)
         scratch = tempfile.mkdtemp(prefix=f"curate-dl-{shard[:10]}-")
         try:
             got = fetch([uids[i] for i in idx], [urls[i] for i in idx], cfg, scratch, policy)
