@@ -68,6 +68,23 @@ def _wilson_quadratic(k: int, n: int, z: float = 1.959963984540054) -> tuple[flo
     return (-b - d) / (2 * a), (-b + d) / (2 * a)
 
 
+def test_the_one_wilson_interval_matches_the_quadratic_roots():
+    """audit, pilot and pilot entries share curate.algorithms.intervals: scalar and array
+    forms against the roots written above, edges (k = 0, k = n) and n = 0 included."""
+    import numpy as np
+
+    from curate.algorithms.intervals import wilson, wilson_arrays
+
+    cases = [(0, 1), (0, 7), (3, 7), (7, 7), (2, 9), (50, 400), (399, 400)]
+    lo, hi = wilson_arrays([k for k, _ in cases] + [0], [n for _, n in cases] + [0])
+    for i, (k, n) in enumerate(cases):
+        want = _wilson_quadratic(k, n)
+        assert wilson(k, n) == pytest.approx(want, abs=1e-12)
+        assert (lo[i], hi[i]) == pytest.approx(want, abs=1e-12)
+    assert (lo[-1], hi[-1]) == (0.0, 1.0) and wilson(0, 0) == (0.0, 1.0)
+    assert np.all(lo <= hi)
+
+
 def test_false_drop_rates_with_wilson_intervals(dup_run, tmp_path):
     t = read_parts(dup_run / "image_dedup")
     dropped = [u for u, r in zip(t["uid"].to_pylist(), t["reason"].to_pylist()) if r]

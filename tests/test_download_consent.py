@@ -313,3 +313,37 @@ def test_denylist_url_pattern_rules_and_bad_pattern(tmp_path):
     with pytest.raises(ConfigError, match="url_patterns"):
         write_denylist(rd, DenylistConfig(url_patterns=str(bad)))
     assert write_denylist(rd, None) == {"denylist_rules": 0}
+
+
+def test_shard_verdicts_keep_records_per_stamp(tmp_path):
+    """A worker reads an origin's record once per consent step (its stamp): a second shard
+    under the same stamp decides from what it kept; a new stamp (the step ran again) reads
+    the records afresh."""
+    from curate.core.rundir import RunDir
+    from curate.stages import _download_consent as consent
+    from curate.stages.download import DownloadConfig
+
+    rd, cfg = RunDir(str(tmp_path)), DownloadConfig(allow_private_addresses=True)
+    org = "http://127.0.0.1:9"
+    path = consent.record_path(rd, "images", org)
+
+    def record(body: str) -> None:
+        rd.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        rec = {"origin": org, "fetched_at": 1e12,
+               "robots": {"state": "ok", "status": 200, "error": None, "html": False,
+                          "body": body}}
+        with open(path, "w") as f:
+            json.dump(rec, f)
+
+    def codes(stamp) -> list:
+        urls = [f"{org}/a/1.jpg", f"{org}/b/2.jpg"]
+        got, _ = consent.pre_fetch(rd, "images", cfg, ["u1", "u2"], urls, [0, 1], [0, 1],
+                                   stamp)
+        return [got.get(i, (None,))[0] for i in range(2)]
+
+    record("User-agent: *\nDisallow: /a/\n")
+    assert codes(1) == ["robots_disallowed", None]
+    record("User-agent: *\nDisallow: /b/\n")             # rewritten by a later consent step
+    assert codes(1) == ["robots_disallowed", None]       # same stamp: kept, not re-read
+    assert codes(2) == [None, "robots_disallowed"]       # new stamp: read again
+    assert codes(None) == [None, "robots_disallowed"]    # no stamp: always read

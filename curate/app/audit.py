@@ -12,12 +12,12 @@ where the report finds it.
 from __future__ import annotations
 
 import csv
-import math
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from curate.algorithms.intervals import wilson
 from curate.algorithms.uids import uid_keys
 from curate.core.io import write_parquet_atomic
 from curate.core.rundir import RunDir
@@ -25,16 +25,6 @@ from curate.errors import CurateError, InputError
 
 LABELS = ("bad", "good")  # bad: the filter was right to drop it; good: a false drop
 THUMB = 160
-
-
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (95% by default)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:

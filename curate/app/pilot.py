@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from curate.algorithms.intervals import Z95, wilson
 from curate.core.rundir import RunDir
 from curate.errors import CurateError
-
-Z95 = 1.959963984540054
 
 
 def run_pilot(pool: str | None, pipeline: str | None, fraction: float, out: str, seed: int,
@@ -47,17 +46,6 @@ def run_pilot(pool: str | None, pipeline: str | None, fraction: float, out: str,
     cfg = load_pipeline(pipeline, [*overrides, f"pool.sample_fraction={fraction}",
                                    f"pool.sample_seed={seed}"])
     return run_pipeline(cfg, out, pool=pool)
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval of a binomial rate (shown per stage)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + Z95**2 / n
-    mid = (p + Z95**2 / (2 * n)) / den
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 class PilotModel:

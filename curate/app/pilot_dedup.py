@@ -74,7 +74,7 @@ class DedupModel:
 
     def table(self, fraction: float | None = None) -> list[dict[str, float]]:
         """One row per eps of the sweep: measured, corrected, 95% interval."""
-        from curate.app.pilot import Z95
+        from curate.algorithms.intervals import Z95
 
         out = []
         for eps in self.eps:
@@ -92,18 +92,14 @@ def _load(rd: Any, cfg: Any, prune: str) -> tuple[np.ndarray, np.ndarray, np.nda
     import pyarrow.compute as pc
 
     from curate.core.io import read_table
-    from curate.stages._prune_work import Where, load_embeddings
+    from curate.stages._prune_work import load_embeddings, where_for
 
     rec = rd.load_manifest()["stages"][prune]
     work = (rec.get("global") or {}).get("work")
     if not work or not rd.fs.exists(f"{work}/assign"):
         raise CurateError(f"plan: {prune}'s assignments ({work}/assign) are gone: rerun "
                           "the pilot to correct its dedup survival")
-    before = cfg.stages[: cfg.stages.index(prune)]
-    refs = [cfg.ref(n) for n in before]
-    score = [r for r in refs if r.kind == "score"]
-    where = Where(rd.url, tuple(r.folder for r in refs if r.decides),
-                  score[-1].folder if score else None, work, stage=prune)
+    where = where_for(cfg, prune, rd.url, work)
     uids, embs, labels, dist = [], [], [], []
     for shard in rd.pool_shards():
         path = f"{work}/assign/{shard}"

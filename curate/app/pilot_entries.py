@@ -19,19 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.app.pilot import Z95
-
-
-def wilson_arrays(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """95% Wilson interval of k / n, elementwise ((0, 1) where n = 0)."""
-    k, n = np.asarray(k, np.float64), np.asarray(n, np.float64)
-    nn = np.maximum(n, 1)
-    p = k / nn
-    den = 1 + Z95**2 / nn
-    mid = (p + Z95**2 / (2 * nn)) / den
-    half = Z95 * np.sqrt(p * (1 - p) / nn + Z95**2 / (4 * nn * nn)) / den
-    return (np.where(n > 0, np.maximum(0, mid - half), 0.0),
-            np.where(n > 0, np.minimum(1, mid + half), 1.0))
+from curate.algorithms.intervals import wilson_arrays
 
 
 def stage_entry_counts(m: Any, stage: str, match_folder: str, n_entries: int

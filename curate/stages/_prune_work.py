@@ -43,6 +43,17 @@ class Where:
     stage: str = "prune"
 
 
+def where_for(pipeline: Any, stage: str, run_url: str, work: str) -> Where:
+    """Where prune instance ``stage`` of ``pipeline`` reads its first clustering from: the
+    deciding stages before it and the nearest earlier score stage's embeddings. One rule
+    for the stage and for the planner's dedup model (``app/pilot_dedup``), which must read
+    the rows prune read."""
+    before = [pipeline.ref(n) for n in pipeline.stages[: pipeline.stages.index(stage)]]
+    score = [r for r in before if r.kind == "score"]
+    return Where(run_url, tuple(r.folder for r in before if r.decides),
+                 score[-1].folder if score else None, work, stage=stage)
+
+
 def load_embeddings(w: Where, shard: str) -> tuple[pa.Array, np.ndarray]:
     """uids and float32 L2-normalised image embeddings of the pairs reaching prune (less
     the uids of ``w.drop``'s decisions: DBP's re-clustering sees SemDeDup's survivors)."""

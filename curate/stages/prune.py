@@ -171,10 +171,8 @@ class PruneStage(Stage):
     def _where(self, second: bool = False) -> work.Where:
         """The first clustering's scratch, or (``second``) the re-clustering's, which reads
         the same embeddings less the semantic duplicates."""
-        score = self.previous("score")
         w = self.state.get("count", {}).get("work", "")
-        first = work.Where(self.rd.url, tuple(self.deciding_before()),
-                           score.folder if score else None, w, stage=self.name)
+        first = work.where_for(self.pipeline, self.name, self.rd.url, w)
         if not second:
             return first
         return work.Where(first.run_url, first.deciding, first.scores, f"{w}/dbp",
