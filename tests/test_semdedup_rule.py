@@ -120,3 +120,22 @@ def test_by_cluster_uses_the_rule_per_cluster():
         np.testing.assert_array_equal(out[rows] >= 0,
                                       semdedup_official(emb[rows], dist[rows], 0.05))
     assert (labels[out[out >= 0]] == labels[out >= 0]).all()
+
+
+@pytest.mark.parametrize("keep", ["hard", "easy"])
+def test_one_pass_of_best_earlier_similarity_serves_every_eps(keep):
+    """best_earlier_by_cluster (the planner's eps sweep) against the upper-triangle
+    maxima written above, cluster by cluster: thresholding M at 1 - eps removes exactly
+    what SemDeDup's code removes at that eps."""
+    from curate.algorithms.semdedup import best_earlier_by_cluster
+
+    emb, dist = dense_cluster(n=600, seed=5)
+    labels = np.random.default_rng(5).integers(0, 3, len(emb))
+    best = best_earlier_by_cluster(emb, labels, dist, keep=keep, block=128)
+    for eps in (0.002, 0.01, 0.05, 0.2):
+        want = np.zeros(len(emb), bool)
+        for c in range(3):
+            rows = np.flatnonzero(labels == c)
+            want[rows] = semdedup_official(emb[rows], dist[rows], eps, keep)
+        np.testing.assert_array_equal(best > np.float32(1 - eps), want)
+    assert (best == -np.inf).sum() == 3  # each cluster's first item

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from curate.algorithms.kmeans_sample import uid_uniform
-from curate.algorithms.semdedup import dedup_by_cluster
+from curate.algorithms.semdedup import best_earlier_by_cluster, dedup_by_cluster
 
 PHIS = (1.0, 0.5, 0.25, 0.125)
 SIZES = 2.0 ** np.arange(13)
@@ -107,11 +107,17 @@ def subsample_counts(emb: np.ndarray, labels: np.ndarray, dist: np.ndarray, uids
         for r in range(replicates):
             rows = np.flatnonzero(us[r] < phi) if phi < 1 else np.arange(len(labels))
             n[p, r] = np.bincount(group[rows], minlength=ng)
+            if rule == "reference":  # one pass gives every eps: kept iff M_j <= 1 - eps
+                best = best_earlier_by_cluster(emb[rows], labels[rows], dist[rows],
+                                               keep=keep, seed=seed, block=block)
             for e, eps in enumerate(eps_list):
-                dup = full if phi >= 1 and eps == max(eps_list) else dedup_by_cluster(
-                    emb[rows], labels[rows], dist[rows], eps, keep=keep, seed=seed,
-                    block=block, rule=rule)  # the full rows at the largest eps: done above
-                kept[e, p, r] = np.bincount(group[rows[dup < 0]], minlength=ng)
+                if rule == "reference":
+                    gone = best > np.float32(1.0 - eps)
+                else:  # kept_only depends on what was kept: a run per eps
+                    gone = (full if phi >= 1 and eps == max(eps_list) else dedup_by_cluster(
+                        emb[rows], labels[rows], dist[rows], eps, keep=keep, seed=seed,
+                        block=block, rule=rule)) >= 0
+                kept[e, p, r] = np.bincount(group[rows[~gone]], minlength=ng)
             if phi >= 1:  # the full rows: every replicate is the same
                 n[p, :], kept[:, p, :] = n[p, r], kept[:, p, r][:, None]
                 break

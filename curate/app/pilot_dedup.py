@@ -11,8 +11,10 @@ to float16 as prune's buckets store them), sorted by uid as prune's dedup sorts 
 the rule, order, seed of prune's config. The re-run at φ = 1 and the configured eps
 therefore reproduces the stage's own semantic_duplicate count (checked, and said when not).
 Cost: the pilot's prune input is held in memory on the driver (float16: 1M pairs at 512-d
-is 1 GB) and deduplicated ~(1 + 0.875 R) times per eps of the sweep (R hash replicates,
-3 for pilots of 1,333 pairs and more): meant for pilots, not for full runs.
+is 1 GB) and deduplicated ~(2 + 0.875 R) times in all under the reference rule (one pass
+of each row's best earlier similarity serves every eps), ~(1 + 0.875 R) times per eps
+under kept_only (R hash replicates, 3 for pilots of 1,333 pairs and more): meant for
+pilots, not for full runs.
 """
 
 from __future__ import annotations
