@@ -234,7 +234,7 @@ def _kept(key: tuple) -> dict[str, Any]:
 
 def pre_fetch(rd: RunDir, folder: str, section: Any, uids: list[str],
               urls: list[str | None], todo: list[int], to_fetch: list[int],
-              stamp: str | None = None
+              stamp: int | None = None
               ) -> tuple[dict[int, tuple[str, str]], pa.Table | None]:
     """Verdicts before any image request: index -> (code, detail), the denylist for the
     rows ``todo`` (all of them), robots.txt and TDMRep for ``to_fetch`` (those without

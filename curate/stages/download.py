@@ -263,10 +263,11 @@ class DownloadStage(Stage):
             p = cfg.polite
             timeout = self.cfg.run.shard_timeout_s
             # cluster-wide: this task's own share of each host's cap, plus the gate's
-            # shared remainder (none where the tasks at once divide per_host)
+            # shared remainder (none where the tasks at once divide per_host); outside
+            # the driver's shard step (no split, no gate opened): the whole cap per task
             share = self.gate_share("hosts") if p.cluster_wide else None
             reserved, shared = share if share is not None else (p.per_host, 0)
-            gate = self.gate("hosts") if p.cluster_wide and (shared or share is None) else None
+            gate = self.gate("hosts") if shared else None
             policy = polite.Policy(
                 per_host=reserved + shared, reserved=reserved if gate is not None else None,
                 http_retries=p.http_retries, retry_after_max_s=p.retry_after_max_s,
