@@ -42,8 +42,6 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []  # (part, what, result, note)
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
-"""Real photos where this checkout has them (bench_preprocess.py's default)."""
 
 
 def row(part: str, what: str, result: str, note: str = "") -> None:
@@ -133,6 +131,7 @@ def decode_agreement(args) -> None:
     minimum cosine of random ViT-B-32 embeddings, and decode-only img/s (one call per batch)."""
     import open_clip
     import torch
+    from bench_preprocess import DEFAULT as REAL  # real photos where this checkout has them
 
     from curate.models.gpu_decode import gpu_batch
     from curate.models.images import decode_image
@@ -143,11 +142,12 @@ def decode_agreement(args) -> None:
     model, _, pre = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
     model.eval()
     got, ok, _ = gpu_batch(data, pre, device=args.device)  # also the warm-up
+    got = got.cpu()
     exact = torch.stack([pre(decode_image(d)) for d in data])[torch.from_numpy(ok)]
     with torch.inference_mode():
         cos = torch.nn.functional.cosine_similarity(model.encode_image(exact),
-                                                    model.encode_image(got.cpu())).min()
-    diff = (exact - got.cpu()).abs()
+                                                    model.encode_image(got)).min()
+    diff = (exact - got).abs()
     batch = [data[i % len(data)] for i in range(args.batch)]
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     sync()

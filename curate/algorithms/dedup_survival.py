@@ -42,7 +42,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from curate.algorithms.kmeans_sample import uid_uniform
-from curate.algorithms.semdedup import best_earlier_by_cluster, dedup_by_cluster
+from curate.algorithms.semdedup import (
+    best_earlier_by_cluster,
+    dedup_by_cluster,
+    nearest_earlier_by_cluster,
+)
 
 PHIS = (1.0, 0.5, 0.25, 0.125)
 SIZES = 2.0 ** np.arange(13)
@@ -96,8 +100,13 @@ def subsample_counts(emb: np.ndarray, labels: np.ndarray, dist: np.ndarray, uids
     (len(phis), replicates, n_groups) rows per group in each sub-sample and ``kept``
     (len(eps_list), len(phis), replicates, n_groups) kept rows per group."""
     labels, dist = np.asarray(labels), np.asarray(dist)
-    full = dedup_by_cluster(emb, labels, dist, max(eps_list), keep=keep, seed=seed,
-                            block=block, rule=rule)
+    if rule == "reference":  # the full rows' one pass: their M_j and dedup at the largest eps
+        best_all, near = nearest_earlier_by_cluster(emb, labels, dist, keep=keep, seed=seed,
+                                                    block=block)
+        full = np.where(best_all > np.float32(1.0 - max(eps_list)), near, -1)
+    else:
+        full = dedup_by_cluster(emb, labels, dist, max(eps_list), keep=keep, seed=seed,
+                                block=block, rule=rule)
     _, group = np.unique(groups_of(full), return_inverse=True)
     ng = int(group.max()) + 1 if len(group) else 0
     n = np.zeros((len(phis), replicates, ng))
@@ -108,8 +117,8 @@ def subsample_counts(emb: np.ndarray, labels: np.ndarray, dist: np.ndarray, uids
             rows = np.flatnonzero(us[r] < phi) if phi < 1 else np.arange(len(labels))
             n[p, r] = np.bincount(group[rows], minlength=ng)
             if rule == "reference":  # one pass gives every eps: kept iff M_j <= 1 - eps
-                best = best_earlier_by_cluster(emb[rows], labels[rows], dist[rows],
-                                               keep=keep, seed=seed, block=block)
+                best = best_all if phi >= 1 else best_earlier_by_cluster(
+                    emb[rows], labels[rows], dist[rows], keep=keep, seed=seed, block=block)
             for e, eps in enumerate(eps_list):
                 if rule == "reference":
                     gone = best > np.float32(1.0 - eps)
@@ -132,20 +141,15 @@ def full_survival(n: np.ndarray, kept: np.ndarray, f: float, phis: Sequence[floa
     survival (a larger pool only adds near-duplicates). The bootstrap resamples the groups
     (units of the pilot's sampling) with replacement and refits."""
     s = f * np.asarray(phis, np.float64)
-
-    def fit(weights: np.ndarray) -> float:
-        tot_n = (n * weights).sum(axis=(1, 2))
-        tot_k = (kept * weights).sum(axis=(1, 2))
-        ok = tot_n > 0
-        if not ok.any():
-            return 1.0
-        d = tot_k[ok] / tot_n[ok]
-        return min(fit_full_survival(s[ok], d, tot_n[ok], how), float(d[0]))
-
     ng = n.shape[-1]
     d_f = float(kept[0].sum() / n[0].sum()) if n[0].sum() else 1.0
     if f >= 1 or ng == 0:
         return d_f, d_f, 0.0
+
+    def fit(weights: np.ndarray) -> float:
+        return _fit_capped(s, (n * weights).sum(axis=(1, 2)), (kept * weights).sum(axis=(1, 2)),
+                           how)
+
     est = fit(np.ones(ng))
     rng = np.random.default_rng(seed)
     reps = [fit(np.bincount(rng.integers(0, ng, ng), minlength=ng).astype(np.float64))
@@ -155,9 +159,18 @@ def full_survival(n: np.ndarray, kept: np.ndarray, f: float, phis: Sequence[floa
     # with this term 30 and 24 (leaving out only the sub-sample fractions: 29 and 22)
     tot_n, tot_k = n.sum(axis=(1, 2)), kept.sum(axis=(1, 2))
     ok = np.flatnonzero(tot_n > 0)
-    jk = [min(fit_full_survival(s[rest], tot_k[rest] / tot_n[rest], tot_n[rest], how),
-              float(tot_k[rest[0]] / tot_n[rest[0]]))
+    jk = [_fit_capped(s[rest], tot_n[rest], tot_k[rest], how)
           for i in ok if len(rest := ok[ok != i]) >= 3]
     var_jk = (len(jk) - 1) / len(jk) * float(np.sum((np.array(jk) - np.mean(jk)) ** 2)) \
         if len(jk) > 1 else 0.0
     return d_f, est, float(np.sqrt(np.var(reps, ddof=1) + var_jk))
+
+
+def _fit_capped(s: np.ndarray, tot_n: np.ndarray, tot_k: np.ndarray, how: str) -> float:
+    """The fit from rows and kept rows per fraction (those with rows), capped at the
+    survival measured at the first of them."""
+    ok = tot_n > 0
+    if not ok.any():
+        return 1.0
+    d = tot_k[ok] / tot_n[ok]
+    return min(fit_full_survival(s[ok], d, tot_n[ok], how), float(d[0]))

@@ -246,13 +246,30 @@ def best_earlier_by_cluster(
     with the seeds of :func:`dedup_by_cluster`: under the reference rule, row j is kept at
     eps exactly when ``M_j <= np.float32(1 - eps)``. What an eps sweep needs from one pass
     (the planner's: five eps for the cost of one)."""
+    return nearest_earlier_by_cluster(emb, labels, dist_to_centroid, keep, seed, block)[0]
+
+
+def nearest_earlier_by_cluster(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    dist_to_centroid: np.ndarray,
+    keep: Keep = "hard",
+    seed: int = 0,
+    block: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(``M_j``, the row it is reached at: -1 for a cluster's first item) of every row, as
+    :func:`best_earlier_by_cluster`. :func:`dedup_by_cluster` under the reference rule at
+    eps is ``np.where(M > np.float32(1 - eps), row, -1)``: one pass gives both."""
     labels = np.asarray(labels)
     dist = np.asarray(dist_to_centroid)
-    out = np.full(len(labels), -np.inf, dtype=np.float32)
+    best = np.full(len(labels), -np.inf, dtype=np.float32)
+    near = np.full(len(labels), -1, dtype=np.int64)
     for c, rows in _clusters(labels):
         order = priority_order(dist[rows], keep, (seed, c))
-        out[rows] = _best_earlier(np.asarray(emb[rows]), order, block)[0]
-    return out
+        m, a = _best_earlier(np.asarray(emb[rows]), order, block)
+        best[rows] = m
+        near[rows] = np.where(a >= 0, rows[a], -1)
+    return best, near
 
 
 def _clusters(labels: np.ndarray):

@@ -88,9 +88,7 @@ class PilotModel:
         if self.eps0 and self.f < 1:
             from curate.app.pilot_dedup import DedupModel
 
-            rec = recs[self.prune]
-            self.dedup = DedupModel(self.rd, cfg, self.prune, self.f,
-                                    int((rec.get("dropped") or {}).get("semantic_duplicate", 0)))
+            self.dedup = DedupModel(self.rd, cfg, self.prune, self.f, recs[self.prune])
 
     def _post_rates(self) -> None:
         """Measured rates of the stages after balance (or after the last per-pair stage),

@@ -11,7 +11,7 @@ to float16 as prune's buckets store them), sorted by uid as prune's dedup sorts 
 the rule, order, seed of prune's config. The re-run at φ = 1 and the configured eps
 therefore reproduces the stage's own semantic_duplicate count (checked, and said when not).
 Cost: the pilot's prune input is held in memory on the driver (float16: 1M pairs at 512-d
-is 1 GB) and deduplicated ~(2 + 0.875 R) times in all under the reference rule (one pass
+is 1 GB) and deduplicated ~(1 + 0.875 R) times in all under the reference rule (one pass
 of each row's best earlier similarity serves every eps), ~(1 + 0.875 R) times per eps
 under kept_only (R hash replicates, 3 for pilots of 1,333 pairs and more): meant for
 pilots, not for full runs.
@@ -36,28 +36,32 @@ def eps_grid(eps0: float) -> list[float]:
 class DedupModel:
     """Full-scale SemDeDup survival per eps from a pilot's prune (``survival(eps)``)."""
 
-    def __init__(self, rd: Any, cfg: Any, prune: str, f: float, measured_dups: int):
+    def __init__(self, rd: Any, cfg: Any, prune: str, f: float, rec: dict[str, Any]):
+        """``rec``: prune's record in run.json (its ``work`` and semantic_duplicate count)."""
         sec = cfg.section(prune)
         self.eps0 = float(sec.dedup_eps)
         self.eps = eps_grid(self.eps0)
         self.f = f
         self.rule = sec.dedup_rule
-        emb, labels, dist, uids = _load(rd, cfg, prune)
-        from curate.algorithms.dedup_survival import subsample_counts
-
+        emb, labels, dist, uids = _load(rd, cfg, prune, (rec.get("global") or {}).get("work"))
         self.rows = len(labels)
-        # more hash replicates for a small pilot: its sub-samples' survivals are noisy
-        reps = int(np.clip(np.ceil(4000 / max(self.rows, 1)), 3, 32))
-        self.n, self.kept = (subsample_counts(emb, labels, dist, uids, self.eps, sec.keep,
-                                              sec.seed, sec.dedup_rule, replicates=reps)[1:]
-                             if len(labels) else (None, None))
         self._cache: dict[tuple[float, float], tuple[float, float, float]] = {}
-        i = self.eps.index(round(self.eps0, 6))
-        self.rerun_dups = (self.rows - int(self.kept[i, 0, 0].sum())) if self.rows else 0
-        self.matches = self.rerun_dups == measured_dups
-        # groups (trees) of more than one pair at the configured eps: what the fit rests on
-        k = self.kept[i, 0, 0] if self.rows else np.zeros(0)
-        self.groups_seen = int(((self.n[0, 0] - k) > 0).sum()) if self.rows else 0
+        self.n = self.kept = None
+        self.rerun_dups = self.groups_seen = 0
+        if self.rows:
+            from curate.algorithms.dedup_survival import subsample_counts
+
+            # more hash replicates for a small pilot: its sub-samples' survivals are noisy
+            reps = int(np.clip(np.ceil(4000 / self.rows), 3, 32))
+            _, self.n, self.kept = subsample_counts(emb, labels, dist, uids, self.eps,
+                                                    sec.keep, sec.seed, sec.dedup_rule,
+                                                    replicates=reps)
+            k = self.kept[self.eps.index(round(self.eps0, 6)), 0, 0]
+            self.rerun_dups = self.rows - int(k.sum())
+            # groups (trees) of more than one pair at the configured eps: what the fit rests on
+            self.groups_seen = int(((self.n[0, 0] - k) > 0).sum())
+        self.matches = self.rerun_dups == int(
+            (rec.get("dropped") or {}).get("semantic_duplicate", 0))
 
     def survival(self, eps: float | None = None, fraction: float | None = None
                  ) -> tuple[float, float, float]:
@@ -74,30 +78,33 @@ class DedupModel:
                                    full_survival(self.n, self.kept[self.eps.index(eps)], s))
         return self._cache[eps, s]
 
-    def table(self, fraction: float | None = None) -> list[dict[str, float]]:
-        """One row per eps of the sweep: measured, corrected, 95% interval."""
+    def row(self, eps: float | None = None, fraction: float | None = None
+            ) -> dict[str, float]:
+        """At ``eps``: measured, corrected, 95% interval (at most the pilot's own
+        survival: a larger pool only adds near-duplicates)."""
         from curate.algorithms.intervals import Z95
 
-        out = []
-        for eps in self.eps:
-            d_f, est, sd = self.survival(eps, fraction)
-            # at most the pilot's own: a larger pool only adds near-duplicates
-            out.append({"eps": eps, "pilot_survival": d_f, "survival": est,
-                        "low": max(0.0, est - Z95 * sd), "high": min(d_f, est + Z95 * sd)})
-        return out
+        d_f, est, sd = self.survival(eps, fraction)
+        return {"eps": round(self.eps0 if eps is None else eps, 6), "pilot_survival": d_f,
+                "survival": est, "low": max(0.0, est - Z95 * sd),
+                "high": min(d_f, est + Z95 * sd)}
+
+    def table(self, fraction: float | None = None) -> list[dict[str, float]]:
+        """One row per eps of the sweep: measured, corrected, 95% interval."""
+        return [self.row(eps, fraction) for eps in self.eps]
 
 
-def _load(rd: Any, cfg: Any, prune: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+def _load(rd: Any, cfg: Any, prune: str, work: str | None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     """Embeddings (float16-rounded, as prune's buckets hold them), cluster ids, distances
-    and uids of the rows that reached prune, in prune's dedup order for ties (by uid)."""
+    and uids of the rows that reached prune (its scratch ``work``), in prune's dedup order
+    for ties (by uid)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from curate.core.io import read_table
     from curate.stages._prune_work import load_embeddings, where_for
 
-    rec = rd.load_manifest()["stages"][prune]
-    work = (rec.get("global") or {}).get("work")
     if not work or not rd.fs.exists(f"{work}/assign"):
         raise CurateError(f"plan: {prune}'s assignments ({work}/assign) are gone: rerun "
                           "the pilot to correct its dedup survival")
@@ -125,13 +132,13 @@ def _load(rd: Any, cfg: Any, prune: str) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def describe(model: DedupModel, fraction: float | None = None) -> str:
-    d_f, est, sd = model.survival(None, fraction)
+    r = model.row(None, fraction)
     # measured: pilots that saw ~40-55 groups covered 24 of 30 planted cases, ~180-210: 30
     few = (f"; only {model.groups_seen} near-duplicate groups seen in the pilot: the "
            "correction is uncertain, a larger pilot narrows it"
            if model.groups_seen < 100 else "")
-    return (f"dedup survival at eps {model.eps0:g}: {d_f:.3f} in the pilot, {est:.3f} at "
-            f"full scale (95% {max(0, est - 1.96 * sd):.3f} .. {min(d_f, est + 1.96 * sd):.3f}"
+    return (f"dedup survival at eps {model.eps0:g}: {r['pilot_survival']:.3f} in the pilot, "
+            f"{r['survival']:.3f} at full scale (95% {r['low']:.3f} .. {r['high']:.3f}"
             f"; {model.rule} rule, re-run on {model.rows:,} pilot pairs, which are "
             f"{fraction or model.f:.3g} of the full run's{few})"
             + ("" if model.matches else

@@ -65,7 +65,7 @@ def write_entries(m: Any, t: float, worst: int = 5) -> tuple[str, list[dict[str,
     names = [c for c in ("entry_id", "entry") if c in tab.column_names]
     cols: dict[str, Any] = {c: tab[c] for c in names}
     cols.update({"pilot_count": tab["count"], "estimated_count": est, "balance_rate": rate})
-    match = [n for n in cfg.stages if cfg.ref(n).kind == "match"][-1]
+    match = cfg.instances_of("match")[-1]
     after = [s["name"] for s in m.stages
              if cfg.stages.index(s["name"]) > cfg.stages.index(match) and s["kind"] != "balance"]
     label = (tab["entry"].to_pylist() if "entry" in tab.column_names

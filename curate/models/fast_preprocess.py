@@ -117,12 +117,24 @@ def decode_pixels(data: bytes | None, size: int, max_pixels: int | None = None
 def decode_jpeg_cpu(data: bytes) -> torch.Tensor | None:
     """torchvision's libjpeg-turbo decode (3, h, w) uint8, or None where it refuses the bytes
     (the caller then lets Pillow decode them, or say why not)."""
+    return decode_jpeg_or_none(jpeg_tensor(data))
+
+
+def jpeg_tensor(data: bytes) -> torch.Tensor:
+    """The bytes as the uint8 tensor torchvision's decoders take: a writable copy (torch
+    warns about read-only buffers; ~10 us, and decoding copies anyway)."""
     import torch
+
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def decode_jpeg_or_none(raw: torch.Tensor, device: torch.device | str = "cpu"
+                        ) -> torch.Tensor | None:
+    """One JPEG (``jpeg_tensor``) as RGB uint8 (3, h, w) on ``device``, None if refused."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    try:  # bytearray: a writable copy (torch warns about read-only buffers); ~10 us
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                           mode=ImageReadMode.RGB)
+    try:
+        return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         return None
 

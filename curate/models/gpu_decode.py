@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from curate.models.fast_preprocess import JPEG_MODES, affine, resample_into
+from curate.models.fast_preprocess import (
+    JPEG_MODES,
+    affine,
+    decode_jpeg_or_none,
+    jpeg_tensor,
+    resample_into,
+)
 from curate.models.images import ImageDecodeError, input_size, load_rgb, open_image, row_error
 
 if TYPE_CHECKING:
@@ -55,7 +61,7 @@ def gpu_batch(images: list[bytes | None], preprocess, max_pixels: int | None = N
     scale, shift = affine(preprocess, device)
     out = torch.empty((len(images), 3, h, w), dtype=torch.float32, device=device)
     errors: list[str | None] = [None] * len(images)
-    jpegs, sizes, cpu = [], [], []
+    jpegs, cpu = [], []
     opened = {}  # index -> its header-checked image (the exact fallback decodes from it)
     for i, data in enumerate(images):
         try:
@@ -65,16 +71,15 @@ def gpu_batch(images: list[bytes | None], preprocess, max_pixels: int | None = N
             continue
         if img.format == "JPEG" and img.mode in JPEG_MODES:
             jpegs.append(i)
-            sizes.append(img.size)
         else:
             cpu.append(i)
     decoded = decode_jpegs([images[i] for i in jpegs], device)
-    for i, x, (iw, ih) in zip(jpegs, decoded, sizes, strict=True):
+    for i, x in zip(jpegs, decoded, strict=True):
         if x is None:
             cpu.append(i)
             continue
         try:
-            resample_into(out[i], x[None], iw, ih, h, scale, shift)
+            resample_into(out[i], x[None], *opened[i].size, h, scale, shift)
         except Exception:  # noqa: BLE001 - odd decoder output: the exact path says what
             cpu.append(i)
     for i in cpu:
@@ -88,24 +93,15 @@ def gpu_batch(images: list[bytes | None], preprocess, max_pixels: int | None = N
 def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
     """uint8 (3, h, w) per JPEG on ``device``, None for one the decoder refuses: the batch in
     one call, and image by image only when that call fails (it fails as a whole)."""
-    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not datas:
         return []
-    # bytearray: a writable copy (torch warns about read-only buffers; decoding copies anyway)
-    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    raw = [jpeg_tensor(d) for d in datas]
     try:
         return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
-        pass
-    out: list[torch.Tensor | None] = []
-    for r in raw:
-        try:
-            out.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            out.append(None)
-    return out
+        return [decode_jpeg_or_none(r, device) for r in raw]
 
 
 def _exact_into(out: torch.Tensor, img, preprocess) -> str | None:

@@ -232,9 +232,14 @@ def _kept(key: tuple) -> dict[str, Any]:
     return _KEPT
 
 
+def denylist_rules(rd: RunDir) -> pa.Table | None:
+    """The rules ``write_denylist`` wrote for this run (None: no denylist)."""
+    return load_rules(rd, DENYLIST)
+
+
 def pre_fetch(rd: RunDir, folder: str, section: Any, uids: list[str],
               urls: list[str | None], todo: list[int], to_fetch: list[int],
-              stamp: int | None = None
+              stamp: int | None = None, rules: pa.Table | None | bool = True
               ) -> tuple[dict[int, tuple[str, str]], pa.Table | None]:
     """Verdicts before any image request: index -> (code, detail), the denylist for the
     rows ``todo`` (all of them), robots.txt and TDMRep for ``to_fetch`` (those without
@@ -242,9 +247,11 @@ def pre_fetch(rd: RunDir, folder: str, section: Any, uids: list[str],
 
     ``stamp``: when the consent step wrote the records (its commit): records read under
     one stamp are kept in the process for the next shard; a new stamp (the step ran
-    again) starts over. None: read every record afresh."""
+    again) starts over. None: read every record afresh. ``rules``: the denylist rules
+    when the caller already read them (:func:`denylist_rules`); True: read them here."""
     out: dict[int, tuple[str, str]] = {}
-    rules = load_rules(rd, DENYLIST)
+    if rules is True:
+        rules = denylist_rules(rd)
     if rules is not None and todo:
         from curate.algorithms.denylist import match
 

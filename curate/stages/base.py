@@ -195,8 +195,7 @@ class Stage:
     def gate_share(self, what: str) -> tuple[int, int] | None:
         """(reserved, shared) of cap ``what`` for this run's shard step; None outside the
         driver's shard step (a stage run by hand: the whole cap per task)."""
-        share = self.spec.gates.get(what)
-        return (int(share[0]), int(share[1])) if share is not None else None
+        return self.spec.gates.get(what)
 
     def gate_name(self, what: str) -> str:
         """The cluster-wide name of this run's and stage's gate ``what``."""

@@ -131,6 +131,7 @@ class DownloadStage(Stage):
 
     def _origins(self, group: dict[str, Any]) -> list[str]:
         out: set[str] = set()
+        rules = consent.denylist_rules(self.rd)  # once for the group's shards
         for shard in group["shards"]:
             t = self.inputs(shard)
             if "url" not in t.column_names:
@@ -141,7 +142,7 @@ class DownloadStage(Stage):
             # a denylisted pair's origin is not asked for its consent files either
             denied, _ = consent.pre_fetch(self.rd, self._folder(), None,
                                           t["uid"].to_pylist(), urls,
-                                          list(range(len(urls))), [])
+                                          list(range(len(urls))), [], rules=rules)
             out.update(consent.shard_origins([u for i, u in enumerate(urls)
                                               if i not in denied]))
         return sorted(out)
@@ -269,7 +270,7 @@ class DownloadStage(Stage):
             reserved, shared = share if share is not None else (p.per_host, 0)
             gate = self.gate("hosts") if shared else None
             policy = polite.Policy(
-                per_host=reserved + shared, reserved=reserved if gate is not None else None,
+                per_host=reserved + shared, reserved=reserved,
                 http_retries=p.http_retries, retry_after_max_s=p.retry_after_max_s,
                 backoff_s=p.backoff_s, tdm_header=cfg.consent.tdmrep,
                 deadline=time.monotonic() + 0.8 * timeout if timeout else None, gate=gate)
