@@ -124,14 +124,14 @@ def test_by_cluster_uses_the_rule_per_cluster():
 
 @pytest.mark.parametrize("keep", ["hard", "easy"])
 def test_one_pass_of_best_earlier_similarity_serves_every_eps(keep):
-    """best_earlier_by_cluster (the planner's eps sweep) against the upper-triangle
+    """nearest_earlier_by_cluster's M (the planner's eps sweep) against the upper-triangle
     maxima written above, cluster by cluster: thresholding M at 1 - eps removes exactly
     what SemDeDup's code removes at that eps."""
-    from curate.algorithms.semdedup import best_earlier_by_cluster
+    from curate.algorithms.semdedup import nearest_earlier_by_cluster
 
     emb, dist = dense_cluster(n=600, seed=5)
     labels = np.random.default_rng(5).integers(0, 3, len(emb))
-    best = best_earlier_by_cluster(emb, labels, dist, keep=keep, block=128)
+    best = nearest_earlier_by_cluster(emb, labels, dist, keep=keep, block=128)[0]
     for eps in (0.002, 0.01, 0.05, 0.2):
         want = np.zeros(len(emb), bool)
         for c in range(3):

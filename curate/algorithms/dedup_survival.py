@@ -42,11 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from curate.algorithms.kmeans_sample import uid_uniform
-from curate.algorithms.semdedup import (
-    best_earlier_by_cluster,
-    dedup_by_cluster,
-    nearest_earlier_by_cluster,
-)
+from curate.algorithms.semdedup import dedup_by_cluster, nearest_earlier_by_cluster
 
 PHIS = (1.0, 0.5, 0.25, 0.125)
 SIZES = 2.0 ** np.arange(13)
@@ -117,8 +113,9 @@ def subsample_counts(emb: np.ndarray, labels: np.ndarray, dist: np.ndarray, uids
             rows = np.flatnonzero(us[r] < phi) if phi < 1 else np.arange(len(labels))
             n[p, r] = np.bincount(group[rows], minlength=ng)
             if rule == "reference":  # one pass gives every eps: kept iff M_j <= 1 - eps
-                best = best_all if phi >= 1 else best_earlier_by_cluster(
-                    emb[rows], labels[rows], dist[rows], keep=keep, seed=seed, block=block)
+                best = best_all if phi >= 1 else nearest_earlier_by_cluster(
+                    emb[rows], labels[rows], dist[rows], keep=keep, seed=seed,
+                    block=block)[0]
             for e, eps in enumerate(eps_list):
                 if rule == "reference":
                     gone = best > np.float32(1.0 - eps)

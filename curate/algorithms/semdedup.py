@@ -234,21 +234,6 @@ def dedup_by_cluster(
     return out
 
 
-def best_earlier_by_cluster(
-    emb: np.ndarray,
-    labels: np.ndarray,
-    dist_to_centroid: np.ndarray,
-    keep: Keep = "hard",
-    seed: int = 0,
-    block: int = 4096,
-) -> np.ndarray:
-    """``M_j`` of every row (float32; -inf for a cluster's first item), in the order and
-    with the seeds of :func:`dedup_by_cluster`: under the reference rule, row j is kept at
-    eps exactly when ``M_j <= np.float32(1 - eps)``. What an eps sweep needs from one pass
-    (the planner's: five eps for the cost of one)."""
-    return nearest_earlier_by_cluster(emb, labels, dist_to_centroid, keep, seed, block)[0]
-
-
 def nearest_earlier_by_cluster(
     emb: np.ndarray,
     labels: np.ndarray,
@@ -257,9 +242,12 @@ def nearest_earlier_by_cluster(
     seed: int = 0,
     block: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(``M_j``, the row it is reached at: -1 for a cluster's first item) of every row, as
-    :func:`best_earlier_by_cluster`. :func:`dedup_by_cluster` under the reference rule at
-    eps is ``np.where(M > np.float32(1 - eps), row, -1)``: one pass gives both."""
+    """(``M_j``, the row it is reached at) of every row: its highest similarity to an
+    earlier row of its cluster's order (float32; -inf and -1 for a cluster's first item),
+    in the order and with the seeds of :func:`dedup_by_cluster`. Under the reference rule
+    row j is kept at eps exactly when ``M_j <= np.float32(1 - eps)``, and
+    :func:`dedup_by_cluster` at eps is ``np.where(M > np.float32(1 - eps), row, -1)``: one
+    pass serves an eps sweep (the planner's: five eps for the cost of one)."""
     labels = np.asarray(labels)
     dist = np.asarray(dist_to_centroid)
     best = np.full(len(labels), -np.inf, dtype=np.float32)
