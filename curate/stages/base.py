@@ -139,6 +139,9 @@ class Stage:
     views: ClassVar[dict[str, str]] = {}
     #: pool columns the per-shard step reads (None: all)
     pool_columns: ClassVar[list[str] | None] = None
+    #: reason codes of a safety rule (hash lists, NSFW, toxicity): the pairs they drop are
+    #: never shown as a picture (report, contact sheets, audit, diff), only counted
+    sensitive: ClassVar[tuple[str, ...]] = ()
     #: one line for the CLI (`curate <kind> RUN`) and the docs
     help: ClassVar[str] = ""
 
@@ -164,6 +167,12 @@ class Stage:
         a kind whose filter is optional (language: only with ``languages``) overrides it and
         sets ``self.decides``/``self.schema`` to match in ``__init__``."""
         return cls.decides
+
+    @classmethod
+    def sensitive_with(cls, section: Any) -> tuple[str, ...]:
+        """The reason codes of an instance with this section that a safety rule writes
+        (``sensitive`` by default; classifier: unless its section says it is not one)."""
+        return cls.sensitive
 
     # ----------------------------------------------------------------- declaration
     def steps(self) -> list[ShardStep | GlobalStep]:

@@ -99,6 +99,8 @@ class DownloadStage(Stage):
     reasons = {"download_failed": "the image could not be fetched or failed its checks "
                                   "(detail: the error)", **consent.REASONS}
     joins = ("image", "format", "width", "height", "sha256")
+    #: a denylist (hash lists of abuse material included) is a safety rule: never a picture
+    sensitive = ("denylisted",)
     pool_columns = None
     help = ("Fetch each shard's images with img2dataset (robots.txt, TDMRep, denylists, "
             "per-host cap, URL guard, header checks).")

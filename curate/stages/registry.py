@@ -162,6 +162,11 @@ class Pipeline:
     def instances_of(self, kind: str) -> list[str]:
         return [n for n in self.stages if self._inst[n].ref.kind == kind]
 
+    def sensitive(self) -> set[tuple[str, str]]:
+        """(instance, reason code) of every drop a safety rule makes: never a picture."""
+        return {(n, code) for n in self.stages
+                for code in self._inst[n].cls.sensitive_with(self._inst[n].section)}
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
