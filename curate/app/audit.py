@@ -55,9 +55,40 @@ def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
                      best["stage"].to_pylist(), best["detail"].to_pylist()))
     uids = best["uid"].combine_chunks()
     captions = _column(con, "pool", "caption", uids)
-    images = _column(con, "images", "image", uids) if _has_view(con, "images") else {}
+    verdict = _safety(con, run, reason, items)
+    shown = pa.array([u for _, u, _, _ in items if verdict.get(u) != "hide"], pa.string())
+    images = (_column(con, "images", "image", shown)
+              if _has_view(con, "images") and len(shown) else {})
     return [{"uid": u, "stage": st, "detail": d or "", "caption": captions.get(u, ""),
-             "thumb": thumbnail_uri(images.get(u), THUMB)} for _, u, st, d in items]
+             "thumb": thumbnail_uri(images.get(u), THUMB, blur=verdict.get(u) == "blur"),
+             "blurred": verdict.get(u) == "blur", "withheld": verdict.get(u) == "hide"}
+            for _, u, st, d in items]
+
+
+def _safety(con: Any, run: str, reason: str, items: list[tuple]) -> dict[str, str]:
+    """uid -> ``"hide"`` (a safety rule dropped it: never a picture) or ``"blur"`` (punsafe
+    above the line, or not NSFW-scored in a run with an nsfw stage, unless
+    ``report.show_sensitive``), as the report decides (:mod:`curate.stages._report_safety`)."""
+    from curate.stages._report_safety import BLUR_ABOVE
+    from curate.stages.registry import recorded_pipeline
+
+    pipe = recorded_pipeline(run)
+    sensitive = pipe.sensitive()
+    out = {u: "hide" for _, u, st, _ in items if (st, reason) in sensitive}
+    views = [r.view for r in pipe.refs() if r.kind == "nsfw"]
+    if not views or pipe.section("report").show_sensitive:
+        return out
+    uids = pa.array([u for _, u, _, _ in items], pa.string())
+    worst: dict[str, float] = {}
+    for view in views:
+        if _has_view(con, view):
+            for u, p in _column(con, view, "punsafe", uids).items():
+                if p is not None:
+                    worst[u] = max(worst.get(u, 0.0), float(p))
+    for _, u, _, _ in items:
+        if out.get(u) != "hide" and (u not in worst or worst[u] > BLUR_ABOVE):
+            out[u] = "blur"
+    return out
 
 
 def _has_view(con: Any, name: str) -> bool:

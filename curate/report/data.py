@@ -24,6 +24,7 @@ SECTIONS = (
     ("scores", "CLIP scores"),
     ("clusters", "Concept clusters"),
     ("imagenet", "ImageNet-1k coverage"),
+    ("safety", "Safety: NSFW, violence, toxicity, hash lists"),
     ("contact-sheets", "What each rule removed"),
     ("aesthetic", "Aesthetic scores"),
     ("languages", "Language mix"),
@@ -58,7 +59,8 @@ class ReportData:
     clusters: pa.Table | None = None
     coverage: pa.Table | None = None
     coverage_note: str | None = None
-    #: contact sheets: [{stage, reason, dropped, items: [{uid, caption, thumb}]}]
+    #: contact sheets: [{stage, reason, dropped, items: [{uid, caption, thumb, blurred}]}];
+    #: a safety rule's sheet has ``withheld: True`` and no items (counted, never shown)
     sheets: list[dict[str, Any]] = field(default_factory=list)
     #: aesthetic stage -> {"edges", "all", "final", "warning"}
     aesthetic: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -70,6 +72,9 @@ class ReportData:
     hosts: list[dict[str, Any]] = field(default_factory=list)
     #: decontaminate instance -> {eval set: pairs dropped}
     contamination: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the safety section (``curate.stages._report_safety.safety_page``): histograms and
+    #: counts only
+    safety: dict[str, Any] = field(default_factory=dict)
     #: audit/false_drops.parquet (None: no labels)
     false_drops: pa.Table | None = None
     final_label: str = "after curation"

@@ -21,6 +21,7 @@ import yaml
 from curate.report import plots
 from curate.report.data import SECTIONS, ReportData
 from curate.report.sections_extra import BUILDERS as EXTRA_BUILDERS
+from curate.report.sections_safety import BUILDERS as SAFETY_BUILDERS
 
 # --------------------------------------------------------------------------- text helpers
 
@@ -322,5 +323,5 @@ BUILDERS = {
     "overview": _overview, "funnel": _funnel, "rank-frequency": _rank_frequency,
     "head-tail": _head_tail, "entry-counts": _entry_counts, "top-entries": _top_entries,
     "scores": _scores, "clusters": _clusters, "imagenet": _imagenet, "config": _config,
-    **EXTRA_BUILDERS,
+    **EXTRA_BUILDERS, **SAFETY_BUILDERS,
 }

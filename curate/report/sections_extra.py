@@ -22,6 +22,7 @@ def contact_sheets(d: ReportData) -> dict:
     contamination = [[name, eval_set, _fmt(n)] for name, hits in d.contamination.items()
                      for eval_set, n in sorted(hits.items())]
     return {"notrun": None, "sheets": d.sheets, "shown": shown, "thumbs": thumbs,
+            "per_sheet": max([len(s["items"]) for s in d.sheets] + [0]),
             "dropped": sum(s["dropped"] for s in d.sheets), "contamination": contamination,
             "clusters": d.cluster_sheets,
             "hosts": [[h["host"], _fmt(h["pairs"]), _fmt(h["failed"]),

@@ -173,6 +173,10 @@ class ShardPlan:
     prune: str | None = None
     #: the download stage's folder: per-host failure counts
     download: str | None = None
+    #: (stage, reason) a safety rule drops for: no contact-sheet candidates are collected
+    hidden: tuple[tuple[str, str], ...] = ()
+    #: (instance, folder, kind) of the nsfw and toxicity stages: their histograms
+    safety: tuple[tuple[str, str, str], ...] = ()
 
     def folder(self, name: str) -> str:
         return self.folders[self.stages.index(name)]
@@ -207,6 +211,17 @@ def _decisions(rd: RunDir, folder: str, shard: str) -> pa.Table:
     return pa.table({"uid": t["uid"], "kept": kept, "reason": reason})
 
 
+def curated_rows(rd: RunDir, folder: str) -> int:
+    """Rows in emit's output shards (their footers only)."""
+    from curate.core.io import list_shards
+
+    total = 0
+    for name in list_shards(rd.fs, rd.stage_dir(folder)):
+        with rd.fs.open(rd.path(folder, name), "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
 def _num_rows(rd: RunDir, folder: str, shard: str) -> int:
     with rd.fs.open(rd.shard_path(folder, shard), "rb") as f:
         return pq.ParquetFile(f).metadata.num_rows
@@ -235,7 +250,8 @@ def shard_stats(plan: ShardPlan, shard: str) -> dict[str, Any]:
             out["stages"][s] = {"rows_in": n, "kept": n, "dropped": {}}
     final = kept[plan.deciding[-1]] if plan.deciding else None
     out["extras"] = shard_extras(rd, shard, decided, final, plan.aesthetic, plan.language,
-                                 plan.sheet_clusters, plan.prune, plan.download)
+                                 plan.sheet_clusters, plan.prune, plan.download,
+                                 plan.hidden, plan.safety)
 
     out["pool_rows"] = _num_rows(rd, "pool", shard)
     out["final"] = len(final) if final is not None else out["pool_rows"]

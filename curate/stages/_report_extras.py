@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 
 from curate.algorithms.uids import uid_keys
 from curate.core.rundir import RunDir
+from curate.stages._report_safety import SafetyView, safety_page, shard_safety
+from curate.stages._report_safety import merge as merge_safety
 
 #: thumbnails per reason code
 SHEET = 8
@@ -32,9 +34,13 @@ AESTHETIC_EDGES = np.linspace(0.0, 10.0, 81)
 def shard_extras(rd: RunDir, shard: str, decisions: dict[str, pa.Table],
                  final: pa.Array | None, aesthetic: tuple[str, ...], language: str | None,
                  clusters: tuple[tuple[str, int], ...] = (), prune: str | None = None,
-                 download: str | None = None) -> dict[str, Any]:
-    """Sheet candidates, aesthetic histograms, language and per-host counts of a shard."""
+                 download: str | None = None, hidden: tuple[tuple[str, str], ...] = (),
+                 safety: tuple[tuple[str, str, str], ...] = ()) -> dict[str, Any]:
+    """Sheet candidates (none for a ``hidden`` (stage, reason): a safety rule's drops are
+    only counted), aesthetic and safety histograms, language and per-host counts."""
     out: dict[str, Any] = {"sheets": {}, "clusters": {}}
+    if safety:
+        out["safety"] = shard_safety(rd, shard, safety, final)
     if download:
         from curate.stages._report_hosts import shard_host_counts
 
@@ -59,6 +65,8 @@ def shard_extras(rd: RunDir, shard: str, decisions: dict[str, pa.Table],
         reason = dropped["reason"].to_numpy(zero_copy_only=False)
         uids = dropped["uid"].to_numpy(zero_copy_only=False)
         for r in np.unique(reason):
+            if (stage, str(r)) in hidden:
+                continue
             idx = np.flatnonzero(reason == r)
             best = idx[np.argsort(keys[idx], kind="stable")[:SHEET]]
             out["sheets"][(stage, str(r))] = [(int(keys[i]), str(uids[i]), shard) for i in best]
@@ -98,8 +106,10 @@ class Extras:
         self.hosts: dict[str, dict[str, int]] = {}  # O(hosts): download's per-host counts
         self.aesthetic: dict[str, list[np.ndarray]] = {}
         self.languages: dict[str, dict[str, int]] = {"pool": {}, "final": {}}
+        self.safety: dict[str, dict[str, np.ndarray]] = {}  # O(stages x bins)
 
     def add(self, r: dict[str, Any]) -> None:
+        merge_safety(self.safety, r.get("safety") or {})
         if r.get("hosts"):
             from curate.stages._report_hosts import merge
 
@@ -119,19 +129,25 @@ class Extras:
 
 
 def sheets_data(rd: RunDir, sheets: dict[tuple[str, str], list], dropped: dict[tuple[str, str],
-                int], image_folder: str | None, labels: dict[str, str] | None = None
-                ) -> list[dict[str, Any]]:
+                int], image_folder: str | None, labels: dict[str, str] | None = None,
+                view: SafetyView | None = None) -> list[dict[str, Any]]:
     """Per (stage, reason): its thumbnails (or captions only) and how many it dropped;
-    ``labels`` replaces a uid's caption (a placeholder group's size)."""
+    ``labels`` replaces a uid's caption (a placeholder group's size). ``view`` leaves out
+    every pair a safety rule dropped and blurs the ones that may be unsafe."""
     from curate.media.thumbs import thumbnail_uri
 
     labels = labels or {}
+    view = view or SafetyView()
     by_shard: dict[str, set[str]] = {}
     for cands in sheets.values():
         for _, uid, shard in cands:
             by_shard.setdefault(shard, set()).add(uid)
-    caption, image = {}, {}
+    caption, image, verdict = {}, {}, {}
     for shard, uids in by_shard.items():
+        verdict.update(view.verdicts(rd, shard, sorted(uids)))
+        uids = {u for u in uids if verdict.get(u) != "hide"}  # never read, never shown
+        if not uids:
+            continue
         want = pa.array(sorted(uids), pa.string())
         with rd.fs.open(rd.shard_path("pool", shard), "rb") as f:
             names = pq.read_schema(f).names
@@ -152,7 +168,10 @@ def sheets_data(rd: RunDir, sheets: dict[tuple[str, str], list], dropped: dict[t
         code = reason.split(":", 1)[0]
         out.append({"stage": stage, "reason": reason, "dropped": dropped.get((stage, code), 0),
                     "items": [{"uid": u, "caption": labels.get(u, caption.get(u, "")),
-                               "thumb": thumbnail_uri(image.get(u))} for _, u, _ in cands]})
+                               "thumb": thumbnail_uri(image.get(u),
+                                                      blur=verdict.get(u) == "blur"),
+                               "blurred": verdict.get(u) == "blur"}
+                              for _, u, _ in cands if verdict.get(u) != "hide"]})
     return out
 
 
@@ -189,7 +208,7 @@ def extras_plan(rd: RunDir, before: list, ran: dict[str, bool]) -> dict[str, Any
 
 
 def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[str, Any],
-                before: list, out_folder: str = "reports") -> dict[str, Any]:
+                before: list, pipeline: Any, out_folder: str = "reports") -> dict[str, Any]:
     """ReportData's extra fields from the count step's sums; writes host_failures.parquet
     when download ran."""
     hosts: list[dict[str, Any]] = []
@@ -223,15 +242,20 @@ def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[st
     if bal is not None:
         langs["head_tail"] = language_head_tail(rd, bal.folder)
     by_cluster = dict(plan.get("sheet_clusters") or [])
-    side = sheets_data(rd, totals.extras.clusters, {}, images)
+    view = SafetyView.from_plan(plan)
+    side = sheets_data(rd, totals.extras.clusters, {}, images, view=view)
     cluster_sheets = [{"label": label, "cluster": by_cluster.get(label),
                        "kept": next((s["items"] for s in side if s["stage"] == label
                                      and s["reason"] == "kept"), []),
                        "dropped": next((s["items"] for s in side if s["stage"] == label
                                         and s["reason"] == "dropped"), [])}
                       for label in by_cluster]
+    withheld = [{"stage": s, "reason": c, "dropped": n, "items": [], "withheld": True}
+                for (s, c), n in sorted(dropped.items()) if (s, c) in view.hidden_sheets()]
     return {"cluster_sheets": cluster_sheets, "hosts": hosts,
-            "sheets": sheets_data(rd, sheets, dropped, images, labels),
+            "sheets": sheets_data(rd, sheets, dropped, images, labels, view) + withheld,
+            "safety": safety_page(totals.extras.safety, plan, manifest, before, pipeline,
+                                  dropped),
             "aesthetic": aesthetic, "languages": langs, "false_drops": false_drops(rd),
             "contamination": contamination}
 

@@ -52,6 +52,7 @@ from curate.stages._report_counts import (
     Totals,
     coverage_entries,
     coverage_table,
+    curated_rows,
     distinct_classes,
     full_coverage,
     imagenet_classes,
@@ -59,6 +60,7 @@ from curate.stages._report_counts import (
     shard_stats,
 )
 from curate.stages._report_extras import extras_plan, page_extras, read_clusters
+from curate.stages._report_safety import SafetyView, safety_plan
 from curate.stages._report_thresholds import threshold_notes
 from curate.stages.base import GlobalStep, Stage
 from curate.vocab import load_vocabulary
@@ -68,6 +70,10 @@ log = logging.getLogger(__name__)
 
 class ReportConfig(Section):
     top_n: int = Field(30, ge=1)
+    show_sensitive: bool = Field(
+        False, description="show thumbnails of kept pairs with punsafe above 0.5 (or not "
+        "NSFW-scored in a run that scores NSFW) unblurred, on the report and audit pages; "
+        "what a safety rule dropped is never shown, whatever this says")
 
 
 class ReportStage(Stage):
@@ -129,7 +135,9 @@ class ReportStage(Stage):
                 "after_match": after_match, "match": match.name if match else None,
                 "score": score.name if score else None, "coverage": bool(classes),
                 "all_classes": len(all_classes), "coverage_note": note,
-                "class_entries": class_entries, **extras_plan(self.rd, self.before, ran)}
+                "class_entries": class_entries, **extras_plan(self.rd, self.before, ran),
+                "safety": safety_plan(self.before, ran), "safety_view": SafetyView.of(
+                    self.pipeline, self.before, self.section.show_sensitive).to_plan()}
 
     def _classes(self) -> tuple[list[int], list[str]]:
         """(first index, name) of ImageNet's distinct class names; not kept in run.json."""
@@ -151,7 +159,9 @@ class ReportStage(Stage):
                          tuple(self._matched_classes()), p["match"], p["score"],
                          tuple(f for _, f in p["aesthetic"]), p["language"],
                          tuple(tuple(c) for c in p.get("sheet_clusters", [])), p.get("prune"),
-                         p.get("download"))
+                         p.get("download"),
+                         tuple(SafetyView.from_plan(p).hidden_sheets()),
+                         tuple(tuple(x) for x in p.get("safety", [])))
 
     def _count_shard(self, shard: str) -> dict[str, Any]:
         try:
@@ -219,7 +229,7 @@ class ReportStage(Stage):
                 add(s, st.get("status"), st.get("seconds"), c["rows_in"], c["kept"],
                     c["dropped"])
             elif r.kind == "emit":
-                emitted = self._curated_rows(r.folder)
+                emitted = curated_rows(self.rd, r.folder)
                 gap = totals.final - emitted
                 add(s, st.get("status"), st.get("seconds"), totals.final, emitted,
                     {"not_emitted": gap} if gap > 0 else {})
@@ -228,13 +238,6 @@ class ReportStage(Stage):
                             ("kept", pa.int64()), ("dropped", pa.int64()),
                             ("reason", pa.string()), ("count", pa.int64())])
         return pa.Table.from_pylist(rows, schema=schema)
-
-    def _curated_rows(self, folder: str) -> int:
-        total = 0
-        for name in list_shards(self.rd.fs, self.rd.stage_dir(folder)):
-            with self.rd.fs.open(self.rd.path(folder, name), "rb") as f:
-                total += pq.ParquetFile(f).metadata.num_rows
-        return total
 
     def _concepts(self, totals: Totals, after_match: list[str]) -> pa.Table:
         cols = ["count_pool", *[f"count_after_{s}" for s in after_match], "count_final"]
@@ -303,7 +306,7 @@ class ReportStage(Stage):
                          "'After curation' means after the stages that did run.")
         emit = self._first("emit", ran)
         if emit is not None:
-            emitted = self._curated_rows(emit.folder)
+            emitted = curated_rows(self.rd, emit.folder)
             if emitted != totals.final:
                 notes.append(f"{emit.folder}/ holds {emitted:,} pairs but the last deciding "
                               f"stage kept {totals.final:,}: {emit.name} may be stale; rerun "
@@ -374,7 +377,7 @@ class ReportStage(Stage):
             scores=self._score_data(totals, manifest), clusters=read_clusters(
                 self.rd, self._first("prune", ran)),
             coverage=coverage, coverage_note=coverage_note, final_pairs=totals.final,
-            **page_extras(rd, totals, plan, manifest, self.before,
+            **page_extras(rd, totals, plan, manifest, self.before, cfg,
                           self.pipeline.ref(self.name).folder),
             kinds={**{r.name: r.kind for r in self.before}, self.name: self.kind},
         )
