@@ -57,8 +57,11 @@ def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
     captions = _column(con, "pool", "caption", uids)
     verdict = _safety(con, run, reason, items)
     shown = pa.array([u for _, u, _, _ in items if verdict.get(u) != "hide"], pa.string())
-    images = (_column(con, "images", "image", shown)
-              if _has_view(con, "images") and len(shown) else {})
+    images: dict[str, Any] = {}
+    if len(shown):  # download's images, else the pool's own (a pool that brings bytes)
+        source = "images" if _has_view(con, "images") else "pool"
+        if _has_column(con, source, "image"):
+            images = _column(con, source, "image", shown)
     return [{"uid": u, "stage": st, "detail": d or "", "caption": captions.get(u, ""),
              "thumb": thumbnail_uri(images.get(u), THUMB, blur=verdict.get(u) == "blur"),
              "blurred": verdict.get(u) == "blur", "withheld": verdict.get(u) == "hide"}
@@ -94,6 +97,11 @@ def _safety(con: Any, run: str, reason: str, items: list[tuple]) -> dict[str, st
 def _has_view(con: Any, name: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE "
                             "table_name = ?", [name]).fetchall()[0][0])
+
+
+def _has_column(con: Any, view: str, col: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE "
+                            "table_name = ? AND column_name = ?", [view, col]).fetchall()[0][0])
 
 
 def _column(con: Any, view: str, col: str, uids: pa.Array) -> dict[str, Any]:
