@@ -37,14 +37,21 @@ def _stage(h: dict[str, Any], blur_above: float) -> dict[str, Any]:
     png = plots.score_hist_png(edges, all_, fin, h["threshold"], label, kept_label="final",
                                xlabel=f"{col} ({h['kind']} stage {h['name']})")
     info = h.get("info") or {}
-    facts = [[k, str(info[k])] for k in INFO_KEYS if isinstance(info.get(k), str | int | float)]
+    facts = []
+    for k in INFO_KEYS:
+        v = info.get(k)
+        if isinstance(v, str | int | float):
+            facts.append([k, str(v)])
+        elif isinstance(v, dict):  # e.g. a sha256 per file
+            facts += [[f"{k} {f}", str(x)] for f, x in v.items() if isinstance(x, str)]
     rows = [[f"{col} > {blur_above:g}", _fmt(all_[above].sum()), _pct(all_[above].sum(), n),
              _fmt(fin[above].sum()), _pct(fin[above].sum(), n_fin)]]
     v = h.get("violent")
     if v is not None and v[2]:
         rows.append(["violent (clip-retrieval's prompts)", _fmt(v[0]), _pct(v[0], v[2]),
                      _fmt(v[1]), _pct(v[1], v[3])])
-    quality = info.get("quality") if isinstance(info.get("quality"), dict) else None
+    quality = [f"{name}: " + ", ".join(f"{k} {v}" for k, v in q.items())
+               for name, q in (info.get("quality") or {}).items() if isinstance(q, dict)]
     return {"name": h["name"], "kind": h["kind"], "column": col, "n": _fmt(n),
             "n_final": _fmt(n_fin), "rows": rows, "facts": facts, "quality": quality,
             "warning": info.get("warning"),
