@@ -180,3 +180,17 @@ def test_show_sensitive_unblurs_kept_pairs_but_never_the_dropped(run, tmp_path):
     assert thumbs and not any(b for _, b in thumbs)
     assert not {i for i, _ in thumbs} & run["dropped"]
     assert "never shown" in html
+
+
+def test_which_drops_count_as_a_safety_rule():
+    from curate.stages.registry import parse_pipeline
+
+    head = {"kind": "classifier", "head": "h.pth", "threshold": 0.5}
+    p = parse_pipeline({"stages": ["download", "nsfw", "toxicity", "nsfw_head", "watermark",
+                                   "language"],
+                        "nsfw_head": head, "watermark": {**head, "sensitive": False},
+                        "language": {"languages": ["en"]}})
+    assert p.sensitive() == {("download", "denylisted"), ("nsfw", "nsfw"), ("nsfw", "violent"),
+                             ("toxicity", "toxic"),
+                             ("nsfw_head", "classifier_above_threshold"),
+                             ("nsfw_head", "classifier_below_threshold")}

@@ -5,12 +5,15 @@ names its ``activation``), ``sigmoid`` turns logits into probabilities, and ``ke
 which side of ``threshold`` stays: ``below`` (an NSFW or watermark probability: kept when
 ``score < threshold``) or ``above`` (kept when ``score >= threshold``). Name instances after
 what they detect (``nsfw: {kind: classifier, ...}``): the drops then show under that name.
+A head is taken for a safety rule unless ``sensitive: false``: what it drops is counted and
+never shown as a picture (report, audit); say false for a watermark or quality head to see
+its drops on the contact sheets.
 Output ``<folder>/part-NNNNN.parquet``: uid, score, kept, reason, detail.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +29,8 @@ class ClassifierConfig(Section):
     keep: Literal["below", "above"] = "below"
     sigmoid: bool = False
     activation: Literal["none", "relu"] = "none"
+    #: a safety head (NSFW, ...): its drops are never shown as pictures; false: shown
+    sensitive: bool = True
 
 
 class ClassifierStage(HeadStage):
@@ -38,6 +43,10 @@ class ClassifierStage(HeadStage):
     reasons = {"classifier_above_threshold": "head score >= threshold (keep: below)",
                "classifier_below_threshold": "head score < threshold (keep: above)"}
     help = "A user's classifier head (NSFW, watermark) on CLIP image embeddings."
+
+    @classmethod
+    def sensitive_with(cls, section: Any) -> tuple[str, ...]:
+        return tuple(cls.reasons) if section.sensitive else ()
 
     def head_name(self) -> str:
         return self.section.head
