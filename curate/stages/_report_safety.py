@@ -3,7 +3,8 @@
 - **Never a picture**: a pair that a safety rule dropped — a reason code a stage declares
   ``sensitive`` (download's ``denylisted``, hash lists included; nsfw's ``nsfw`` and
   ``violent``; toxicity's ``toxic``; a classifier unless it says it is not a safety head) —
-  has no thumbnail and no caption on any page: its contact sheet is a count. Candidates for
+  has no thumbnail on any page, and no caption on the report: its contact sheet is a count
+  (``curate audit`` shows its caption, to be labelled, never its image). Candidates for
   such sheets are never even collected (:func:`curate.stages._report_extras.shard_extras`),
   and every thumbnail a page is about to show is checked again against every safety stage's
   decisions (:meth:`SafetyView.verdicts`), whatever sheet it is on (a prune cluster's kept
