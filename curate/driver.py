@@ -218,6 +218,8 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
                         "same command to retry")
                 continue
             key = _digest(fingerprint, step.name, input_id, produced, state)
+            if step.version is not None:  # what it reads from outside the run directory
+                key = _digest(key, step.version())
             if options:  # e.g. --retry-failed: download's consent step asks again
                 key = _digest(key, options)
             rec = records.get(step.name)
@@ -259,14 +261,23 @@ def _fold_shards(outcomes: list[engine.Outcome], st: dict[str, Any]
     failed = {o.item for o in outcomes if not o.ok}
     ok = [o.value for o in outcomes if o.ok]
     dropped: dict[str, int] = {}
+    by_detail: dict[str, dict[str, int]] = {}  # reason -> kind of detail -> pairs
     timings: dict[str, float] = {}
     for v in ok:
         for k, n in v.get("dropped", {}).items():
             dropped[k] = dropped.get(k, 0) + n
+        for code, kinds in (v.get("by_detail") or {}).items():
+            acc = by_detail.setdefault(code, {})
+            for k, n in kinds.items():
+                acc[k] = acc.get(k, 0) + n
         for k, sec in (v.get("timings") or {}).items():
             timings[k] = round(timings.get(k, 0.0) + sec, 3)
     counts = {"rows_in": sum(v.get("rows_in", 0) for v in ok),
               "kept": sum(v.get("kept", 0) for v in ok), "dropped": dropped}
+    if by_detail:
+        counts["by_detail"] = by_detail
+    else:
+        st.pop("by_detail", None)
     st.update(shards_done=len(ok), shards_skipped=sum(1 for v in ok if v.get("skipped")),
               failed_shards=sorted(failed), worker_seconds=timings,
               errors={o.item: o.error for o in outcomes if not o.ok}, **counts)

@@ -1,7 +1,8 @@
 """``curate takedown``: remove pairs from a run's curated set on request, and keep them out.
 
 A request becomes *rules* (``takedown/rules.parquet``: kind, value, added, why; kinds as in
-:mod:`curate.algorithms.denylist`: uid, url, domain, sha256, phash). ``--images DIR`` turns
+:mod:`curate.algorithms.denylist`: uid, url, domain, and the image-hash lists sha256, md5,
+sha1, phash, pdq). ``--images DIR`` turns
 each image file into a sha256 rule and a phash rule, so re-encoded or resized copies go too.
 Then every pool pair is checked against all rules (the pool's uid and url, the images the
 download stage stored or the pool brought), matches are appended to the removal manifest
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.algorithms.denylist import KINDS
+from curate.algorithms.denylist import HEX_DIGITS, KINDS
 from curate.core.io import list_shards, write_bytes_atomic, write_parquet_atomic
 from curate.core.rundir import RunDir, now
 from curate.errors import InputError
@@ -55,7 +56,11 @@ def rules_from(kind: str, source: str) -> list[tuple[str, str]]:
     values = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
     if not values:
         raise InputError(f"{source}: no {kind} values (one per line)")
-    return [(kind, v.lower() if kind == "domain" else v) for v in values]
+    digits = HEX_DIGITS.get(kind)
+    for v in values if digits else []:
+        if len(v) != digits or any(c not in "0123456789abcdefABCDEF" for c in v):
+            raise InputError(f"{source}: {v!r} is not a {kind} value ({digits} hex digits)")
+    return [(kind, v.lower() if kind == "domain" or digits else v) for v in values]
 
 
 def add_rules(rd: RunDir, rules: list[tuple[str, str]], why: str) -> pa.Table:

@@ -26,10 +26,16 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.config import OPERATIONAL, Section
-from curate.core.io import write_bytes_atomic, write_parquet_atomic
-from curate.core.rundir import RunDir, now
+from curate.core.io import write_bytes_atomic
+from curate.core.rundir import RunDir
 from curate.media import robots
-from curate.stages._denylist import DENYLIST, RULE_SCHEMA, load_rules
+from curate.stages._download_denylist import (  # noqa: F401 - re-exported
+    KIND_OF,
+    DenylistConfig,
+    denylist_rules,
+    post_fetch,
+    write_denylist,
+)
 
 BATCH = 64
 REASONS = {
@@ -39,7 +45,8 @@ REASONS = {
     "tdm_reserved": "TDMRep: tdmrep.json or the 'tdm-reservation: 1' response header "
                     "reserves text-and-data-mining rights (detail: which)",
     "denylisted": "matches a download.denylist rule, before the fetch (domain, url, "
-                  "url_pattern, uid) or after it (sha256, phash) (detail: the rule)",
+                  "url_pattern, uid) or after it (the hash lists sha256, md5, sha1, phash, "
+                  "pdq: the image is purged) (detail: the rule, kind:value)",
 }
 
 
@@ -74,61 +81,6 @@ class PoliteConfig(Section):
     http_retries: int = Field(2, ge=0, le=10, description="extra tries after a 429/503")
     retry_after_max_s: float = Field(30, ge=0, le=600)
     backoff_s: float = Field(1.0, ge=0, le=60, description="429/503 without Retry-After")
-
-
-class DenylistConfig(Section):
-    """Files of one value per line (``#`` starts a comment)."""
-
-    domains: str | None = None
-    urls: str | None = None
-    url_patterns: str | None = None
-    uids: str | None = None
-    sha256: str | None = None
-    phash: str | None = None
-
-
-KIND_OF = {"domains": "domain", "urls": "url", "url_patterns": "url_pattern", "uids": "uid",
-           "sha256": "sha256", "phash": "phash"}
-
-
-def write_denylist(rd: RunDir, cfg: DenylistConfig | None) -> dict[str, Any]:
-    """``denylist/rules.parquet`` from the configured files (removed when none)."""
-    import fsspec
-
-    from curate.errors import ConfigError
-
-    path = rd.path(DENYLIST)
-    kinds, values = [], []
-    for key, kind in KIND_OF.items():
-        src = getattr(cfg, key) if cfg is not None else None
-        if not src:
-            continue
-        try:
-            with fsspec.open(src, "rt") as f:
-                lines = [ln.split("#", 1)[0].strip() for ln in f]
-        except OSError as err:
-            raise ConfigError(f"download.denylist.{key}: cannot read {src} ({err})") from None
-        vals = [v for v in lines if v]
-        if kind == "url_pattern":
-            import re
-
-            for v in vals:
-                try:
-                    re.compile(v)
-                except re.error as err:
-                    raise ConfigError(f"download.denylist.url_patterns: bad pattern {v!r} "
-                                      f"({err})") from None
-        kinds += [kind] * len(vals)
-        values += vals
-    if not kinds:
-        if rd.fs.exists(path):
-            rd.fs.rm(path)
-        return {"denylist_rules": 0}
-    stamp = now()
-    table = pa.table({"kind": kinds, "value": values, "added": [stamp] * len(kinds),
-                      "why": ["download.denylist"] * len(kinds)}, schema=RULE_SCHEMA)
-    write_parquet_atomic(rd.fs, path, table)
-    return {"denylist_rules": len(kinds)}
 
 
 GROUP = 16  # pool shards per task of the ``hosts`` step: a task per shard cost more in
@@ -232,18 +184,13 @@ def _kept(key: tuple) -> dict[str, Any]:
     return _KEPT
 
 
-def denylist_rules(rd: RunDir) -> pa.Table | None:
-    """The rules ``write_denylist`` wrote for this run (None: no denylist)."""
-    return load_rules(rd, DENYLIST)
-
-
 def pre_fetch(rd: RunDir, folder: str, section: Any, uids: list[str],
               urls: list[str | None], todo: list[int], to_fetch: list[int],
               stamp: int | None = None, rules: pa.Table | None | bool = True
               ) -> tuple[dict[int, tuple[str, str]], pa.Table | None]:
     """Verdicts before any image request: index -> (code, detail), the denylist for the
     rows ``todo`` (all of them), robots.txt and TDMRep for ``to_fetch`` (those without
-    bytes); and the denylist rules (for the sha256/phash check after the fetch).
+    bytes); and the denylist rules (for the image-hash check after the fetch).
 
     ``stamp``: when the consent step wrote the records (its commit): records read under
     one stamp are kept in the process for the next shard; a new stamp (the step ran
@@ -287,27 +234,6 @@ def pre_fetch(rd: RunDir, folder: str, section: Any, uids: list[str],
             if why:
                 out[i] = ("tdm_reserved", why)
     return out, rules
-
-
-def post_fetch(rules: pa.Table | None, uids: list[str], images: list[bytes | None],
-               shas: list[str | None]) -> dict[int, str]:
-    """index -> denylist label for fetched images matching a sha256/phash rule."""
-    if rules is None:
-        return {}
-    kinds = set(rules["kind"].to_pylist())
-    if not kinds & {"sha256", "phash"}:
-        return {}
-    import numpy as np
-
-    from curate.algorithms.denylist import match
-
-    ph = None
-    if "phash" in kinds:
-        from curate.media.imagehashes import image_hashes
-
-        ph = np.array([(image_hashes(d)[2] or 0) if d else 0 for d in images], np.uint64)
-    label = match(rules, pa.array(uids, pa.string()), None, pa.array(shas, pa.string()), ph)
-    return {i: lab for i, lab in enumerate(label.to_pylist()) if lab is not None}
 
 
 def classify(error: str) -> str | None:

@@ -38,6 +38,7 @@ from curate.core import faults
 from curate.core.engine import Resources
 from curate.core.io import read_shard_meta, write_parquet_atomic
 from curate.core.rundir import RunDir, uid_digest
+from curate.stages._counts import detail_kinds
 
 #: the decision columns every deciding stage's shard output ends with
 DECISION_FIELDS = [pa.field("kept", pa.bool_()), pa.field("reason", pa.string()),
@@ -106,6 +107,8 @@ class GlobalStep:
     fold: Callable[[Any, Any, Any], Any] = append
     start: Callable[[], Any] = list
     resources: Resources | None = None
+    #: digest of what it reads from outside the run directory (part of its resume key)
+    version: Callable[[], str] | None = None
 
     @classmethod
     def on_driver(cls, name: str, commit: Callable[[Any], dict[str, Any]]) -> GlobalStep:
@@ -139,9 +142,9 @@ class Stage:
     views: ClassVar[dict[str, str]] = {}
     #: pool columns the per-shard step reads (None: all)
     pool_columns: ClassVar[list[str] | None] = None
-    #: reason codes of a safety rule (hash lists, NSFW, toxicity): the pairs they drop are
-    #: never shown as a picture (report, contact sheets, audit, diff), only counted
+    #: codes of a safety rule (drops never a picture, §8.13) / counted per kind of detail
     sensitive: ClassVar[tuple[str, ...]] = ()
+    count_detail_kinds: ClassVar[tuple[str, ...]] = ()
     #: one line for the CLI (`curate <kind> RUN`) and the docs
     help: ClassVar[str] = ""
 
@@ -266,22 +269,19 @@ def decisions(kept: Any, reason: Any, detail: Any = None) -> dict[str, pa.Array]
     return {"kept": kept, "reason": reason, "detail": pc.if_else(kept, null, detail)}
 
 
-def summarize(decides: bool, table: pa.Table, rows_in: int) -> dict[str, Any]:
-    """Counts for one shard: pairs in, kept, and dropped per reason code."""
-    counts: dict[str, Any] = {"rows_in": rows_in, "rows_out": table.num_rows}
+def summarize(decides: bool, table: pa.Table, rows_in: int, by: tuple[str, ...] = ()
+              ) -> dict[str, Any]:
+    """Counts for one shard: pairs in, kept, and dropped per reason code; for the codes in
+    ``by`` also per kind of their detail, ``by_detail`` (:func:`_counts.detail_kinds`)."""
+    counts: dict[str, Any] = {"rows_in": rows_in, "rows_out": table.num_rows,
+                              "kept": table.num_rows, "dropped": {}}
     if decides and "kept" in table.column_names:
         kept = pc.fill_null(table["kept"], False)
         counts["kept"] = int(pc.sum(kept).as_py() or 0)
         dropped = table.filter(pc.invert(kept))
-        reasons: dict[str, int] = {}
-        if dropped.num_rows:
-            vc = pc.value_counts(pc.fill_null(dropped["reason"], "unknown").combine_chunks())
-            for item in vc.to_pylist():
-                reasons[str(item["values"])] = int(item["counts"])
-        counts["dropped"] = reasons
-    else:
-        counts["kept"] = table.num_rows
-        counts["dropped"] = {}
+        vc = pc.value_counts(pc.fill_null(dropped["reason"], "unknown").combine_chunks())
+        counts["dropped"] = {str(v["values"]): int(v["counts"]) for v in vc.to_pylist()}
+        counts.update(detail_kinds(dropped, by))
     return counts
 
 
@@ -337,7 +337,8 @@ def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
     if stage.schema is not None:
         table = table.select(stage.schema.names).cast(stage.schema)
     t.append(time.monotonic())
-    counts = summarize(stage.decides, table, inputs.num_rows)
+    counts = summarize(stage.decides, table, inputs.num_rows,
+                       stage.count_detail_kinds)
     produced = output_digest(table)
     t.append(time.monotonic())
     counts["seconds"] = round(t[3] - t[2], 3)

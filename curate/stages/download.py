@@ -41,6 +41,7 @@ from curate.core.engine import Resources
 from curate.media import imagecheck, netguard, polite
 from curate.media.fetch import fetch
 from curate.stages import _download_consent as consent
+from curate.stages import _download_denylist as dl
 from curate.stages._download_consent import ConsentConfig, DenylistConfig, PoliteConfig
 from curate.stages.base import DECISION_FIELDS, GlobalStep, Stage
 
@@ -101,6 +102,8 @@ class DownloadStage(Stage):
     joins = ("image", "format", "width", "height", "sha256")
     #: a denylist (hash lists of abuse material included) is a safety rule: never a picture
     sensitive = ("denylisted",)
+    #: run.json ``by_detail``: denylist drops per list kind (md5, pdq, domain, ...)
+    count_detail_kinds = ("denylisted",)
     pool_columns = None
     help = ("Fetch each shard's images with img2dataset (robots.txt, TDMRep, denylists, "
             "per-host cap, URL guard, header checks).")
@@ -111,8 +114,13 @@ class DownloadStage(Stage):
     def steps(self) -> list:
         from curate.stages.base import ShardStep
 
-        steps = [GlobalStep.on_driver("denylist", lambda _acc: consent.write_denylist(
-            self.rd, self.section.denylist))]
+        # the lists are read on every run (the step's version: the files' content), so a
+        # list changed under the same path is seen; its info's ``hash_rules`` digest is in
+        # every shard's input digest, so stored images are checked against a new hash list
+        steps = [GlobalStep("denylist", plan=list, map=lambda _i: None,
+                            commit=lambda _acc: consent.write_denylist(
+                                self.rd, self.section.denylist),
+                            version=lambda: dl.files_version(self.section.denylist))]
         c = self.section.consent
         if c.robots or c.tdmrep:
             steps += [
@@ -180,10 +188,15 @@ class DownloadStage(Stage):
     def input_digest(self, shard: str, inputs: pa.Table) -> str:
         from curate.core.rundir import uid_digest
 
-        return uid_digest(inputs["uid"])  # never the state: a rerun reuses every success
+        # never the whole state: a rerun reuses every success; but the image-hash rules,
+        # so a new or changed hash list checks the stored images again (without a fetch)
+        hashes = (self.state.get("denylist") or {}).get("hash_rules")
+        return uid_digest(inputs["uid"]) + (f":{hashes}" if hashes else "")
 
-    def _previous_successes(self, shard: str) -> dict[str, tuple[bytes, tuple | None]]:
-        """uid -> (stored bytes, original size or None) of an earlier attempt's successes."""
+    def _previous(self, shard: str, rules: pa.Table | None
+                  ) -> tuple[dict[str, tuple[bytes, tuple | None]], dict[str, str]]:
+        """An earlier attempt's successes, uid -> (stored bytes, original size or None), and
+        its image-hash drops still listed, uid -> label (never fetched again)."""
         import pyarrow.parquet as pq
 
         from curate.core.io import read_shard_meta
@@ -191,17 +204,18 @@ class DownloadStage(Stage):
         path = self.rd.shard_path(self.pipeline.ref(self.name).folder, shard)
         meta = read_shard_meta(self.rd.fs, path)
         if not meta or meta.get("fingerprint") != self.spec.fingerprint:
-            return {}
+            return {}, {}
         with self.rd.fs.open(path, "rb") as f:
             has_original = "original_width" in pq.read_schema(f).names
-        cols = ["uid", "image", "kept"] + (["original_width", "original_height"]
-                                           if has_original else [])
+        cols = ["uid", "image", "kept", "reason", "detail"] + (
+            ["original_width", "original_height"] if has_original else [])
         t = self.rd.read(self.pipeline.ref(self.name).folder, shard, cols)
+        drops = dl.previous_hash_drops(t.filter(pc.invert(t["kept"])), rules)
         t = t.filter(t["kept"])
         sizes = (zip(t["original_width"].to_pylist(), t["original_height"].to_pylist())
                  if has_original else [None] * t.num_rows)
-        return {u: (img, size) for u, img, size in zip(t["uid"].to_pylist(),
-                                                         t["image"].to_pylist(), sizes)}
+        return {u: (img, size) for u, img, size in zip(
+            t["uid"].to_pylist(), t["image"].to_pylist(), sizes)}, drops
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         cfg = self.section
@@ -216,23 +230,28 @@ class DownloadStage(Stage):
         brought = inputs["image"].to_pylist() if "image" in inputs.column_names else [None] * n
         urls = inputs["url"].to_pylist() if "url" in inputs.column_names else [None] * n
 
+        codes: list[str | None] = [None] * n
+        pool_bytes = {u for u, b in zip(uids, brought) if b is not None}
         # reuse what an earlier attempt at this shard already fetched: a rerun (retry of
-        # failures, a pool whose balancing changed) never downloads a success twice
-        previous = self._previous_successes(shard)
+        # failures, a pool whose balancing changed) never downloads a success twice, and
+        # never fetches again what a hash list dropped (its bytes were purged)
+        rules = consent.denylist_rules(self.rd)
+        previous, drops = self._previous(shard, rules)
         for i in range(n):
-            if brought[i] is None and uids[i] in previous:
+            if uids[i] in drops:
+                codes[i], errors[i], brought[i] = "denylisted", drops[uids[i]], None
+            elif brought[i] is None and uids[i] in previous:
                 brought[i], originals[i] = previous[uids[i]]
                 if originals[i] is None and cfg.resize is not None:
                     originals[i] = (None, None)  # an older shard: the size before resize is lost
-        need = [i for i in range(n) if brought[i] is None]
+        need = [i for i in range(n) if brought[i] is None and codes[i] is None]
         for i in range(n):
             if brought[i] is not None:
                 images[i] = brought[i]
         # consent before fetching: denylist (every row), then robots.txt and TDMRep
-        codes: list[str | None] = [None] * n
         stamp = (self.state.get("robots") or {}).get("records_at")
         verdicts, rules = consent.pre_fetch(self.rd, self._folder(), cfg, uids, urls,
-                                            list(range(n)), need, stamp)
+                                            list(range(n)), need, stamp, rules)
         for i, (code, detail) in verdicts.items():
             codes[i], errors[i], images[i] = code, detail, None
         need = [i for i in need if codes[i] is None]
@@ -255,6 +274,10 @@ class DownloadStage(Stage):
             for i, label in hits.items():
                 codes[i], errors[i], images[i] = "denylisted", label, None
             table = build_table(uids, images, errors, cfg, originals, codes)
+        # the purge: a hash-listed image the pool brought leaves the pool shard too
+        dl.purge_pool_shard(self.rd, shard, [
+            u for u, c, e in zip(uids, codes, errors)
+            if c == "denylisted" and u in pool_bytes and dl.is_hash_label(e)])
         return table
 
     def _fetch(self, shard: str, idx: list[int], uids: list, urls: list, images: list,
