@@ -194,3 +194,19 @@ def test_which_drops_count_as_a_safety_rule():
                              ("toxicity", "toxic"),
                              ("nsfw_head", "classifier_above_threshold"),
                              ("nsfw_head", "classifier_below_threshold")}
+
+
+def test_every_bundled_pipeline_parses():
+    """pipelines/laion_safety.yaml (and every other bundled file) stays valid as kinds and
+    keys change."""
+    from pathlib import Path
+
+    from curate.stages.registry import load_pipeline
+
+    files = sorted((Path(__file__).parents[1] / "pipelines").glob("*.yaml"))
+    assert any(f.name == "laion_safety.yaml" for f in files)
+    for f in files:
+        assert load_pipeline(f).stages, f
+    safety = load_pipeline(files[[f.name for f in files].index("laion_safety.yaml")])
+    assert {("download", "denylisted"), ("nsfw", "nsfw"), ("toxicity", "toxic")} <= \
+        safety.sensitive()
