@@ -17,7 +17,6 @@ CLIP model whose image embeddings they were trained on: LAION's aesthetic heads
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -153,4 +152,6 @@ def load_prompts(model: str) -> np.ndarray:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from curate.models.weights import file_sha256
+
+    return file_sha256(path)

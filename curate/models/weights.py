@@ -251,3 +251,14 @@ def unknown_tag_message(open_clip, name: str, tag: str) -> str:
         f"{valid} (or a checkpoint path, an hf-hub:org/name id, or 'none' for random init)"
     )
 
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks: what run.json records for every model and
+    head file a stage loads (language ID, toxicity, heads, face detector)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
