@@ -58,12 +58,14 @@ def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
     verdict = _safety(con, run, reason, items)
     shown = pa.array([u for _, u, _, _ in items if verdict.get(u) != "hide"], pa.string())
     images: dict[str, Any] = {}
+    faces = _faces(con, run, shown) if len(shown) else {}
     if len(shown):  # download's images, else the pool's own (a pool that brings bytes)
         source = "images" if _has_view(con, "images") else "pool"
         if _has_column(con, source, "image"):
             images = _column(con, source, "image", shown)
     return [{"uid": u, "stage": st, "detail": d or "", "caption": captions.get(u, ""),
-             "thumb": thumbnail_uri(images.get(u), THUMB, blur=verdict.get(u) == "blur"),
+             "thumb": thumbnail_uri(images.get(u), THUMB, blur=verdict.get(u) == "blur",
+                                    faces=faces.get(u)),
              "blurred": verdict.get(u) == "blur", "withheld": verdict.get(u) == "hide"}
             for _, u, st, d in items]
 
@@ -91,6 +93,21 @@ def _safety(con: Any, run: str, reason: str, items: list[tuple]) -> dict[str, st
     for _, u, _, _ in items:
         if out.get(u) != "hide" and (u not in worst or worst[u] > BLUR_ABOVE):
             out[u] = "blur"
+    return out
+
+
+def _faces(con: Any, run: str, uids: pa.Array) -> dict[str, Any]:
+    """uid -> face boxes to blur in its thumbnail: the pool's ``face_bboxes``, overridden
+    by each faces stage's (as :func:`curate.stages._emit_faces.face_boxes` reads them)."""
+    from curate.stages.registry import recorded_pipeline
+
+    views = ["pool"] + [r.view for r in recorded_pipeline(run).refs() if r.kind == "faces"]
+    out: dict[str, Any] = {}
+    for view in views:
+        if _has_view(con, view) and _has_column(con, view, "face_bboxes"):
+            for u, b in _column(con, view, "face_bboxes", uids).items():
+                if view != "pool" or b is not None:
+                    out[u] = b
     return out
 
 

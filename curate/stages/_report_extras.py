@@ -142,13 +142,14 @@ def sheets_data(rd: RunDir, sheets: dict[tuple[str, str], list], dropped: dict[t
     for cands in sheets.values():
         for _, uid, shard in cands:
             by_shard.setdefault(shard, set()).add(uid)
-    caption, image, verdict = {}, {}, {}
+    caption, image, verdict, faces = {}, {}, {}, {}
     for shard, uids in by_shard.items():
         verdict.update(view.verdicts(rd, shard, sorted(uids)))
         uids = {u for u in uids if verdict.get(u) != "hide"}  # never read, never shown
         if not uids:
             continue
         want = pa.array(sorted(uids), pa.string())
+        faces.update(view.face_boxes(rd, shard, sorted(uids)))
         with rd.fs.open(rd.shard_path("pool", shard), "rb") as f:
             names = pq.read_schema(f).names
         pool = rd.read("pool", shard, [c for c in ("uid", "caption", "image") if c in names])
@@ -169,7 +170,8 @@ def sheets_data(rd: RunDir, sheets: dict[tuple[str, str], list], dropped: dict[t
         out.append({"stage": stage, "reason": reason, "dropped": dropped.get((stage, code), 0),
                     "items": [{"uid": u, "caption": labels.get(u, caption.get(u, "")),
                                "thumb": thumbnail_uri(image.get(u),
-                                                      blur=verdict.get(u) == "blur"),
+                                                      blur=verdict.get(u) == "blur",
+                                                      faces=faces.get(u)),
                                "blurred": verdict.get(u) == "blur"}
                               for _, u, _ in cands if verdict.get(u) != "hide"]})
     return out

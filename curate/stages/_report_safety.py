@@ -13,6 +13,9 @@
   :data:`BLUR_ABOVE`, or that no nsfw stage scored in a run that has one (a pair dropped
   before the nsfw stage was never scored: unknown is treated as unsafe) — unless
   ``report.show_sensitive: true``, which never brings back a hidden pair.
+- **Faces blurred**: every thumbnail of a pair with face boxes (a faces stage's, or the
+  pool's ``face_bboxes``) has them blurred at full size first, as the curated image is
+  (:meth:`SafetyView.face_boxes`; :mod:`curate.media.blur`), whatever ``show_sensitive`` says.
 - **Counted**: punsafe and ptoxic histograms of every scored pair and of the final ones, the
   violence flag's rate, and the denylist's drops per list kind (from run.json).
 """
@@ -27,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.core.rundir import RunDir
+from curate.stages._emit_faces import face_boxes, face_folders
 
 #: thumbnails of pairs with punsafe above this are blurred (LAION-5B's "unsafe" line)
 BLUR_ABOVE = 0.5
@@ -45,6 +49,8 @@ class SafetyView:
     #: folders of every nsfw stage in the run (scored pairs have a punsafe there)
     nsfw: tuple[str, ...] = ()
     show_sensitive: bool = False
+    #: folders of every faces stage in the run (face boxes; the pool's are found too)
+    faces: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, pipeline: Any, refs: list[Any], show_sensitive: bool = False) -> SafetyView:
@@ -55,20 +61,25 @@ class SafetyView:
             if codes:
                 hide.append((r.name, r.folder, codes))
         return cls(tuple(hide), tuple(r.folder for r in refs if r.kind == "nsfw"),
-                   show_sensitive)
+                   show_sensitive, face_folders(refs))
 
     @classmethod
     def from_plan(cls, plan: dict[str, Any]) -> SafetyView:
         s = plan.get("safety_view") or {}
         return cls(tuple((a, b, tuple(c)) for a, b, c in s.get("hide", [])),
-                   tuple(s.get("nsfw", [])), bool(s.get("show_sensitive")))
+                   tuple(s.get("nsfw", [])), bool(s.get("show_sensitive")),
+                   tuple(s.get("faces", [])))
 
     def to_plan(self) -> dict[str, Any]:
         return {"hide": [[a, b, list(c)] for a, b, c in self.hide], "nsfw": list(self.nsfw),
-                "show_sensitive": self.show_sensitive}
+                "show_sensitive": self.show_sensitive, "faces": list(self.faces)}
 
     def hidden_sheets(self) -> set[tuple[str, str]]:
         return {(name, code) for name, _, codes in self.hide for code in codes}
+
+    def face_boxes(self, rd: RunDir, shard: str, uids: list[str]) -> dict[str, list]:
+        """uid -> face boxes to blur in its thumbnail (pairs with none are absent)."""
+        return face_boxes(rd, shard, uids, self.faces)
 
     def verdicts(self, rd: RunDir, shard: str, uids: list[str]) -> dict[str, str]:
         """uid -> ``"hide"`` or ``"blur"`` for the pairs of one pool shard; absent: show."""

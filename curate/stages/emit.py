@@ -12,7 +12,9 @@ out of the count and of every output shard, on every run; the rules' digest is p
 output shard's identity, so a new rule rewrites what it touches. The download stage's
 configured denylist (``denylist/rules.parquet``, ``download.denylist``) is applied the same
 way, so a pair whose image was brought by the pool, or fetched before a rule was added, is
-still left out.
+still left out. When a faces stage ran before emit or the pool brought ``face_bboxes``,
+every curated image with a face is blurred as DataComp did (``emit.blur_faces``, on by
+default; :mod:`curate.stages._emit_faces`), in the Parquet and the tars alike.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from curate.core.io import list_shards, read_shard_meta, write_bytes_atomic, wri
 from curate.core.rundir import RunDir, count_survivors, uid_digest
 from curate.errors import InputError
 from curate.stages._denylist import load_all_rules, matched, rules_version
+from curate.stages._emit_faces import add_faces_source, blur_rows, pool_has_faces
 from curate.stages.base import GlobalStep, Stage
 
 
@@ -42,6 +45,8 @@ class EmitConfig(Section):
     rows_per_shard: int = Field(10_000, ge=1)
     webdataset: bool = False
     include_embeddings: bool = False
+    #: blur the faces a faces stage (or the pool's ``face_bboxes``) found; false: originals
+    blur_faces: bool = True
 
 
 def joins(refs: list[Any], classes: dict[str, Any], embeddings: bool
@@ -89,9 +94,10 @@ def gather(rd: RunDir, deciding: list[str], sources: list, shard: str,
 
 
 def write_output(run_url: str, folder: str, deciding: list[str], sources: list,
-                 webdataset: bool, job: dict[str, Any], download: str | None = None
-                 ) -> dict[str, Any]:
-    """One output shard: gather its slices of pool shards, write Parquet (+ tar)."""
+                 webdataset: bool, job: dict[str, Any], download: str | None = None,
+                 blur_faces: bool = True, store_blurred: bool = False) -> dict[str, Any]:
+    """One output shard: gather its slices of pool shards, blur the faces (with
+    ``blur_faces`` and boxes), write Parquet (+ tar)."""
     rd = RunDir(run_url)
     name = job["name"]
     path = rd.path(folder, name)
@@ -99,17 +105,20 @@ def write_output(run_url: str, folder: str, deciding: list[str], sources: list,
     tar_path = rd.path(folder, "wds", name.replace("part-", "").replace(".parquet", ".tar"))
     if meta and meta.get("input") == job["digest"] and (
             not webdataset or rd.fs.exists(tar_path)):
-        return {"name": name, "rows": meta["counts"]["rows"], "skipped": True}
+        return {"name": name, "rows": meta["counts"]["rows"], "skipped": True,
+                "faces": meta["counts"].get("images_with_faces", 0)}
     parts = [gather(rd, deciding, sources, s, download).slice(lo, hi - lo)
              for s, lo, hi in job["slices"]]
-    table = pa.concat_tables(parts, promote_options="permissive")
+    table, faces = blur_rows(pa.concat_tables(parts, promote_options="permissive"),
+                             blur_faces, store_blurred)
     write_parquet_atomic(rd.fs, path, table,
                          meta={"stage": "emit", "input": job["digest"],
-                               "counts": {"rows": table.num_rows}})
+                               "counts": {"rows": table.num_rows,
+                                          "images_with_faces": faces}})
     if webdataset:
         write_bytes_atomic(rd.fs, tar_path, to_tar(table))
     faults.trace("emit", name)
-    return {"name": name, "rows": table.num_rows, "skipped": False}
+    return {"name": name, "rows": table.num_rows, "skipped": False, "faces": faces}
 
 
 def to_tar(table: pa.Table) -> bytes:
@@ -232,8 +241,17 @@ class EmitStage(Stage):
     def _write(self, job: dict[str, Any]) -> dict[str, Any]:
         classes = {r.name: self.pipeline.stage_class(r.name) for r in self.before}
         sources = joins(self.before, classes, self.section.include_embeddings)
+        faces = self.previous("faces")
+        sources = add_faces_source(sources, faces.folder if faces else None)
         return write_output(self.rd.url, self._out(), self.deciding_before(), sources,
-                            self.section.webdataset, job, self._download())
+                            self.section.webdataset, job, self._download(),
+                            self.section.blur_faces, self._store_blurred())
+
+    def _store_blurred(self) -> bool:
+        """The faces stage blurred the image store (``faces.blur_store``): emit must not
+        blur those images a second time."""
+        faces = self.previous("faces")
+        return bool(faces and getattr(self.pipeline.section(faces.name), "blur_store", False))
 
     def _written(self, results: list) -> dict[str, Any]:
         out = self._out()
@@ -253,5 +271,11 @@ class EmitStage(Stage):
         write_bytes_atomic(self.rd.fs, self.rd.path(out, "stats.json"),
                            json.dumps(stats, indent=2).encode())
         faults.trace(self.name, "stats.json")
+        has_faces = self.previous("faces") is not None or any(
+            pool_has_faces(self.rd, s) for s in self.shards[:1])
+        faces = int(sum(r.get("faces", 0) for _, r in results))
         return {"counts": {"rows_in": total, "kept": total, "dropped": {}},
+                "faces_blurred": bool(has_faces and (self.section.blur_faces
+                                                     or self._store_blurred())),
+                "images_with_faces": faces,
                 "outputs": {"curated shards": f"{self.rd.url}/{out}"}}
