@@ -14,3 +14,12 @@ def peak_rss_mb(children: bool = False) -> float:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def timed(fn) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    import time
+
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result

@@ -23,7 +23,6 @@ import argparse
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import machine, peak_rss_mb  # noqa: E402
+from _common import machine, peak_rss_mb, timed  # noqa: E402
 
 from curate.models import langid  # noqa: E402
 from curate.stages.base import StageSpec, run_inline  # noqa: E402
@@ -62,12 +61,6 @@ def captions(n: int) -> tuple[list[str], str]:
 
 def bare(model, texts: list[str]) -> list[str]:
     return [model.predict(t.replace("\n", " "))[0][0][9:] for t in texts]
-
-
-def timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ import argparse
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import machine, peak_rss_mb  # noqa: E402
+from _common import machine, peak_rss_mb, timed  # noqa: E402
 
 from curate.models import toxicity  # noqa: E402
 from curate.stages.base import StageSpec, run_inline  # noqa: E402
@@ -60,12 +59,6 @@ def captions(n: int) -> tuple[list[str], str]:
         caps = [" ".join(rng.choices(words, k=rng.randint(2, 12))) for _ in range(50_000)]
         source = "synthetic"
     return (caps * (n // len(caps) + 1))[:n], source
-
-
-def timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
 
 
 def main() -> None:
