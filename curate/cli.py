@@ -271,6 +271,19 @@ def takedown(
                                              ("domain", domains), ("images", images)) if v}, why)
 
 
+@app.command()
+@handled
+def publish(run_dir: Annotated[str, typer.Argument(metavar="RUN")],
+            out: Annotated[str, typer.Argument(metavar="DIR", help="the folder to lay out")],
+            webdataset: Annotated[bool, typer.Option(help="also copy curated/wds/*.tar")] = False,
+            overwrite: Annotated[bool, typer.Option(help="replace README.md, data/, wds/ in "
+                                                    "DIR")] = False) -> None:
+    """Lay out a finished run's curated set and dataset card for the Hugging Face Hub."""
+    from curate.cli_tools import run_publish
+
+    run_publish(run_dir, out, webdataset, overwrite)
+
+
 metadata_app = typer.Typer(no_args_is_help=True,
                             help="Metadata vocabularies: build one offline, fetch MetaCLIP's, "
                                  "inspect one.")

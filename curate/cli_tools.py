@@ -82,3 +82,13 @@ def run_takedown(run_dir: str, selectors: dict[str, str], why: str) -> None:
     r = takedown(run_dir, selectors, why)
     typer.echo(f"{r['matched']:,} pairs matched {r['rules']:,} rules; {r['rewritten']} "
                "curated shards rewritten; manifest: takedown/removed.parquet")
+
+
+def run_publish(run_dir: str, out: str, webdataset: bool, overwrite: bool) -> None:
+    from curate.app.publish import publish
+
+    r = publish(run_dir, out, webdataset, overwrite)
+    typer.echo(f"{r['dir']}: README.md, {r['shards']} Parquet shard(s) in data/"
+               + (f", {r['tars']} tar(s) in wds/" if r["tars"] else ""))
+    typer.echo(f"next: hf upload USER/NAME {r['dir']} --repo-type dataset "
+               "(huggingface-cli upload with older huggingface_hub)")

@@ -278,4 +278,5 @@ class EmitStage(Stage):
                 "faces_blurred": bool(has_faces and (self.section.blur_faces
                                                      or self._store_blurred())),
                 "images_with_faces": faces,
+                "rules_version": rules_version(self.rd),  # what publish checks takedowns by
                 "outputs": {"curated shards": f"{self.rd.url}/{out}"}}

@@ -20,6 +20,8 @@ Outputs (``reports/``):
   vocabulary entries when match saw every pair: same rule, no second pass). 998 distinct
   names among open_clip 3.3's 1000 ("missile", "sunglasses" twice): one row per name.
 - ``report.html``: plots and tables of all of it (:mod:`curate.report.html`).
+- ``README.md``: a Hugging Face dataset card answering the datasheet questions from run.json
+  and these tables (:mod:`curate.stages._report_card`); ``curate publish`` copies it.
 
 "Final" is the set of pairs kept by the last deciding stage that ran (what emit writes);
 it is computed per pool shard, because ``curated/`` is resharded by emit and reading its
@@ -39,11 +41,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
 
-from curate.config import Section
 from curate.core.io import join, list_shards, write_bytes_atomic, write_parquet_atomic
 from curate.core.rundir import now
+from curate.stages._report_card import write_card
+from curate.stages._report_config import ReportConfig
 from curate.stages._report_counts import (
     MATCH_CAPTIONS,
     OUTPUTS,
@@ -66,14 +68,6 @@ from curate.stages.base import GlobalStep, Stage
 from curate.vocab import load_vocabulary
 
 log = logging.getLogger(__name__)
-
-
-class ReportConfig(Section):
-    top_n: int = Field(30, ge=1)
-    show_sensitive: bool = Field(
-        False, description="show thumbnails of kept pairs with punsafe above 0.5 (or not "
-        "NSFW-scored in a run that scores NSFW) unblurred, on the report and audit pages; "
-        "what a safety rule dropped is never shown, whatever this says")
 
 
 class ReportStage(Stage):
@@ -388,7 +382,7 @@ class ReportStage(Stage):
         log.info("report: %s (%d pairs after curation, %d shards counted)", urls["report"],
                  totals.final, len(totals.shards))
         return {"outputs": urls, "pairs_final": totals.final,
-                "shards_counted": len(totals.shards)}
+                "shards_counted": len(totals.shards), **write_card(self, manifest, totals)}
 
 
 def _add(totals: Totals, shard: str, r: dict[str, Any]) -> Totals:

@@ -1,0 +1,135 @@
+"""reports/README.md, the run's dataset card (curate/stages/_report_card.py): a valid Hugging
+Face card header, and every number in its tables equal to run.json's record (read back from
+the card's marked tables, not from the module that wrote them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import base_config
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def example(tmp_path_factory) -> tuple:
+    """The offline example (tests/test_example.py's fixture): its run dir and manifest."""
+    from curate.app.example import run_example
+
+    out = tmp_path_factory.mktemp("card") / "run"
+    os.environ["CURATE_EXAMPLE_PORT"] = str(_free_port())
+    try:
+        run_example(str(out), None, [])
+    finally:
+        os.environ.pop("CURATE_EXAMPLE_PORT")
+    return out, json.loads((out / "run.json").read_text())
+
+
+def marked(text: str, name: str) -> list[list[str]]:
+    """The rows of the table between <!-- curate:NAME --> and <!-- /curate:NAME -->."""
+    block = text.split(f"<!-- curate:{name} -->", 1)[1].split(f"<!-- /curate:{name} -->")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in block.strip().splitlines()]
+    return rows[2:]  # header and rule
+
+
+def num(s: str) -> int:
+    return int(s.replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ray_session):
+    return example(tmp_path_factory)
+
+
+def test_header_is_a_valid_dataset_card(run):
+    from huggingface_hub import DatasetCard
+
+    out, m = run
+    card = DatasetCard.load(out / "reports" / "README.md")
+    d = card.data.to_dict()
+    assert d["license"] == "other"
+    assert d["pretty_name"] == "run"
+    assert d["size_categories"] == ["n<1K"]  # 123 pairs
+    assert d["task_categories"] == ["zero-shot-image-classification", "image-to-text",
+                                    "text-to-image"]
+    assert "language" not in d  # no language stage ran
+    assert d["configs"][0]["data_files"][0]["path"] == "../curated/part-*.parquet"
+
+
+def test_numbers_equal_run_json(run):
+    out, m = run
+    text = (out / "reports" / "README.md").read_text()
+    numbers = {r[0]: r[1] for r in marked(text, "numbers")}
+    curated = sum(pq.read_metadata(f).num_rows for f in (out / "curated").glob("part-*.parquet"))
+    assert num(numbers["final pairs"]) == m["stages"]["report"]["global"]["pairs_final"] == curated
+    assert num(numbers["pool rows"]) == m["pool"]["rows"]
+    assert num(numbers["pool duplicates"]) == m["pool"]["duplicates"]
+    assert num(numbers["images not fetched"]) == m["stages"]["download"]["dropped"][
+        "download_failed"]
+    stages = {r[0]: r for r in marked(text, "stages")}
+    assert num(stages["ingest"][3]) == m["pool"]["rows"] + m["pool"]["duplicates"]
+    for name in m["config"]["stages"]:
+        if name == "report":
+            assert name not in stages
+            continue
+        st = m["stages"][name]
+        _, kind, status, pairs_in, kept, dropped, reasons = stages[name]
+        assert (kind, status) == (st["kind"], st["status"])
+        assert (num(pairs_in), num(kept)) == (st["rows_in"], st["kept"])
+        assert num(dropped) == sum(st["dropped"].values())
+        got = dict(x.split(": ") for x in reasons.split("; ")) if reasons else {}
+        assert {k: num(v) for k, v in got.items()} == st["dropped"]
+
+
+def test_sections_say_what_the_run_did_not_do(run):
+    out, m = run
+    text = (out / "reports" / "README.md").read_text()
+    for h in ("Motivation", "Composition", "Collection", "Preprocessing", "Safety", "Privacy",
+              "Decontamination", "Deduplication", "Language", "Concept coverage",
+              "Known limitations"):
+        assert f"\n## {h}\n" in text
+    assert "faces were NOT blurred" in text
+    assert "RANDOM weights" in text  # score's random_init
+    assert "overlap with evaluation sets was NOT checked" in text
+    assert f"`{m['pool']['inputs'][0]['path']}`" in text
+    sem = m["stages"]["prune"]["dropped"]["semantic_duplicate"]
+    assert f"`prune` `semantic_duplicate`: {sem:,}." in text
+    concepts = pq.read_table(out / "reports" / "concept_frequency.parquet")
+    assert re.search(rf"{concepts.num_rows:,} metadata entries matched", text)
+
+
+def test_language_header_from_the_language_stage(tmp_path, ray_session):
+    from huggingface_hub import DatasetCard
+
+    from curate.driver import run_pipeline
+
+    caps = (["a red bicycle leaning on a wall near the old harbour"] * 6
+            + ["une photo d'un vélo rouge appuyé contre un mur près du vieux port"] * 3
+            + ["ein rotes Fahrrad lehnt an einer Mauer am alten Hafen"] * 3)
+    pq.write_table(pa.table({"caption": [f"{c} {i}" for i, c in enumerate(caps)]}),
+                   tmp_path / "pool.parquet")
+    cfg = base_config(stages=["language", "emit", "report"], pool={"shard_size": 8},
+                      language={"languages": ["en", "fr"]},
+                      report={"license": "cc-by-4.0", "pretty_name": "Tiny"})
+    m = run_pipeline(cfg, str(tmp_path / "run"), pool=str(tmp_path / "pool.parquet"))
+    card = DatasetCard.load(tmp_path / "run" / "reports" / "README.md")
+    d = card.data.to_dict()
+    assert (d["license"], d["pretty_name"]) == ("cc-by-4.0", "Tiny")
+    assert d["language"] == ["en", "fr"]
+    text = card.text
+    assert "lid.176.ftz" in text and m["stages"]["language"]["global"]["sha256"] in text
+    langs = {r[0]: num(r[1]) for r in marked(text, "languages")}
+    assert langs == {"en": 6, "fr": 3}
