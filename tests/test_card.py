@@ -133,3 +133,68 @@ def test_language_header_from_the_language_stage(tmp_path, ray_session):
     assert "lid.176.ftz" in text and m["stages"]["language"]["global"]["sha256"] in text
     langs = {r[0]: num(r[1]) for r in marked(text, "languages")}
     assert langs == {"en": 6, "fr": 3}
+
+
+def _pool_for(name: str, path, n: int = 60) -> str:
+    """A small pool of what each bundled pipeline reads (no images, no model)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d = 768 if name == "laion_aesthetics" else 16
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[: n // 3] = x[0] + 0.001 * x[: n // 3]  # near-duplicates for SemDeDup
+    if name == "laion_aesthetics":  # real ViT-L/14 embeddings rated 0-9: some score > 7
+        from pathlib import Path
+
+        real = Path(__file__).parent / "data" / "laion_aesthetic" / "vit_l_14"
+        r = np.concatenate([np.load(real / f"rating{i}.npy") for i in range(10)])
+        x = (r[np.arange(n) % len(r)] + 0.001 * x).astype(np.float32)
+    cols = {"url": [f"http://example.com/{i}.jpg" for i in range(n)],
+            "caption": [f"a photo of a red bicycle number {i} near the old harbour"
+                        for i in range(n)],
+            "image_emb": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)}
+    if name == "datacomp_basic":
+        cols["text"] = cols.pop("caption")
+        cols["original_width"] = [300 if i % 4 else 100 for i in range(n)]
+        cols["original_height"] = [300] * n
+    pq.write_table(pa.table(cols), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("dbp", ["prune.k=4", "prune.dbp_k=3", "prune.niter=5", "prune.n_neighbors=3"]),
+    ("datacomp_basic", []),
+    ("laion_aesthetics", []),
+])
+def test_card_is_true_for_bundled_offline_pipelines(tmp_path, ray_session, name, overrides):
+    """Every bundled pipeline that runs offline on a pool that brings what it reads: its card
+    loads as a dataset card and its tables equal run.json."""
+    from pathlib import Path
+
+    from huggingface_hub import DatasetCard
+
+    from curate.driver import run_pipeline
+    from curate.stages.registry import load_pipeline
+
+    cfg = load_pipeline(Path(__file__).parents[1] / "pipelines" / f"{name}.yaml",
+                        ["pool.shard_size=25", "emit.rows_per_shard=20", *overrides])
+    out = tmp_path / "run"
+    m = run_pipeline(cfg, str(out), pool=_pool_for(name, tmp_path / "pool.parquet"))
+    card = DatasetCard.load(out / "reports" / "README.md")
+    assert card.data.to_dict()["size_categories"] == ["n<1K"]
+    text = (out / "reports" / "README.md").read_text()
+    numbers = {r[0]: r[1] for r in marked(text, "numbers")}
+    curated = sum(pq.read_metadata(f).num_rows for f in (out / "curated").glob("part-*.parquet"))
+    assert num(numbers["final pairs"]) == m["stages"]["report"]["global"]["pairs_final"] == curated
+    assert num(numbers["pool rows"]) == m["pool"]["rows"]
+    stages = {r[0]: r for r in marked(text, "stages")}
+    for stage in m["config"]["stages"]:
+        if stage == "report":
+            continue
+        st = m["stages"][stage]
+        _, kind, status, pairs_in, kept, dropped, reasons = stages[stage]
+        assert (kind, status, num(pairs_in), num(kept)) == (st["kind"], st["status"],
+                                                           st["rows_in"], st["kept"])
+        got = dict(x.split(": ") for x in reasons.split("; ")) if reasons else {}
+        assert {k: num(v) for k, v in got.items()} == st["dropped"]
+    assert "faces were NOT blurred" in text
