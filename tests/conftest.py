@@ -140,3 +140,23 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(
         AssertionError(f"DNS lookup attempted: {a[:2]!r}")))
+
+
+@pytest.fixture(scope="session")
+def example_run(tmp_path_factory, ray_session):
+    """The offline example (what `make curate` runs), once per test session: (run dir, the
+    manifest run_example returned). Tests that change a run copy it first."""
+    import socket
+
+    from curate.app.example import run_example
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path_factory.mktemp("example") / "run"
+    os.environ["CURATE_EXAMPLE_PORT"] = str(port)
+    try:
+        manifest = run_example(str(out), None, [])
+    finally:
+        os.environ.pop("CURATE_EXAMPLE_PORT")
+    return out, manifest

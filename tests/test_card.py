@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,22 +17,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def example(tmp_path_factory) -> tuple:
-    """The offline example (tests/test_example.py's fixture): its run dir and manifest."""
-    from curate.app.example import run_example
-
-    out = tmp_path_factory.mktemp("card") / "run"
-    os.environ["CURATE_EXAMPLE_PORT"] = str(_free_port())
-    try:
-        run_example(str(out), None, [])
-    finally:
-        os.environ.pop("CURATE_EXAMPLE_PORT")
+def example(example_run) -> tuple:
+    """The session's offline example run (conftest): its run dir and run.json as it is."""
+    out = example_run[0]
     return out, json.loads((out / "run.json").read_text())
 
 
@@ -49,9 +35,9 @@ def num(s: str) -> int:
     return int(s.replace(",", ""))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, ray_session):
-    return example(tmp_path_factory)
+@pytest.fixture
+def run(example_run):
+    return example(example_run)
 
 
 def test_header_is_a_valid_dataset_card(run):

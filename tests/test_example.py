@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -12,27 +10,6 @@ from typer.testing import CliRunner
 from curate.app.query import views_of
 from curate.cli import app
 from curate.stages.registry import load_pipeline
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def example_run(tmp_path_factory, ray_session):
-    import os
-
-    from curate.app.example import run_example
-
-    out = tmp_path_factory.mktemp("example") / "run"
-    os.environ["CURATE_EXAMPLE_PORT"] = str(_free_port())
-    try:
-        manifest = run_example(str(out), None, [])
-    finally:
-        os.environ.pop("CURATE_EXAMPLE_PORT")
-    return out, manifest
 
 
 def test_example_runs_every_stage(example_run):

@@ -19,9 +19,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, ray_session):
-    return example(tmp_path_factory)
+@pytest.fixture
+def run(example_run):
+    return example(example_run)
 
 
 def _uids(folder) -> list[str]:
