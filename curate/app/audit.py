@@ -74,7 +74,7 @@ def _safety(con: Any, run: str, reason: str, items: list[tuple]) -> dict[str, st
     """uid -> ``"hide"`` (a safety rule dropped it: never a picture) or ``"blur"`` (punsafe
     above the line, or not NSFW-scored in a run with an nsfw stage, unless
     ``report.show_sensitive``), as the report decides (:mod:`curate.stages._report_safety`)."""
-    from curate.stages._report_safety import BLUR_ABOVE
+    from curate.stages._report_safety import blur_unsafe
     from curate.stages.registry import recorded_pipeline
 
     pipe = recorded_pipeline(run)
@@ -84,16 +84,9 @@ def _safety(con: Any, run: str, reason: str, items: list[tuple]) -> dict[str, st
     if not views or pipe.section("report").show_sensitive:
         return out
     uids = pa.array([u for _, u, _, _ in items], pa.string())
-    worst: dict[str, float] = {}
-    for view in views:
-        if _has_view(con, view):
-            for u, p in _column(con, view, "punsafe", uids).items():
-                if p is not None:
-                    worst[u] = max(worst.get(u, 0.0), float(p))
-    for _, u, _, _ in items:
-        if out.get(u) != "hide" and (u not in worst or worst[u] > BLUR_ABOVE):
-            out[u] = "blur"
-    return out
+    scores = [_column(con, view, "punsafe", uids).items() for view in views
+              if _has_view(con, view)]
+    return blur_unsafe(out, uids.to_pylist(), scores)
 
 
 def _faces(con: Any, run: str, uids: pa.Array) -> dict[str, Any]:

@@ -34,17 +34,13 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torchvision.ops import batched_nms
 
+from curate.models.weights import file_sha256
+
 DIR = Path(__file__).parent / "faces"
 FILES = {"pnet": "pnet.pt", "rnet": "rnet.pt", "onet": "onet.pt"}
 SOURCE = "facenet-pytorch 2.6.0 wheel (PyPI): facenet_pytorch/data/{pnet,rnet,onet}.pt"
 LICENCE = "MIT (facenet-pytorch, (c) 2019 Timothy Esler; LICENSE-facenet-pytorch)"
 _NETS: dict[str, Any] = {}
-
-
-def sha256(path: Path) -> str:
-    from curate.models.weights import file_sha256
-
-    return file_sha256(path)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +125,7 @@ def load_nets(device: str = "cpu") -> tuple[PNet, RNet, ONet]:
 def describe() -> dict[str, Any]:
     """Files, hashes, source and licence of the weights (the stage's ``model`` step)."""
     return {"files": {k: f"curate/models/faces/{v}" for k, v in FILES.items()},
-            "sha256": {k: sha256(DIR / v) for k, v in FILES.items()},
+            "sha256": {k: file_sha256(DIR / v) for k, v in FILES.items()},
             "source": SOURCE, "licence": LICENCE}
 
 

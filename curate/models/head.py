@@ -149,9 +149,3 @@ def nsfw_path(model: str, which: str = "head") -> Path:
 def load_prompts(model: str) -> np.ndarray:
     """clip-retrieval's two violence prompt embeddings for ``model``, float32 [2, d]."""
     return np.load(nsfw_path(model, "prompts")).astype(np.float32)
-
-
-def sha256(path: Path) -> str:
-    from curate.models.weights import file_sha256
-
-    return file_sha256(path)

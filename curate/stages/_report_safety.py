@@ -98,19 +98,28 @@ class SafetyView:
                                      "hide"))
         if not self.nsfw or self.show_sensitive:
             return out
-        worst: dict[str, float] = {}
+        scores = []
         for folder in self.nsfw:
-            if not rd.fs.exists(rd.shard_path(folder, shard)):
-                continue
-            t = rd.read(folder, shard, ["uid", "punsafe"])
-            t = t.filter(pc.is_in(t["uid"], value_set=want))
-            for u, p in zip(t["uid"].to_pylist(), t["punsafe"].to_pylist()):
-                if p is not None:
-                    worst[u] = max(worst.get(u, 0.0), float(p))
-        for u in want.to_pylist():
-            if out.get(u) != "hide" and (u not in worst or worst[u] > BLUR_ABOVE):
-                out[u] = "blur"
-        return out
+            if rd.fs.exists(rd.shard_path(folder, shard)):
+                t = rd.read(folder, shard, ["uid", "punsafe"])
+                t = t.filter(pc.is_in(t["uid"], value_set=want))
+                scores.append(zip(t["uid"].to_pylist(), t["punsafe"].to_pylist()))
+        return blur_unsafe(out, want.to_pylist(), scores)
+
+
+def blur_unsafe(out: dict[str, str], uids: list[str], scores: list) -> dict[str, str]:
+    """Mark ``"blur"`` every uid not already hidden whose worst punsafe over ``scores``
+    (``(uid, punsafe)`` pairs of each nsfw stage) is above :data:`BLUR_ABOVE`, or that no
+    nsfw stage scored: unknown counts as unsafe. The report's and the audit's one rule."""
+    worst: dict[str, float] = {}
+    for pairs in scores:
+        for u, p in pairs:
+            if p is not None:
+                worst[u] = max(worst.get(u, 0.0), float(p))
+    for u in uids:
+        if out.get(u) != "hide" and (u not in worst or worst[u] > BLUR_ABOVE):
+            out[u] = "blur"
+    return out
 
 
 def safety_plan(refs: list[Any], ran: dict[str, bool]) -> list[list[str]]:

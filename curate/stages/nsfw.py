@@ -93,7 +93,8 @@ class NsfwStage(HeadStage):
 
     # ------------------------------------------------------------------ driver: the head step
     def _check(self, _: object) -> dict:
-        from curate.models.head import NSFW, NSFW_LICENCE, NSFW_SOURCE, nsfw_path, sha256
+        from curate.models.head import NSFW, NSFW_LICENCE, NSFW_SOURCE, nsfw_path
+        from curate.models.weights import file_sha256 as sha256
 
         s = self.section
         file, prompts, width, clip = NSFW[s.model]
