@@ -55,10 +55,13 @@ def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
                      best["stage"].to_pylist(), best["detail"].to_pylist()))
     uids = best["uid"].combine_chunks()
     captions = _column(con, "pool", "caption", uids)
-    verdict = _safety(con, run, reason, items)
+    from curate.stages.registry import recorded_pipeline
+
+    pipe = recorded_pipeline(run)  # once: which rules are safety rules, where faces are
+    verdict = _safety(con, pipe, reason, items)
     shown = pa.array([u for _, u, _, _ in items if verdict.get(u) != "hide"], pa.string())
     images: dict[str, Any] = {}
-    faces = _faces(con, run, shown) if len(shown) else {}
+    faces = _faces(con, pipe, shown) if len(shown) else {}
     if len(shown):  # download's images, else the pool's own (a pool that brings bytes)
         source = "images" if _has_view(con, "images") else "pool"
         if _has_column(con, source, "image"):
@@ -70,14 +73,12 @@ def sample(run: str, reason: str, n: int) -> list[dict[str, Any]]:
             for _, u, st, d in items]
 
 
-def _safety(con: Any, run: str, reason: str, items: list[tuple]) -> dict[str, str]:
+def _safety(con: Any, pipe: Any, reason: str, items: list[tuple]) -> dict[str, str]:
     """uid -> ``"hide"`` (a safety rule dropped it: never a picture) or ``"blur"`` (punsafe
     above the line, or not NSFW-scored in a run with an nsfw stage, unless
     ``report.show_sensitive``), as the report decides (:mod:`curate.stages._report_safety`)."""
     from curate.stages._report_safety import blur_unsafe
-    from curate.stages.registry import recorded_pipeline
 
-    pipe = recorded_pipeline(run)
     sensitive = pipe.sensitive()
     out = {u: "hide" for _, u, st, _ in items if (st, reason) in sensitive}
     views = [r.view for r in pipe.refs() if r.kind == "nsfw"]
@@ -89,12 +90,10 @@ def _safety(con: Any, run: str, reason: str, items: list[tuple]) -> dict[str, st
     return blur_unsafe(out, uids.to_pylist(), scores)
 
 
-def _faces(con: Any, run: str, uids: pa.Array) -> dict[str, Any]:
+def _faces(con: Any, pipe: Any, uids: pa.Array) -> dict[str, Any]:
     """uid -> face boxes to blur in its thumbnail: the pool's ``face_bboxes``, overridden
     by each faces stage's (as :func:`curate.stages._emit_faces.face_boxes` reads them)."""
-    from curate.stages.registry import recorded_pipeline
-
-    views = ["pool"] + [r.view for r in recorded_pipeline(run).refs() if r.kind == "faces"]
+    views = ["pool"] + [r.view for r in pipe.refs() if r.kind == "faces"]
     out: dict[str, Any] = {}
     for view in views:
         if _has_view(con, view) and _has_column(con, view, "face_bboxes"):
