@@ -222,6 +222,12 @@ class Stage:
 
         return engine.gate_leases(self.gate_name(what))
 
+    def preflight(self) -> list[str]:
+        """What this instance needs that is missing, one line each (weights, heads, files,
+        pool columns), checked on the driver before any stage runs and before Ray starts:
+        a run that cannot finish stops at once (exit 2), nothing downloaded. Empty: ready."""
+        return []
+
     # ----------------------------------------------------------------- helpers
     def deciding_before(self) -> list[str]:
         return [r.folder for r in self.before if r.decides]
