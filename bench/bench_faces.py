@@ -46,9 +46,10 @@ from bench_nsfw import hwm_mb  # noqa: E402
 
 from curate.core import engine  # noqa: E402
 from curate.models.faces import detect, load_nets, set_threads  # noqa: E402
-from curate.stages.base import StageSpec, run_inline  # noqa: E402
+from curate.stages.base import StageSpec  # noqa: E402
 from curate.stages.faces import FacesStage, decode_rgb  # noqa: E402
 from curate.stages.registry import parse_pipeline  # noqa: E402
+from curate.stages.runtime import build, run_inline  # noqa: E402
 
 FACE = ROOT / "tests" / "data" / "faces" / "astronaut_256.jpg"
 
@@ -78,7 +79,8 @@ def shard_table(lo: int, n: int) -> pa.Table:
 def make_stage(run: Path, shard_size: int) -> FacesStage:
     cfg = parse_pipeline({"stages": ["faces"], "pool": {"shard_size": shard_size},
                           "faces": {"device": "cpu"}})
-    return FacesStage(StageSpec("faces", str(run), cfg.dump(), cfg.fingerprints()["faces"]))
+    spec = StageSpec("faces", str(run), cfg.dump(), cfg.fingerprints()["faces"])
+    return build(spec, FacesStage)
 
 
 def per_core(threads: int) -> None:

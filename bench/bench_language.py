@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 from _common import machine, peak_rss_mb, timed  # noqa: E402
 
 from curate.models import langid  # noqa: E402
-from curate.stages.base import StageSpec, run_inline  # noqa: E402
+from curate.stages.base import StageSpec  # noqa: E402
 from curate.stages.language import LanguageStage  # noqa: E402
 from curate.stages.registry import parse_pipeline  # noqa: E402
+from curate.stages.runtime import build, run_inline  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -88,7 +89,7 @@ def main() -> None:
             shards.append(name)
         cfg = parse_pipeline({"stages": ["language"]})
         spec = StageSpec("language", str(run), cfg.dump(), cfg.fingerprints()["language"])
-        stage = LanguageStage(spec)
+        stage = build(spec, LanguageStage)
         run_inline(stage, shards[:1])  # the model step; warms the model cache
         tables = [stage.inputs(s) for s in shards]
 
@@ -101,7 +102,7 @@ def main() -> None:
         def shard_step() -> None:
             for p in (run / "language").glob("part-*.parquet"):
                 p.unlink()  # no resume: every shard is processed again
-            run_inline(LanguageStage(spec), shards)
+            run_inline(build(spec, LanguageStage), shards)
 
         t_bare = t_proc = t_step = float("inf")
         for _ in range(args.reps):

@@ -42,9 +42,10 @@ from _common import machine, peak_rss_mb  # noqa: E402
 
 from curate.algorithms.heads import NORM_EPS  # noqa: E402
 from curate.models.head import NSFW, load_head, load_prompts, nsfw_path  # noqa: E402
-from curate.stages.base import StageSpec, run_inline  # noqa: E402
+from curate.stages.base import StageSpec  # noqa: E402
 from curate.stages.nsfw import NsfwStage  # noqa: E402
 from curate.stages.registry import parse_pipeline  # noqa: E402
+from curate.stages.runtime import build, run_inline  # noqa: E402
 
 
 def shard_table(lo: int, n: int, d: int, seed: int) -> pa.Table:
@@ -58,7 +59,8 @@ def make_stage(run: Path, model: str, shard_size: int, max_punsafe: float | None
                ) -> NsfwStage:
     cfg = parse_pipeline({"stages": ["nsfw"], "pool": {"shard_size": shard_size},
                           "nsfw": {"model": model, "max_punsafe": max_punsafe}})
-    return NsfwStage(StageSpec("nsfw", str(run), cfg.dump(), cfg.fingerprints()["nsfw"]))
+    spec = StageSpec("nsfw", str(run), cfg.dump(), cfg.fingerprints()["nsfw"])
+    return build(spec, NsfwStage)
 
 
 def bare(xs: list[np.ndarray], head, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 from _common import machine, peak_rss_mb, timed  # noqa: E402
 
 from curate.models import toxicity  # noqa: E402
-from curate.stages.base import StageSpec, run_inline  # noqa: E402
+from curate.stages.base import StageSpec  # noqa: E402
 from curate.stages.registry import parse_pipeline  # noqa: E402
+from curate.stages.runtime import build, run_inline  # noqa: E402
 from curate.stages.toxicity import ToxicityStage  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -92,7 +93,7 @@ def main() -> None:
             shards.append(name)
         cfg = parse_pipeline({"stages": ["toxicity"]})
         spec = StageSpec("toxicity", str(run), cfg.dump(), cfg.fingerprints()["toxicity"])
-        stage = ToxicityStage(spec)
+        stage = build(spec, ToxicityStage)
         tables = [stage.inputs(s) for s in shards]
 
         def process() -> np.ndarray:
@@ -102,7 +103,7 @@ def main() -> None:
         def shard_step() -> None:
             for p in (run / "toxicity").glob("part-*.parquet"):
                 p.unlink()  # no resume: every shard is processed again
-            run_inline(ToxicityStage(spec), shards)
+            run_inline(build(spec, ToxicityStage), shards)
 
         t_bare = t_proc = t_step = float("inf")
         for _ in range(args.reps):

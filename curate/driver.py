@@ -28,9 +28,11 @@ from typing import Any
 from curate.core import engine, faults, slots
 from curate.core.rundir import RunDir, now, versions
 from curate.errors import CurateError, FailedShardsError, InputError, RunDirError
-from curate.stages.base import GlobalStep, ShardStep, StageSpec, run_map, run_shard
+from curate.stages.base import GlobalStep, ShardStep, StageSpec
 from curate.stages.ingest import ingest
+from curate.stages.preflight import NotReady, preflight
 from curate.stages.registry import Pipeline
+from curate.stages.runtime import run_map, run_shard
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,9 @@ def run_pipeline(
         spec = pool or manifest.get("pool", {}).get("spec")
         if spec is None:
             raise InputError(f"{out}: no pool given and none recorded; pass --pool")
+        problems = preflight(cfg, rd, spec, only)  # before Ray, ingest and any stage
+        if problems:
+            raise NotReady("\n".join(problems))
         engine.init(cfg.run.num_cpus)
         t0 = time.monotonic()
         ingest(rd, spec, cfg.pool, manifest, save=rd.save_manifest)
@@ -178,7 +183,7 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
     cls = cfg.stage_class(name)
     conf = cfg.dump()
     state: dict[str, Any] = {}
-    stage = cls(StageSpec(name, rd.url, conf, fingerprint, dict(options), state))
+    stage = cls(StageSpec(name, rd.url, conf, fingerprint, dict(options), state), cfg)
     stage.shards = list(todo)
     steps = stage.steps()
     records = st.setdefault("steps", {})
@@ -238,9 +243,7 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
         st["gates"] = {w: {"tasks_at_once": in_flight, "reserved_per_task": r, "shared": sh,
                            **gate_stats.get(gate_names.get(w, ""), {})}
                        for w, (r, sh) in shares.items()}
-    st["global"] = {k: v for step_info in state.values() if isinstance(step_info, dict)
-                    for k, v in step_info.items() if k not in ("counts", "outputs")
-                    and (not isinstance(v, list | dict) or len(str(v)) < 2000)}
+    st.pop("global", None)  # before issue 24 every step's info, merged flat: steps.<s>.info
     outputs = {k: v for info in state.values() if isinstance(info, dict)
                for k, v in (info.get("outputs") or {}).items()}
     if outputs:

@@ -17,6 +17,7 @@ import torch
 from conftest import base_config
 from helpers import read_parts
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 from curate.errors import CurateError
 
@@ -81,7 +82,8 @@ def test_stage_on_pool_embeddings_filters_by_min_score(tmp_path, ray_session):
     assert all(d.endswith(" <= 5") for d in dropped["detail"].to_pylist())
     st = m["stages"]["aesthetic"]
     assert st["dropped"] == {"below_aesthetic_score": dropped.num_rows}
-    assert "OpenAI ViT-L-14" in st["global"]["warning"]  # pool embeddings: say what they must be
+    # pool embeddings: say what they must be
+    assert "OpenAI ViT-L-14" in step_info(st, "head")["warning"]
 
 
 def test_head_of_the_wrong_width_is_one_line(tmp_path, ray_session):

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import base_config
 
+from curate.core.rundir import step_info
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -60,7 +62,8 @@ def test_numbers_equal_run_json(run):
     text = (out / "reports" / "README.md").read_text()
     numbers = {r[0]: r[1] for r in marked(text, "numbers")}
     curated = sum(pq.read_metadata(f).num_rows for f in (out / "curated").glob("part-*.parquet"))
-    assert num(numbers["final pairs"]) == m["stages"]["report"]["global"]["pairs_final"] == curated
+    final = step_info(m["stages"]["report"], "count")["pairs_final"]
+    assert num(numbers["final pairs"]) == final == curated
     assert num(numbers["pool rows"]) == m["pool"]["rows"]
     assert num(numbers["pool duplicates"]) == m["pool"]["duplicates"]
     assert num(numbers["images not fetched"]) == m["stages"]["download"]["dropped"][
@@ -116,7 +119,7 @@ def test_language_header_from_the_language_stage(tmp_path, ray_session):
     assert (d["license"], d["pretty_name"]) == ("cc-by-4.0", "Tiny")
     assert d["language"] == ["en", "fr"]
     text = card.text
-    assert "lid.176.ftz" in text and m["stages"]["language"]["global"]["sha256"] in text
+    assert "lid.176.ftz" in text and step_info(m["stages"]["language"], "model")["sha256"] in text
     langs = {r[0]: num(r[1]) for r in marked(text, "languages")}
     assert langs == {"en": 6, "fr": 3}
 
@@ -171,7 +174,8 @@ def test_card_is_true_for_bundled_offline_pipelines(tmp_path, ray_session, name,
     text = (out / "reports" / "README.md").read_text()
     numbers = {r[0]: r[1] for r in marked(text, "numbers")}
     curated = sum(pq.read_metadata(f).num_rows for f in (out / "curated").glob("part-*.parquet"))
-    assert num(numbers["final pairs"]) == m["stages"]["report"]["global"]["pairs_final"] == curated
+    final = step_info(m["stages"]["report"], "count")["pairs_final"]
+    assert num(numbers["final pairs"]) == final == curated
     assert num(numbers["pool rows"]) == m["pool"]["rows"]
     stages = {r[0]: r for r in marked(text, "stages")}
     for stage in m["config"]["stages"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import encode_image
 from PIL import Image, ImageDraw
 
 from curate.errors import InputError
@@ -45,7 +46,7 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
+def is_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
@@ -89,12 +90,6 @@ def _draw(size=(640, 480), seed=0, mode="RGB") -> Image.Image:
     return img.convert(mode)
 
 
-def _encode_bytes(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 def _direct(model, preprocess, pil_images, captions):
     """What a user would write with open_clip alone."""
     with torch.no_grad():
@@ -114,7 +109,7 @@ def test_encode_matches_direct_open_clip(tiny_config):
     assert loaded.random_init and loaded.embed_dim == 32 and loaded.context_length == 77
     assert loaded.image_size == (64, 64) and loaded.precision == "fp32"
     assert not loaded.model.training
-    blobs = [_encode_bytes(_draw(seed=s), "JPEG", quality=90) for s in range(4)]
+    blobs = [encode_image(_draw(seed=s), "JPEG", quality=90) for s in range(4)]
     tensor, ok, errors = preprocess_images(blobs, loaded.preprocess)
     assert tensor.shape == (4, 3, 64, 64) and ok.tolist() == [0, 1, 2, 3]
     assert errors == [None] * 4
@@ -180,7 +175,7 @@ def test_local_checkpoints_reload_identically(tiny_config, reference, kind):
     assert not loaded.random_init
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v), k
-    blobs = [_encode_bytes(_draw(seed=s), "PNG") for s in range(2)]
+    blobs = [encode_image(_draw(seed=s), "PNG") for s in range(2)]
     tensor, _, _ = preprocess_images(blobs, loaded.preprocess)
     got = encode(loaded, tensor, CAPTIONS[:2])
     ref = _direct(
@@ -329,7 +324,7 @@ def test_autocast_precisions(tiny_config):
     """bf16 autocast on CPU (fp16 on CUDA when there is one) stays close to fp32."""
     torch.manual_seed(0)
     ref = load_model(_spec(tiny_config))
-    blobs = [_encode_bytes(_draw(seed=s), "JPEG") for s in range(3)]
+    blobs = [encode_image(_draw(seed=s), "JPEG") for s in range(3)]
     tensor, _, _ = preprocess_images(blobs, ref.preprocess)
     expected = encode(ref, tensor, CAPTIONS[:3])
     variants = [("cpu", "bf16", 0.05)]
@@ -357,7 +352,7 @@ def test_import_does_not_load_torch():
 
 def test_bad_images_become_error_strings(tiny_config):
     loaded = load_model(_spec(tiny_config))
-    good = _encode_bytes(_draw(), "JPEG")
+    good = encode_image(_draw(), "JPEG")
     rng = np.random.default_rng(1)
     corrupt = good[:200] + rng.integers(0, 256, len(good) - 200, dtype=np.uint8).tobytes()
     batch = [good, None, b"", b"hello, not an image", good[: len(good) // 3], corrupt, good]
@@ -373,7 +368,7 @@ def test_bad_images_become_error_strings(tiny_config):
 
 def test_decompression_bomb_guard(tiny_config, monkeypatch):
     loaded = load_model(_spec(tiny_config))
-    blob = _encode_bytes(_draw((640, 480)), "PNG")
+    blob = encode_image(_draw((640, 480)), "PNG")
     _, ok, errors = preprocess_images([blob], loaded.preprocess, max_pixels=1000)
     assert ok.size == 0 and "image too large (640x480 = 307200 pixels > 1000)" in errors[0]
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
@@ -398,7 +393,7 @@ def test_decompression_bomb_guard(tiny_config, monkeypatch):
 def test_formats_and_modes(tiny_config, fmt, mode, kw):
     loaded = load_model(_spec(tiny_config))
     img = _draw((200, 150), seed=3, mode=mode)
-    blob = _encode_bytes(img, fmt, **kw)
+    blob = encode_image(img, fmt, **kw)
     tensor, ok, errors = preprocess_images([blob], loaded.preprocess)
     assert errors == [None] and ok.tolist() == [0]
     # Converted to RGB right after decoding, as open_clip's training loader does.
@@ -419,7 +414,7 @@ def test_untrusted_formats_are_refused():
 
 def test_fast_decode_drafts_but_never_below_the_input_size(tiny_config):
     loaded = load_model(_spec(tiny_config))
-    blob = _encode_bytes(_draw((1024, 768)), "JPEG", quality=90)
+    blob = encode_image(_draw((1024, 768)), "JPEG", quality=90)
     drafted = decode_image(blob, draft_size=(64, 64))
     assert drafted.size == (128, 96)  # 1/8 scale, still >= 64 on both sides
     assert decode_image(blob, draft_size=(300, 300)).size == (512, 384)  # 1/2: 1/4 would be < 300
@@ -436,7 +431,7 @@ def test_decode_on_threads_matches_sequential(tiny_config):
     from concurrent.futures import ThreadPoolExecutor
 
     loaded = load_model(_spec(tiny_config))
-    blobs = [_encode_bytes(_draw((160, 120), seed=s, mode="P"), "PNG") for s in range(16)]
+    blobs = [encode_image(_draw((160, 120), seed=s, mode="P"), "PNG") for s in range(16)]
     blobs[5] = b"garbage"
     seq, ok, errors = preprocess_images(blobs, loaded.preprocess)
     with ThreadPoolExecutor(4) as pool:

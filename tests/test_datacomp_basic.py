@@ -24,6 +24,7 @@ import pytest
 from conftest import base_config, drawn_image
 from helpers import read_parts
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 from curate.errors import ConfigError
 from curate.stages.datacomp_basic import DataCompBasicStage, basic_codes
@@ -202,8 +203,8 @@ def test_datacomp_basic_yaml_as_is_keeps_exactly_the_reference(tmp_path, ray_ses
     for col in ("caption", "original_width", "original_height", "clip_l14_similarity_score"):
         assert col in curated.column_names
     stage = manifest["stages"]["datacomp_basic"]
-    assert stage["global"]["sizes"].startswith("pool")
-    assert "CC BY-SA 3.0" in stage["global"]["licence"]
+    assert step_info(stage, "check")["sizes"].startswith("pool")
+    assert "CC BY-SA 3.0" in step_info(stage, "check")["licence"]
     assert set(stage["dropped"]) <= REASONS
     # the decisions view names the stage and the code of every drop
     con = connect(str(out))
@@ -237,7 +238,7 @@ def test_sizes_come_from_download_when_the_pool_has_none(tmp_path, ray_session):
     assert [reason[u] for u in uids["uid"]] == [
         "basic_image_too_small", None, None, "basic_aspect_ratio_too_high", None,
         "basic_aspect_ratio_too_high"]
-    assert manifest["stages"]["datacomp_basic"]["global"]["sizes"].startswith("download")
+    assert step_info(manifest["stages"]["datacomp_basic"], "check")["sizes"].startswith("download")
 
 
 def test_without_sizes_or_download_the_run_stops_with_one_line(tmp_path, ray_session):

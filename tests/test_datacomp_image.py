@@ -12,14 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config
-from helpers import read_parts
+from helpers import fsl, read_parts
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
-
-
-def _fsl(x: np.ndarray) -> pa.FixedSizeListArray:
-    x = np.ascontiguousarray(x, np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
 
 
 def _data(tmp_path, n=240, d=8, seed=0):
@@ -28,12 +24,12 @@ def _data(tmp_path, n=240, d=8, seed=0):
     x = centers[rng.integers(0, 6, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
     pool = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"caption": [f"pair {i}" for i in range(n)],
-                             "image_emb": _fsl(x)}), pool)
+                             "image_emb": fsl(x)}), pool)
     ref = centers[[0, 0, 1]] + 0.3 * rng.normal(size=(3, d)).astype(np.float32)
     refs = tmp_path / "refs"
     refs.mkdir()
-    pq.write_table(pa.table({"image_emb": _fsl(ref[:2])}), refs / "a.parquet")
-    pq.write_table(pa.table({"image_emb": _fsl(ref[2:])}), refs / "b.parquet")
+    pq.write_table(pa.table({"image_emb": fsl(ref[:2])}), refs / "a.parquet")
+    pq.write_table(pa.table({"image_emb": fsl(ref[2:])}), refs / "b.parquet")
     return pool, refs, x, ref
 
 
@@ -74,7 +70,8 @@ def test_trained_centroids_match_datacomps_faiss_setup(tmp_path, ray_session):
     kept = _kept_by_caption(out)
     assert [kept[f"pair {i}"] for i in range(len(x))] == want.tolist()
     assert 0 < want.sum() < len(x)
-    info = m["stages"]["datacomp_image"]["global"]
+    info = {**step_info(m["stages"]["datacomp_image"], "train"),
+            **step_info(m["stages"]["datacomp_image"], "reference")}
     assert info["k"] == 6 and info["n_train"] == len(x) and info["reference_clusters"] >= 1
 
 
@@ -100,7 +97,7 @@ def test_given_centroids_assign_by_inner_product_not_l2(tmp_path, ray_session):
         "no_reference_cluster"}
     rc = pq.read_table(out / "datacomp_image" / "reference_clusters.parquet")
     assert sum(rc["references"].to_pylist()) == len(ref)
-    assert m["stages"]["datacomp_image"]["global"]["n_train"] == 0
+    assert step_info(m["stages"]["datacomp_image"], "train")["n_train"] == 0
 
 
 def test_algorithms_against_brute_force():

@@ -22,6 +22,7 @@ from conftest import base_config
 from helpers import read_parts
 
 from curate.algorithms.entities import FirstSynset, entity_match
+from curate.core.rundir import step_info
 
 
 def _mini() -> FirstSynset:
@@ -118,7 +119,7 @@ def test_stage_on_a_handful_of_captions(tmp_path, ray_session):
             assert r["reason"] is None
         else:
             assert r["reason"] == "no_in21k_entity" and r["entity_word"] is None
-    assert m["stages"]["datacomp_text"]["global"]["synsets"] == 21843
+    assert step_info(m["stages"]["datacomp_text"], "wordnet")["synsets"] == 21843
 
 
 def test_missing_wordnet_is_one_line_before_any_shard(tmp_path, ray_session):

@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import base_config
-from helpers import read_parts
+from helpers import encode_image, fsl, photo, read_parts
 from PIL import Image
-from test_image_dedup import _enc, _photo
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 
 D = 16
@@ -27,32 +27,28 @@ def _emb(rng, n):
     return rng.normal(size=(n, D)).astype(np.float32)
 
 
-def _fsl(x):
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-
-
 def test_copies_of_eval_images_are_dropped(tmp_path, ray_session):
     rng = np.random.default_rng(0)
-    evals = [_photo(500 + i) for i in range(5)]
+    evals = [photo(500 + i) for i in range(5)]
     ev_x = _emb(rng, 5)
-    pq.write_table(pa.table({"image": pa.array([_enc(im) for im in evals], pa.binary()),
-                             "image_emb": _fsl(ev_x)}), tmp_path / "imagenet_val.parquet")
+    pq.write_table(pa.table({"image": pa.array([encode_image(im) for im in evals], pa.binary()),
+                             "image_emb": fsl(ev_x)}), tmp_path / "imagenet_val.parquet")
     rows, xs = [], []
     for i in range(20):  # unrelated photos, unrelated embeddings
-        rows.append((f"photo {i}", _enc(_photo(i))))
+        rows.append((f"photo {i}", encode_image(photo(i))))
         xs.append(_emb(rng, 1)[0])
-    rows += [("eval0 as jpeg", _enc(evals[0], "JPEG", quality=60)),
-             ("eval1 resized", _enc(evals[1].resize((80, 60)))),
-             ("eval2 cropped", _enc(evals[2].crop((2, 2, 158, 118))))]
+    rows += [("eval0 as jpeg", encode_image(evals[0], "JPEG", quality=60)),
+             ("eval1 resized", encode_image(evals[1].resize((80, 60)))),
+             ("eval2 cropped", encode_image(evals[2].crop((2, 2, 158, 118))))]
     xs += [_emb(rng, 1)[0] for _ in range(3)]
-    rows.append(("eval3 by embedding only", _enc(_photo(900))))
+    rows.append(("eval3 by embedding only", encode_image(photo(900))))
     xs.append(ev_x[3] + 0.05 * _emb(rng, 1)[0])
     x = np.stack(xs)
     pool = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"url": [f"http://h{i}.example.com/{i}.png" for i in range(len(rows))],
                              "caption": [c for c, _ in rows],
                              "image": pa.array([b for _, b in rows], pa.binary()),
-                             "image_emb": _fsl(x)}), pool)
+                             "image_emb": fsl(x)}), pool)
     cfg = base_config(stages=["decontaminate", "report"], pool={"shard_size": 7},
                       decontaminate={"eval_sets": {"imagenet_val": str(tmp_path /
                                                                        "imagenet_val.parquet")},
@@ -78,7 +74,7 @@ def test_copies_of_eval_images_are_dropped(tmp_path, ray_session):
     assert got["eval3 by embedding only"].startswith("imagenet_val:3 emb=")
     st = m["stages"]["decontaminate"]
     assert st["dropped"] == {"eval_contamination": 4}
-    assert st["global"]["hits"] == {"imagenet_val": 4}
+    assert step_info(st, "hits")["hits"] == {"imagenet_val": 4}
     page = (tmp_path / "run" / "reports" / "report.html").read_text(encoding="utf-8")
     sheets = page.split('<section id="contact-sheets">', 1)[1].split("</section>", 1)[0]
     assert "<td>decontaminate</td><td>imagenet_val</td><td class=\"num\">4</td>" in sheets

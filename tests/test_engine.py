@@ -1,10 +1,20 @@
-"""The engine's result transport: large results come back compressed and equal."""
+"""The engine: its result transport (large results come back compressed and equal), its
+failure policy (retries, time limits, one Outcome per item), and an early stop that leaves
+no task or actor running."""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
 
-from curate.core import engine, packing
+import numpy as np
+import pytest
+
+from curate.core import engine, packing, work
+from curate.errors import InputError
 
 
 def _result(n: int) -> dict:
@@ -30,3 +40,118 @@ def test_map_items_returns_large_results_whole(ray_session):
     assert [o.ok for o in outcomes] == [True] * 3
     for o in outcomes:
         assert isinstance(o.value, np.ndarray) and np.array_equal(o.value, np.arange(o.item))
+
+
+class _FakePool:
+    """A pool without Ray: ``script[item]`` lists each attempt's end ("ok", "boom", or
+    "hang": never ends); a fake clock moves 1 s per wait, so time limits need no sleeping."""
+
+    def __init__(self, script: dict[str, list[str]], clock: list[float], limit: int = 2):
+        self.script, self.clock, self.limit = script, clock, limit
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.ends: dict[int, str] = {}
+
+    def submit(self, item):
+        handle = len(self.started)
+        self.started.append(item)
+        self.ends[handle] = self.script[item][self.started.count(item) - 1]
+        return handle
+
+    def wait(self, handles, timeout_s):
+        self.clock[0] += 1.0
+        return [h for h in handles if self.ends[h] != "hang"][:1]
+
+    def result(self, handle):
+        end = self.ends[handle]
+        return (True, self.started[handle].upper()) if end == "ok" else (False, f"{end}!")
+
+    def stuck(self, handle):
+        self.stopped.append(self.started[handle])
+
+
+def test_ledger_retries_times_out_and_records_one_outcome_per_item(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(work.time, "monotonic", lambda: clock[0])
+    pool = _FakePool({"a": ["ok"], "b": ["boom", "ok"], "c": ["boom", "boom"],
+                      "d": ["hang", "ok"], "e": ["hang", "hang"]}, clock)
+    done: list[str] = []
+    book = work.Ledger(list("abcde"), max_retries=1, timeout_s=2.5, advance=lambda n: None,
+                       on_done=lambda o: done.append(o.item), desc="t")
+    book.run(pool)
+    got = [(o.item, o.ok, o.value, o.error, o.attempts) for o in book.results()]
+    assert got == [("a", True, "A", None, 1), ("b", True, "B", None, 2),
+                   ("c", False, None, "boom!", 2), ("d", True, "D", None, 2),
+                   ("e", False, None, "timed out after 2.5 s", 2)]
+    assert sorted(done) == list("abcde")          # on_done once per item
+    assert sorted(pool.stopped) == ["d", "e", "e"]  # each attempt out of time was stopped
+    assert len(pool.started) == 1 + 2 + 2 + 2 + 2   # and no item ran past max_retries + 1
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie not yet reaped by its parent counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:  # Linux: the state letter follows the parenthesised command name
+        return stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:  # it ended just now; or no /proc (not Linux): os.kill said alive
+        return Path("/proc/self").exists()
+
+
+def _until(cond, what: str, bound_s: float = 60.0) -> None:
+    """Poll for a condition a correct engine reaches in well under a second."""
+    end = time.monotonic() + bound_s
+    while not cond():
+        assert time.monotonic() < end, what
+        time.sleep(0.05)
+
+
+def _hold(marks: str, fail: str, item: str) -> str:
+    """A Ray worker: "slow" notes its process at start, sleeps far longer than the test
+    waits, and would note its end; "fast" waits until "slow" runs, notes its own process,
+    then ends (``fail="worker"``: with an InputError, which stops the map)."""
+    folder = Path(marks)
+    if item == "slow":
+        (folder / "slow.start").write_text(str(os.getpid()))
+        time.sleep(300)
+        (folder / "slow.end").write_text("finished")
+        return item
+    deadline = time.monotonic() + 60
+    while not (folder / "slow.start").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (folder / "fast.start").write_text(str(os.getpid()))
+    if fail == "worker":
+        raise InputError("bad input: stop the map")
+    return item
+
+
+def _stop(error: BaseException, outcome: engine.Outcome) -> None:
+    if outcome.item == "fast":
+        raise error
+
+
+@pytest.mark.parametrize("fail,expected", [
+    ("on_done", RuntimeError), ("ctrl-c", KeyboardInterrupt), ("worker", InputError)])
+@pytest.mark.parametrize("num_actors", [None, 2])
+def test_an_early_stop_leaves_no_task_or_actor_running(tmp_path, ray_session, fail, expected,
+                                                       num_actors):
+    """on_done raising, Ctrl-C in it, or a worker's InputError: map_items raises it, and by
+    then the slow item's attempt is cancelled (task mode: its worker process killed) or its
+    actor killed, and in actor mode the other actor too: every process that ran an item
+    ends, and the slow item never notes its end."""
+    engine.ship_by_value(sys.modules[__name__])  # workers cannot import this test module
+    on_done = None if fail == "worker" else partial(_stop, expected("stop"))
+    with pytest.raises(expected):
+        engine.map_items(partial(_hold, str(tmp_path), fail), ["fast", "slow"],
+                         max_in_flight=2, num_actors=num_actors, on_done=on_done,
+                         max_retries=0, desc="early stop")
+    slow_pid = int((tmp_path / "slow.start").read_text())
+    fast_pid = int((tmp_path / "fast.start").read_text())
+    _until(lambda: _gone(slow_pid), "the slow item's worker is still running")
+    if num_actors:  # the idle actor is killed too (a task's worker returns to Ray's pool)
+        assert fast_pid != slow_pid
+        _until(lambda: _gone(fast_pid), "the idle actor is still alive")
+    assert not (tmp_path / "slow.end").exists()

@@ -171,7 +171,8 @@ def test_emit_blurs_every_curated_face_and_nothing_else(run):
         assert np.abs(got - ref).mean() < 2  # JPEG q95 re-encoding
         assert np.abs(_inner(got) - _inner(src)).mean() > 60  # the face is gone
         assert row["face_bboxes"] is not None and len(row["face_bboxes"]) == len(_boxes(i))
-    info = json.loads((run["out"] / "run.json").read_text())["stages"]["emit"]["global"]
+    emit = json.loads((run["out"] / "run.json").read_text())["stages"]["emit"]
+    info = emit["steps"]["write"]["info"]
     assert info["faces_blurred"] is True
     assert info["images_with_faces"] == sum(1 for i in range(1, N, 2) if _boxes(i))
 
@@ -324,7 +325,8 @@ def test_blur_faces_false_writes_the_originals(run):
     for row in cur.to_pylist():
         assert row["image"] == run["images"][_index(row["caption"])]
         assert row["faces_blurred"] is False
-    info = json.loads((run["out"] / "run.json").read_text())["stages"]["emit"]["global"]
+    emit = json.loads((run["out"] / "run.json").read_text())["stages"]["emit"]
+    info = emit["steps"]["write"]["info"]
     assert info["faces_blurred"] is False and info["images_with_faces"] > 0
     assert Path(run["out"] / "curated" / "wds").exists()
 

@@ -18,6 +18,7 @@ from conftest import base_config
 from helpers import read_parts
 from PIL import Image, ImageDraw
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 from curate.models.faces import _nms_min, detect, load_nets
 
@@ -282,5 +283,5 @@ def test_detected_faces_are_blurred_at_emit_and_with_blur_store_in_the_store(
         assert by_caption["picture 0"] == stored["picture 0"]  # not blurred a second time
     else:
         assert stored["picture 0"] == original  # the store keeps the originals
-    info = m["stages"]["emit"]["global"]
+    info = step_info(m["stages"]["emit"], "write")
     assert info["faces_blurred"] is True and info["images_with_faces"] == 1

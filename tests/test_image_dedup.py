@@ -17,63 +17,41 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config
-from helpers import read_parts
-from PIL import Image, ImageDraw, ImageFilter
+from helpers import encode_image, photo, read_parts
+from PIL import Image
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 
 RADIUS = 4
 HOSTS = 4  # placeholder_hosts: the copies of "a" below come from 3 hosts, the placeholder 4
 
 
-def _photo(seed: int, size=(160, 120)) -> Image.Image:
-    """A smooth random 'photo': blurred coloured shapes on a gradient (distinct per seed)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    grad = np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 255, 3)[None, None, :]
-    base = np.broadcast_to(grad, (h, w, 3)).astype(np.uint8)
-    img = Image.fromarray(base.copy())
-    d = ImageDraw.Draw(img)
-    for _ in range(6):
-        x0, y0 = rng.integers(0, w - 20), rng.integers(0, h - 20)
-        box = [int(x0), int(y0), int(x0 + rng.integers(15, w // 2)),
-               int(y0 + rng.integers(15, h // 2))]
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=fill)
-    return img.filter(ImageFilter.GaussianBlur(2))
-
-
-def _enc(img: Image.Image, fmt="PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 def _pool_rows() -> list[dict]:
     rows = []
     for i in range(30):  # distinct photos: nothing may merge
         rows.append({"url": f"http://site{i}.example.com/p{i}.png", "caption": f"photo {i}",
-                     "image": _enc(_photo(i))})
-    a, b, c = _photo(100), _photo(101), _photo(102)
+                     "image": encode_image(photo(i))})
+    a, b, c = photo(100), photo(101), photo(102)
     rows += [
         # the same file under other URLs (other hosts), other captions
-        {"url": "http://a.example.org/x.png", "caption": "a red thing", "image": _enc(a)},
-        {"url": "http://b.example.org/y.png", "caption": "a red object", "image": _enc(a)},
+        {"url": "http://a.example.org/x.png", "caption": "a red thing", "image": encode_image(a)},
+        {"url": "http://b.example.org/y.png", "caption": "a red object", "image": encode_image(a)},
         # the same pixels, different bytes (PNG metadata)
-        {"url": "http://c.example.org/z.png", "caption": "red", "image": _enc(
+        {"url": "http://c.example.org/z.png", "caption": "red", "image": encode_image(
             a, pnginfo=_meta())},
         # re-encoded as JPEG, resized, lightly cropped
-        {"url": "http://d.example.org/b.png", "caption": "blue scene", "image": _enc(b)},
+        {"url": "http://d.example.org/b.png", "caption": "blue scene", "image": encode_image(b)},
         {"url": "http://e.example.org/b.jpg", "caption": "blue scene jpg",
-         "image": _enc(b, "JPEG", quality=70)},
+         "image": encode_image(b, "JPEG", quality=70)},
         {"url": "http://f.example.org/b2.png", "caption": "blue small",
-         "image": _enc(b.resize((80, 60)))},
+         "image": encode_image(b.resize((80, 60)))},
         {"url": "http://g.example.org/b3.png", "caption": "blue crop",
-         "image": _enc(b.crop((2, 2, 158, 118)))},
-        {"url": "http://h.example.org/c.png", "caption": "green", "image": _enc(c)},
+         "image": encode_image(b.crop((2, 2, 158, 118)))},
+        {"url": "http://h.example.org/c.png", "caption": "green", "image": encode_image(c)},
     ]
     # a placeholder served by four hosts for unrelated captions
-    ph = _enc(Image.new("RGB", (120, 90), (200, 200, 200)))
+    ph = encode_image(Image.new("RGB", (120, 90), (200, 200, 200)))
     rows += [{"url": f"http://host{k}.example.net/missing{k}.jpg", "caption": cap, "image": ph}
              for k, cap in enumerate(["a cat", "mountain lake", "red car", "wedding cake"])]
     return rows
@@ -156,7 +134,7 @@ def test_matches_the_rule_and_catches_copies(tmp_path, ray_session, partitions):
     assert st["dropped"]["placeholder_image"] == 4
     assert not list((tmp_path / "run" / "image_dedup" / "_work").rglob("hash-*"))
     # the report shows the placeholder as the largest group, with a thumbnail
-    assert st["global"]["groups"][0][:2] == [4, 4]
+    assert step_info(st, "dedup")["groups"][0][:2] == [4, 4]
     page = (tmp_path / "run" / "reports" / "report.html").read_text(encoding="utf-8")
     sheets = page.split('<section id="contact-sheets">', 1)[1].split("</section>", 1)[0]
     ph = sheets.split("placeholder_image: the largest groups", 1)[1].split("<h3>", 1)[0]

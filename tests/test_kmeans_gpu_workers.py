@@ -120,20 +120,22 @@ def test_gpu_share_is_requested_only_when_the_cluster_has_gpus(monkeypatch):
 
 
 def test_prune_steps_declare_gpu_shares(tmp_path):
-    from curate.stages import _prune_work as work
     from curate.stages.base import GlobalStep, StageSpec
     from curate.stages.prune import PruneStage
+    from curate.stages.prune import steps as prune_steps
+    from curate.stages.runtime import build
 
     cfg = base_config(stages=["prune"], prune=PRUNE)
-    stage = PruneStage(StageSpec("prune", str(tmp_path), cfg.dump(), "fp"))
+    stage = build(StageSpec("prune", str(tmp_path), cfg.dump(), "fp"), PruneStage)
     steps = {s.name: s for s in stage.steps() if isinstance(s, GlobalStep)}
     assert [n for n in steps if n.endswith(("sample", "train", "assign"))] == [
         "sample", "train", "assign", "dbp_sample", "dbp_train", "dbp_assign"]
     for name in ("train", "dbp_train"):
         assert steps[name].resources.gpus_if_any == 1
     for name in ("assign", "dbp_assign"):
-        assert steps[name].resources is work.ASSIGN
-        assert work.ASSIGN.gpus_if_any == work.ASSIGN_GPU_SHARE and work.ASSIGN.num_cpus == 1
+        assert steps[name].resources is prune_steps.ASSIGN
+        assert prune_steps.ASSIGN.gpus_if_any == prune_steps.ASSIGN_GPU_SHARE
+        assert prune_steps.ASSIGN.num_cpus == 1
 
 
 def test_assign_on_gpu_falls_back_to_the_same_labels():

@@ -16,6 +16,7 @@ import pytest
 from conftest import base_config
 from helpers import read_parts
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 from curate.errors import ConfigError
 from curate.models import langid
@@ -115,7 +116,7 @@ def test_annotating_stage_writes_the_contract_and_drops_nothing(tmp_path, ray_se
     curated = read_parts(out / "curated")
     assert curated.num_rows == len(CAPTIONS)  # not a deciding stage: nothing dropped
     assert {"lang", "lang_score"} <= set(curated.column_names)
-    info = manifest["stages"]["language"]["global"]
+    info = step_info(manifest["stages"]["language"], "model")
     assert "CC BY-SA 3.0" in info["licence"] and info["labels"] == 176
 
 

@@ -19,11 +19,11 @@ Which imports count where:
 
 - The layer rule and the third-party rules count every import at any depth: module level,
   inside functions and classes, under ``if TYPE_CHECKING:``.
-- The cycle check counts only imports that run when the module is imported: module-level
-  statements and class bodies (also under module-level ``if``/``try``), but not function
-  bodies (they run later, when both modules are loaded) and not ``if TYPE_CHECKING:`` blocks
-  (they never run). A module-level cycle is what breaks ``import`` with a partially
-  initialised module; a function-local import cannot.
+- Two cycle checks: one over imports that run when the module is imported (module-level
+  statements and class bodies, also under module-level ``if``/``try``; a cycle there breaks
+  ``import`` with a partially initialised module), and one over every import at any depth,
+  function bodies included (a lazy import hides a cycle, it does not remove it: two modules
+  that need each other are one module, or a third is missing).
 - ``from curate.x import y`` is an import of ``curate.x.y`` when that is a module, else of
   ``curate.x`` (the package ``__init__``). Parent packages that Python imports on the way
   are not edges: they are always initialised before their children.
@@ -228,10 +228,12 @@ def test_no_module_imports_from_a_higher_layer():
     assert not bad, _report("imports from a higher layer", bad)
 
 
-def test_no_import_cycles_at_module_level():
+def _cycles(at_import_only: bool) -> list[str]:
+    """Every back edge of a DFS over curate's import graph, as the loop it closes."""
     graph: dict[str, dict[str, Import]] = {m: {} for m in _modules()}
     for imp in IMPORTS:
-        if _internal(imp) and imp.runs_at_import and imp.target != imp.module:
+        if _internal(imp) and imp.target != imp.module and (
+                imp.runs_at_import or not at_import_only):
             graph[imp.module].setdefault(imp.target, imp)
     state: dict[str, int] = {}  # 1: on the DFS stack, 2: done
     stack: list[str] = []
@@ -252,7 +254,22 @@ def test_no_import_cycles_at_module_level():
     for node in graph:
         if node not in state:
             dfs(node)
+    return cycles
+
+
+def test_no_import_cycles_at_module_level():
+    cycles = _cycles(at_import_only=True)
     assert not cycles, _report("module-level import cycles", cycles)
+
+
+def test_no_import_cycles_at_any_depth():
+    """Imports inside functions count too: two modules that need each other at run time
+    are one module, or a third one is missing (a lazy import hides a cycle, it does not
+    remove it)."""
+    lazy = sum(1 for imp in IMPORTS if _internal(imp) and not imp.runs_at_import)
+    assert lazy  # the parser sees the function-local imports (there are many)
+    cycles = _cycles(at_import_only=False)
+    assert not cycles, _report("import cycles (at any depth)", cycles)
 
 
 def test_report_renders_only_the_data_it_is_given():

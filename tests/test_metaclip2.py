@@ -8,10 +8,12 @@ get_spaced_metadata, spacing and the pyahocorasick matching loop.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import string
 import sys
+from collections import Counter
 
 import ahocorasick
 import numpy as np
@@ -20,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config
+from helpers import read_parts
 
 from curate.algorithms.balancing import keep_prob
 from curate.algorithms.balancing_languages import (
@@ -263,10 +266,6 @@ def _write_vocabs(tmp_path):
     return out
 
 
-def _parts(folder):
-    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
-
-
 def test_per_language_pipeline(tmp_path, ray_session):
     from curate.app.plan import plan_run
     from curate.driver import run_pipeline
@@ -283,8 +282,8 @@ def test_per_language_pipeline(tmp_path, ray_session):
 
     meta = load_metadata(meta_files)
     assert meta.languages == ("de", "en", "ja", "other")
-    m = _parts(out / "match")
-    p = _parts(out / "pool")
+    m = read_parts(out / "match")
+    p = read_parts(out / "pool")
     assert m["uid"].equals(p["uid"])
     assert m["entry_ids"].to_pylist() == naive_language_match(
         p["caption"].to_pylist(), p["lang"].to_pylist(), VOCABS, "metaclip2")
@@ -307,7 +306,7 @@ def test_per_language_pipeline(tmp_path, ray_session):
         {x: ref_t_to_p(per[x], want[x]) for x in want})
 
     # every pair's P(keep) uses its own language's t
-    b = _parts(out / "balance")
+    b = read_parts(out / "balance")
     assert b["uid"].equals(m["uid"])
     t_of = {k: want[lang] for k, lang in enumerate(meta.languages)}
     expect = []
@@ -320,6 +319,15 @@ def test_per_language_pipeline(tmp_path, ray_session):
     np.testing.assert_allclose(b["keep_prob"].to_numpy(), expect, rtol=1e-5)
     reasons = set(b.filter(pc.invert(b["kept"]))["reason"].to_pylist())
     assert reasons <= {"no_metadata_match", "not_sampled"} and "no_metadata_match" in reasons
+
+    # which languages fell to `other`, with pair counts, in balance's count step info
+    manifest = json.loads((out / "run.json").read_text())
+    to_other = manifest["stages"]["balance"]["steps"]["count"]["info"]["to_other"]
+    want_other = Counter("(none)" if r["lang"] in (None, "") else r["lang"]
+                         for r in rows if r["lang"] not in VOCABS)
+    assert to_other == {"pairs": sum(want_other.values()), "other_list": True,
+                        "languages": dict(want_other)}
+    assert set(want_other) == {"fr", "(none)"}
 
     # the report names entries by global id
     conc = pq.read_table(out / "reports" / "concept_frequency.parquet")
@@ -366,13 +374,16 @@ def test_lang_from_language_stage_and_missing_lang(tmp_path, ray_session):
     # the pool's own lang column is wrong on purpose: the language stage wins
     pq.write_table(pa.table({"caption": caps, "lang": ["xx"] * len(caps)}), pool)
     meta_files = _write_vocabs(tmp_path)
-    cfg = base_config(stages=["lid", "match"], lid={"kind": f"{plugin}:Lid"},
+    cfg = base_config(stages=["lid", "match", "balance"], lid={"kind": f"{plugin}:Lid"},
                       match={"metadata": meta_files, "boundary": "metaclip2"})
     run_pipeline(cfg, str(tmp_path / "run"), pool=str(pool))
-    m = _parts(tmp_path / "run" / "match")
+    m = read_parts(tmp_path / "run" / "match")
     langs = [c.split(":")[0] for c in caps]
     assert m["entry_ids"].to_pylist() == naive_language_match(caps, langs, VOCABS, "metaclip2")
     assert all(m["entry_ids"].to_pylist())  # fr -> other ("chat")
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    info = manifest["stages"]["balance"]["steps"]["count"]["info"]
+    assert info["to_other"] == {"pairs": 1, "other_list": True, "languages": {"fr": 1}}
 
     pq.write_table(pa.table({"caption": caps}), pool)
     cfg = base_config(stages=["match"], match={"metadata": meta_files})
@@ -421,6 +432,26 @@ def test_worldwide_pipeline_file():
     assert cfg.stages.index("language") < cfg.stages.index("match")
     assert cfg.section("match").boundary == "metaclip2" and "en" in cfg.section("match").metadata
     assert cfg.section("balance").per_language and cfg.section("balance").t == 170_000
+    # every lid.176 label has its own list, except lrc and yue (no MetaCLIP 2 list: other)
+    meta = cfg.section("match").metadata
+    assert set(meta) == (LID176 - {"lrc", "yue"}) | {"other"}
+    assert all(path == f"metadata/metaclip2/{lang}.json" for lang, path in meta.items())
+
+
+#: fastText lid.176's labels, as its language-identification page lists them
+LID176 = set("""af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca
+cbk ce ceb ckb co cs cv cy da de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl
+gn gom gu gv he hi hif hr hsb ht hu hy ia id ie ilo io is it ja jbo jv ka kk km kn ko krc ku kv
+kw ky la lb lez li lmo lo lrc lt lv mai mg mhr min mk ml mn mr mrj ms mt mwl my myv mzn nah nap
+nds ne new nl nn no oc or os pa pam pfl pl pms pnb ps pt qu rm ro ru rue sa sah sc scn sco sd sh
+si sk sl so sq sr su sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec vep vi vls vo wa war wuu
+xal xmf yi yo yue zh""".split())
+
+
+def test_lid176_is_the_bundled_models_label_set():
+    from curate.models.langid import labels, lite_path
+
+    assert len(LID176) == 176 and set(labels(lite_path())) == LID176
 
 
 def test_language_matcher_reads_only_the_languages_it_meets():
@@ -454,6 +485,12 @@ def test_report_shows_head_and_tail_per_language(tmp_path, ray_session):
     run_pipeline(cfg, str(out), pool=str(pool))
     page = (out / "reports" / "report.html").read_text(encoding="utf-8")
     sec = page.split('<section id="languages">', 1)[1].split("</section>", 1)[0]
+    fell = Counter("(none)" if r["lang"] is None else r["lang"] for r in _pool(300)
+                   if r["lang"] not in VOCABS)
+    order = sorted(fell.items(), key=lambda kv: (-kv[1], kv[0]))  # most pairs first
+    listed = ", ".join(f"{k} {v:,}" for k, v in order)
+    assert (f"matched against the `other` list: {sum(fell.values()):,} pairs in "
+            f"{len(fell)} languages ({listed})") in sec
     counts = pq.read_table(out / "balance" / "entry_counts.parquet").to_pylist()
     for r in pq.read_table(out / "balance" / "language_t.parquet").to_pylist():
         mine = [c["count"] for c in counts if c["lang"] == r["lang"]]

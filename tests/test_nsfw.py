@@ -21,6 +21,7 @@ from conftest import base_config
 from helpers import read_parts
 from torch import nn
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 from curate.errors import CurateError, InputError
 
@@ -222,7 +223,7 @@ def test_stage_tags_only_by_default(tmp_path, ray_session):
                                rtol=0)
     assert out["violent"].to_pylist() == _violent(x, "vit_l_14").tolist()
     assert all(out["kept"].to_pylist()) and out["reason"].null_count == len(x)
-    g = m["stages"]["nsfw"]["global"]
+    g = step_info(m["stages"]["nsfw"], "head")
     assert g["sha256"] == SHA["vit_l_14"] and g["model"] == "vit_l_14"
     assert g["source_commit"] == "21072a2a38e6d2bb294be03c005aaa9a65778e47"
     assert g["file"].endswith(FILES["vit_l_14"]) and "MIT" in g["licence"]
@@ -244,7 +245,7 @@ def test_stage_drops_above_max_punsafe_and_violent(tmp_path, ray_session):
     assert nsfw.num_rows and all(d.endswith(" > 0.5") for d in nsfw["detail"].to_pylist())
     assert m["stages"]["nsfw"]["dropped"] == {
         "nsfw": int((p > 0.5).sum()), "violent": int((v & ~(p > 0.5)).sum())}
-    assert m["stages"]["nsfw"]["global"]["sha256"] == SHA["vit_b_32"]
+    assert step_info(m["stages"]["nsfw"], "head")["sha256"] == SHA["vit_b_32"]
 
 
 def test_max_punsafe_alone_drops_exactly_the_pairs_above_it(tmp_path, ray_session):
@@ -286,7 +287,7 @@ def test_allow_other_model_runs_with_a_warning(tmp_path, ray_session):
                       score={"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
                       nsfw={"model": "vit_b_32", "allow_other_model": True})
     m = run_pipeline(cfg, str(tmp_path / "run"), pool=_pool(tmp_path, x, text=True))
-    assert "not LAION's" in m["stages"]["nsfw"]["global"]["warning"]
+    assert "not LAION's" in step_info(m["stages"]["nsfw"], "head")["warning"]
     assert read_parts(tmp_path / "run" / "nsfw").num_rows > 0
 
 
@@ -296,7 +297,7 @@ def test_openai_score_stage_has_no_warning(tmp_path, ray_session):
                       score={"model": "ViT-B-32", "pretrained": "openai"},
                       nsfw={"model": "vit_b_32"})
     m = run_pipeline(cfg, str(tmp_path / "run"), pool=_pool(tmp_path, x, text=True))
-    assert m["stages"]["nsfw"]["global"].get("warning") is None
+    assert step_info(m["stages"]["nsfw"], "head").get("warning") is None
 
 
 def test_pool_embeddings_of_the_wrong_width_are_one_line(tmp_path, ray_session):

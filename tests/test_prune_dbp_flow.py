@@ -15,6 +15,7 @@ import pytest
 from conftest import base_config
 from test_dbp_quota import pruning_qp
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 
 
@@ -50,8 +51,14 @@ def _run(tmp_path, name, shard_size=60, **prune):
 @pytest.mark.usefixtures("ray_session")
 def test_recluster_flow(tmp_path):
     t, m, out, n, n_dups = _run(tmp_path, "two", dbp_k=4)
-    g = m["stages"]["prune"]["global"]
-    assert g["k"] == 6 and g["dbp_k"] == 4 and g["clustering"] == "dbp"
+    rec = m["stages"]["prune"]
+    # each clustering's info under its own step, with the same keys
+    first, again = step_info(rec, "train"), step_info(rec, "dbp_train")
+    assert first["k"] == 6 and again["k"] == 4
+    assert step_info(rec, "clusters")["clustering"] == "dbp"
+    assert step_info(rec, "dbp_sample")["sampled"] == again["sample"] == n - n_dups
+    assert step_info(rec, "assign")["assigned_pairs"] == n
+    assert step_info(rec, "dbp_assign")["assigned_pairs"] == n - n_dups
     is_dup = pc.fill_null(pc.equal(t["reason"], "semantic_duplicate"), False).to_numpy(
         zero_copy_only=False)
     assert is_dup.sum() == n_dups  # one pair of each group of 26 near-copies stays
@@ -104,7 +111,7 @@ def test_shared_clustering_option(tmp_path):
     assert cl["size_after_dedup"].to_numpy().sum() == n - n_dups
     assert t["cluster_id"].equals(t["dedup_cluster_id"]) and t["cluster_id"].null_count == 0
     assert cl["quota"].to_numpy().sum() == int(0.5 * (n - n_dups))  # exact total
-    assert "dbp_k" not in m["stages"]["prune"]["global"]
+    assert "dbp_train" not in m["stages"]["prune"]["steps"]
 
 
 @pytest.mark.usefixtures("ray_session")

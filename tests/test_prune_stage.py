@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import base_config
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 
 
@@ -62,7 +63,7 @@ def test_clusters_dedup_and_shard_independence(tmp_path, ray_session):
     clusters = pq.read_table(out / "prune" / "clusters.parquet")
     assert clusters["size"].to_numpy().sum() == len(x)
     assert clusters["size_after_dedup"].to_numpy().sum() == len(x) - len(src)
-    assert m["stages"]["prune"]["global"]["kmeans_device"] == "cpu"
+    assert step_info(m["stages"]["prune"], "train")["kmeans_device"] == "cpu"
 
 
 def test_dbp_target_fraction(tmp_path, ray_session):
@@ -86,3 +87,48 @@ def test_dbp_target_fraction(tmp_path, ray_session):
         if len(kept) and len(gone):
             assert kept.min() >= gone.max()
     assert set(t.filter(pc.invert(t["kept"]))["reason"].to_pylist()) == {"over_cluster_quota"}
+
+
+def test_preflight_needs_embeddings_from_score_or_the_pool(tmp_path):
+    """Checked before Ray starts: a pool without image_emb and no score stage before prune
+    is one line naming the instance; the pool's column or an earlier score stage is enough."""
+    from curate.stages.preflight import preflight
+    from curate.stages.registry import parse_pipeline
+
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a dog"]}), bare)
+    with_emb = _pool(tmp_path, np.ones((2, 4), np.float32))
+
+    def problems(pool, stages, **sections):
+        cfg = parse_pipeline({"stages": stages, "pool": {"shard_size": 8}, **sections})
+        return [p for p in preflight(cfg, str(tmp_path / "run"), str(pool))
+                if p.startswith("prune")]
+
+    found = problems(bare, ["prune_b"], prune_b={"kind": "prune", "k": 2})
+    assert len(found) == 1 and found[0].startswith("prune_b: needs image embeddings"), found
+    assert "image_emb" in found[0]
+    assert problems(with_emb, ["prune"], prune={"k": 2}) == []
+    assert problems(bare, ["score", "prune"], prune={"k": 2}) == []
+
+
+def test_the_reclustering_reads_the_first_ones_input_less_its_duplicates():
+    """One value per clustering: DBP's re-clustering has its own step names, k and scratch
+    folder under the first one's, and leaves out the first one's dedup decisions."""
+    from curate.stages.prune.clustering import Where, clusterings
+    from curate.stages.prune.config import PruneConfig
+
+    alone = clusterings(PruneConfig(k=8, dbp=True, target_fraction=0.5))
+    assert [c.name for c in alone] == ["first"]
+    first, again = clusterings(PruneConfig(k=8, dbp_k=3, dedup_eps=0.1, dbp=True,
+                                           target_fraction=0.5))
+    assert (first.k, again.k) == (8, 3)
+    assert [again.step(s) for s in ("sample", "train", "assign")] == [
+        "dbp_sample", "dbp_train", "dbp_assign"]
+    w = Where("run", ("match",), None, "run/prune/_work/abc", stage="p")
+    assert first.where(w) == w
+    assert again.where(w) == Where("run", ("match",), None, "run/prune/_work/abc/dbp",
+                                   drop="run/prune/_work/abc/dedup", stage="p")
+    state = {"count": {"n": 100}, "dedup": {"deduplicated_pairs": 90},
+             "train": {"buckets": 4}, "dbp_train": {"buckets": 2}}
+    assert (first.pairs(state), again.pairs(state)) == (100, 90)
+    assert (first.buckets(state), again.buckets(state)) == (4, 2)

@@ -16,13 +16,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from helpers import read_parts
 
 from curate.algorithms.matching import Matcher, spacing
 from curate.config import PipelineConfig
+from curate.core.io import shard_index
 from curate.report.data import SECTIONS
 from curate.report.html import esc
-from curate.stages.base import StageSpec, run_inline
+from curate.stages.base import StageSpec
 from curate.stages.report import ReportStage, distinct_classes, imagenet_classnames
+from curate.stages.runtime import build, run_inline
 
 WORDS = ["goldfish", "tabby cat", "dog", "red car", "tree", "house", "sky", "kite", "umbrella",
          "photo", "car", "crane", "Siamese cat"]
@@ -68,7 +71,7 @@ def make_run(tmp_path, stages: list[str], rows_per_shard=(120, 90, 75)) -> dict:
     manifest_stages: dict = {}
     for shard, n in zip(SHARDS, rows_per_shard):
         caps = _captions(rng, n)
-        uids = [f"{shard[5:10]}{i:027x}" for i in range(n)]
+        uids = [f"{shard_index(shard):05d}{i:027x}" for i in range(n)]
         _write(tmp_path / "pool" / shard, pa.table({
             "uid": uids, "url": [f"http://127.0.0.1/{u}.jpg" for u in uids], "caption": caps}))
         alive = pa.array(uids)
@@ -110,7 +113,7 @@ def make_run(tmp_path, stages: list[str], rows_per_shard=(120, 90, 75)) -> dict:
                 "dist_to_centroid": np.random.default_rng(1).random(m).astype(np.float32),
                 "duplicate_of": [None] * m, "kept": kept, "reason": reason}))
     if "balance" in stages:
-        m = _parts(tmp_path / "match")
+        m = read_parts(tmp_path / "match")
         counts = np.bincount(pc.list_flatten(m["entry_ids"]).to_numpy(), minlength=len(WORDS))
         _write(tmp_path / "balance" / "entry_counts.parquet", pa.table({
             "entry_id": pa.array(range(len(WORDS)), pa.int32()), "entry": WORDS,
@@ -133,16 +136,12 @@ def make_run(tmp_path, stages: list[str], rows_per_shard=(120, 90, 75)) -> dict:
 
 
 def _report(tmp_path, cfg, mapper=None) -> dict:
-    stage = ReportStage(StageSpec("report", str(tmp_path), cfg, "fp"))
-    return run_inline(stage, list(SHARDS), mapper)
-
-
-def _parts(folder) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
+    stage = build(StageSpec("report", str(tmp_path), cfg, "fp"), ReportStage)
+    return run_inline(stage, list(SHARDS), mapper)["count"]
 
 
 def _kept(tmp_path, folder: str) -> set[str]:
-    t = _parts(tmp_path / folder)
+    t = read_parts(tmp_path / folder)
     return set(t.filter(t["kept"])["uid"].to_pylist())
 
 
@@ -182,7 +181,7 @@ def test_concept_frequency_equals_recount(full_run):
     cf = pq.read_table(tmp / "reports" / "concept_frequency.parquet")
     assert cf.column_names == ["entry_id", "entry", "count_pool", "count_after_balance",
                                "count_after_prune", "count_final", "rank", "head"]
-    match = _parts(tmp / "match")
+    match = read_parts(tmp / "match")
     n = len(WORDS)
     pool = _recount(match, None, n)
     after_balance = _recount(match, _kept(tmp, "balance"), n)
@@ -325,7 +324,7 @@ def test_match_without_balance_and_missing_shard(tmp_path):
     cf = pq.read_table(tmp_path / "reports" / "concept_frequency.parquet")
     assert cf.column_names == ["entry_id", "entry", "count_pool", "count_final", "rank",
                                "head"]
-    match = _parts(tmp_path / "match")
+    match = read_parts(tmp_path / "match")
     pool = _recount(match, None, len(WORDS))
     assert cf["count_pool"].to_pylist() == pool[pool > 0].tolist()
     assert cf["count_final"].to_pylist() == cf["count_pool"].to_pylist()
@@ -356,8 +355,8 @@ def test_emit_row_and_stale_curated_note(tmp_path):
 
 def test_no_shards_still_renders(tmp_path):
     cfg = make_run(tmp_path, FULL)
-    stage = ReportStage(StageSpec("report", str(tmp_path), cfg, "fp"))
-    info = run_inline(stage, [])
+    stage = build(StageSpec("report", str(tmp_path), cfg, "fp"), ReportStage)
+    info = run_inline(stage, [])["count"]
     assert info["pairs_final"] == 0
     page = (tmp_path / "reports" / "report.html").read_text(encoding="utf-8")
     assert "3 of 3 pool shards are left out" in page

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from conftest import base_config
 from helpers import embedding_pool, read_parts
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 
 
@@ -108,7 +109,8 @@ def test_datacomp_rule_is_ge_the_threshold_at_int_n_f(tmp_path, ray_session):
         else:  # DataComp's index would run past the end: keep everything
             expect = {f"{i:032x}" for i in range(n) if i != 5}
         assert set(t.filter(t["kept"])["uid"].to_pylist()) == expect, frac
-        assert "pool's clip_l14_similarity_score" in m["stages"]["score"]["global"]["model"]
+        model = step_info(m["stages"]["score"], "model")["model"]
+        assert "pool's clip_l14_similarity_score" in model
         assert "image_emb" not in t.column_names
 
 

@@ -21,6 +21,7 @@ from conftest import base_config
 from helpers import read_parts
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 from curate.errors import CurateError
 from curate.models import toxicity
@@ -145,7 +146,7 @@ def test_tag_only_keeps_every_pair(tmp_path, ray_session):
     assert got["reason"].null_count == len(CAPTIONS)
     curated = read_parts(out / "curated")
     assert curated.num_rows == len(CAPTIONS) and "ptoxic" in curated.column_names
-    info = manifest["stages"]["toxicity"]["global"]
+    info = step_info(manifest["stages"]["toxicity"], "model")
     assert info["version"] == "1.9.1" and info["licence"].startswith("MIT")
     assert set(info["sha256"]) == {"vectorizer.joblib", "model.joblib"}
     assert info["quality"] == toxicity.QUALITY
@@ -187,12 +188,13 @@ def test_max_ptoxic_drops_exactly_the_pairs_above(tmp_path, ray_session):
 def test_process_gives_null_captions_zero(tmp_path):
     from curate.stages.base import StageSpec
     from curate.stages.registry import parse_pipeline
+    from curate.stages.runtime import build
     from curate.stages.toxicity import ToxicityStage
 
     cfg = parse_pipeline({"stages": ["toxicity"], "toxicity": {"max_ptoxic": 0.5}})
     spec = StageSpec("toxicity", str(tmp_path / "run"), cfg.dump(),
                      cfg.fingerprints()["toxicity"])
-    stage = ToxicityStage(spec)
+    stage = build(spec, ToxicityStage)
     caps = [None, "", "you are a pathetic loser and everyone hates you"]
     out = stage.process("part-00000.parquet",
                         pa.table({"uid": ["a", "b", "c"], "caption": pa.array(caps, pa.string())}))

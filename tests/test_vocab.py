@@ -14,6 +14,7 @@ import urllib.error
 import pytest
 
 from curate.errors import InputError
+from curate.vocab import load_vocabulary, vocabulary_info, write_vocabulary
 from curate.vocab import metaclip as vocab
 from curate.vocab.build import (
     build_vocabulary,
@@ -22,7 +23,6 @@ from curate.vocab.build import (
     wordnet_names,
 )
 from curate.vocab.metaclip import fetch_metaclip, git_blob_id
-from curate.vocab.vocabulary import load_vocabulary, vocabulary_info, write_vocabulary
 
 
 def _error(path_or_name) -> str:
@@ -77,6 +77,42 @@ def test_duplicates_dropped_with_warning_and_stable_ids(tmp_path, caplog):
         assert load_vocabulary(tmp_path / "d.txt") == ["dog", "cat", "bird"]
     assert "dropped 2 later duplicate entries" in caplog.text
     assert "line 3 'dog' repeats line 1" in caplog.text
+
+
+def test_vocabulary_files_layer_does_not_import_languages():
+    """No cycle: vocabulary.py reads files; languages.py (what a run loads) builds on it."""
+    import ast
+    import inspect
+
+    import curate.vocab.vocabulary as files
+
+    tree = ast.parse(inspect.getsource(files))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("curate.vocab")}
+
+
+def test_one_cache_reads_each_file_once_and_rereads_a_changed_one(tmp_path, monkeypatch):
+    import curate.vocab.languages as languages
+    from curate.vocab import load_metadata
+
+    reads = []
+    real = languages.read_vocabulary
+    monkeypatch.setattr(languages, "read_vocabulary",
+                        lambda p: reads.append(str(p)) or real(p))
+    en, de = tmp_path / "en.txt", tmp_path / "de.txt"
+    en.write_text("dog\n", encoding="utf-8")
+    de.write_text("Hund\n", encoding="utf-8")
+    spec = {"en": str(en), "de": str(de)}
+    assert load_metadata(spec).languages == ("de", "en")
+    assert load_vocabulary(spec) == ["Hund", "dog"]  # sorted language order
+    load_metadata(spec)
+    assert sorted(reads) == sorted([str(de), str(en)])  # one read per file
+    reads.clear()
+    assert load_vocabulary(en) == load_vocabulary(str(en)) == ["dog"]
+    assert reads == [str(en)]
+    en.write_text("dog\ncat\n", encoding="utf-8")  # changed in place: read again
+    assert load_vocabulary(en) == ["dog", "cat"] and reads == [str(en), str(en)]
 
 
 def test_default_vocabulary_is_committed():

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.core.rundir import step_info
 from curate.errors import CurateError
 
 #: the eps sweep: the configured eps times these
@@ -43,7 +44,7 @@ class DedupModel:
         self.eps = eps_grid(self.eps0)
         self.f = f
         self.rule = sec.dedup_rule
-        emb, labels, dist, uids = _load(rd, cfg, prune, (rec.get("global") or {}).get("work"))
+        emb, labels, dist, uids = _load(rd, cfg, prune, step_info(rec, "count").get("work"))
         self.rows = len(labels)
         self._cache: dict[tuple[float, float], tuple[float, float, float]] = {}
         self.n = self.kept = None
@@ -103,7 +104,8 @@ def _load(rd: Any, cfg: Any, prune: str, work: str | None
     import pyarrow.compute as pc
 
     from curate.core.io import read_table
-    from curate.stages._prune_work import load_embeddings, where_for
+    from curate.stages.prune.clustering import where_for
+    from curate.stages.prune.embeddings import load_embeddings
 
     if not work or not rd.fs.exists(f"{work}/assign"):
         raise CurateError(f"plan: {prune}'s assignments ({work}/assign) are gone: rerun "

@@ -22,7 +22,7 @@ from typing import Any
 
 from curate import __version__
 from curate.core.io import list_shards
-from curate.core.rundir import RunDir, now
+from curate.core.rundir import RunDir, now, step_info
 from curate.errors import InputError
 from curate.stages._denylist import rules_version
 from curate.stages._report_card import CARD, published_card
@@ -59,9 +59,9 @@ def check(run: str) -> dict[str, Any]:
     card = rd.path(r.get("folder", "reports"), CARD)
     if not rd.fs.exists(card):
         raise _refuse(run, f"no dataset card ({card}); rerun {report}")
-    applied = (e.get("global") or {}).get("rules_version")
+    applied = step_info(e, "write").get("rules_version")
     if applied is None:
-        applied = (r.get("global") or {}).get("rules_version")
+        applied = step_info(r, "count").get("rules_version")
     if applied is None:
         raise _refuse(run, "the rules emit applied are not recorded; rerun the pipeline")
     if rules_version(rd) != applied:

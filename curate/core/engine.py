@@ -16,42 +16,17 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from curate.core.packing import pack as _pack
 from curate.core.packing import unpack as _unpack
+from curate.core.work import Ledger, Outcome, Resources
 from curate.errors import CurateError
 
 log = logging.getLogger(__name__)
 
 _INIT_BY_US = False
-
-
-@dataclass
-class Outcome:
-    """What happened to one work item."""
-
-    item: Any
-    ok: bool
-    value: Any = None
-    error: str | None = None
-    attempts: int = 1
-    seconds: float = 0.0
-
-
-@dataclass
-class Resources:
-    num_cpus: float = 1
-    num_gpus: float = 0
-    memory: int | None = None
-    extra: dict[str, float] = field(default_factory=dict)
-    #: this share of a GPU per task, only when the cluster has GPUs (decided at map time,
-    #: after Ray is up): work that runs on either device (k-means) asks for a GPU where
-    #: there is one and still runs on a CPU-only cluster. Ignored when ``num_gpus`` is set.
-    gpus_if_any: float = 0
 
 
 def init(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -276,6 +251,109 @@ def task_options(res: Resources) -> dict[str, Any]:
     return opts
 
 
+class _Pool:
+    """What both modes share (a :class:`~curate.core.work.Pool` for the ledger): ship
+    ``fn`` once, wait for results, read one and sort a failure into retried or fatal. As a
+    context manager it leaves nothing running when the block ends, whether the map finished
+    or stopped early (``on_done`` raised, a CurateError, Ctrl-C, a Ray error)."""
+
+    def __init__(self, fn: Callable[[Any], Any], fault: tuple | None):
+        import ray
+
+        self.ray, self.fn_ref, self.fault = ray, ray.put(fn), fault
+        self.busy: dict[Any, Any] = {}  # ref in flight -> its actor (None: a task)
+
+    def wait(self, refs: list[Any], timeout_s: float) -> list[Any]:
+        return self.ray.wait(refs, num_returns=1, timeout=timeout_s)[0]
+
+    def result(self, ref: Any) -> tuple[bool, Any]:
+        """(True, the value) or (False, one line of error); raises what no retry can help."""
+        from ray.exceptions import RayActorError
+
+        try:
+            value = _unpack(self.ray.get(ref))
+        except Exception as err:  # noqa: BLE001 - every worker failure is retried
+            self.settled(ref, healthy=not isinstance(err, RayActorError))
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, CurateError):
+                raise cause from None  # bad input/config: retrying cannot help
+            return False, _short(err)
+        self.settled(ref, healthy=True)
+        return True, value
+
+    def stuck(self, ref: Any) -> None:
+        self.settled(ref, healthy=False)
+
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, kind: type | None, err: BaseException | None, tb: Any) -> None:
+        if kind is not None and self.busy:
+            log.warning("stopping early (%s): cancelling %d items in flight", kind.__name__,
+                        len(self.busy))
+        self.close()
+
+
+class _Tasks(_Pool):
+    """Task mode: one Ray task per attempt, at most ``limit`` at once; a stuck one is
+    cancelled (its worker process killed)."""
+
+    def __init__(self, fn: Callable[[Any], Any], fault: tuple | None, opts: dict[str, Any],
+                 limit: int):
+        super().__init__(fn, fault)
+        self.limit, self.remote = limit, self.ray.remote(_apply).options(**opts)
+
+    def submit(self, item: Any) -> Any:
+        ref = self.remote.remote(self.fn_ref, item, self.fault)
+        self.busy[ref] = None
+        return ref
+
+    def settled(self, ref: Any, healthy: bool) -> None:
+        del self.busy[ref]
+        if not healthy:  # stuck: stop it
+            self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        for ref in self.busy:
+            with contextlib.suppress(Exception):  # must not hide the error being raised
+                self.ray.cancel(ref, force=True)
+        self.busy.clear()
+
+
+class _Actors(_Pool):
+    """Actor mode: at most ``limit`` long-lived actors, one attempt each at a time, started
+    as attempts need them; a dead or stuck one is killed, and the next attempt starts its
+    replacement (the ledger starts no more than ``limit`` at once: the pool keeps its size)."""
+
+    def __init__(self, fn: Callable[[Any], Any], fault: tuple | None, opts: dict[str, Any],
+                 num_actors: int):
+        super().__init__(fn, fault)
+        self.limit, self.free = num_actors, []
+        self.cls = self.ray.remote(_Runner).options(
+            max_restarts=0, **{k: v for k, v in opts.items() if k != "max_retries"})
+
+    def submit(self, item: Any) -> Any:
+        actor = self.free.pop() if self.free else self.cls.remote()
+        ref = actor.run.remote(self.fn_ref, item, self.fault)
+        self.busy[ref] = actor
+        return ref
+
+    def settled(self, ref: Any, healthy: bool) -> None:
+        actor = self.busy.pop(ref)
+        if healthy:
+            self.free.append(actor)
+        else:
+            self.ray.kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        """Kill every actor, busy (its attempt dies with it) or free."""
+        for actor in [*self.busy.values(), *self.free]:
+            with contextlib.suppress(Exception):  # must not hide the error being raised
+                self.ray.kill(actor, no_restart=True)
+        self.busy.clear()
+        self.free.clear()
+
+
 def map_items(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
@@ -294,103 +372,24 @@ def map_items(
     ``resources``, e.g. one GPU): then whatever ``fn`` loads once per process (a model) is
     loaded once per actor. Bounded in flight (backpressure; a stuck item cannot starve the
     queue); each item has a wall-clock limit after which its task is cancelled (or its actor
-    killed and replaced) and the item retried.
+    killed and replaced) and the item retried (:class:`~curate.core.work.Ledger`). An
+    early stop cancels the tasks in flight and kills the actors before the error propagates.
     """
-    import ray
-    import ray.exceptions
-
     init()
     res = resources or Resources()
     items = list(items)
     if not items:
         return []
     opts = task_options(res)
-    remote = ray.remote(_apply).options(**opts)
-    fn_ref = ray.put(fn)
     fault = ((os.environ["CURATE_FAULT"], str(os.getpid()))
              if os.environ.get("CURATE_FAULT") else None)
-    limit = in_flight_limit(res, max_in_flight)
-    actor_cls = None
-    free: list[Any] = []
-    if num_actors:
-        actor_opts = {k: v for k, v in opts.items() if k != "max_retries"}
-        actor_cls = ray.remote(_Runner).options(max_restarts=0, **actor_opts)
-        free = [actor_cls.remote() for _ in range(num_actors)]
-        limit = num_actors
-    outcomes: list[Outcome | None] = [None] * len(items)
-    attempts = [0] * len(items)
-    pending = list(range(len(items)))[::-1]  # pop() takes the lowest index first
-    running: dict[Any, tuple[int, float, Any]] = {}
-
     from curate.core.progress import bar
 
     with bar(desc or getattr(fn, "__name__", "work"), total=len(items)) as advance:
-        def submit(i: int) -> None:
-            attempts[i] += 1
-            if actor_cls is not None:
-                actor = free.pop()
-                ref = actor.run.remote(fn_ref, items[i], fault)
-            else:
-                actor, ref = None, remote.remote(fn_ref, items[i], fault)
-            running[ref] = (i, time.monotonic(), actor)
-
-        def release(actor: Any, healthy: bool) -> None:
-            if actor is None:
-                return
-            if healthy:
-                free.append(actor)
-            else:  # a dead or stuck actor is replaced, so the pool keeps its size
-                ray.kill(actor, no_restart=True)
-                free.append(actor_cls.remote())
-
-        def finish(i: int, outcome: Outcome) -> None:
-            outcomes[i] = outcome
-            if on_done is not None:
-                on_done(outcome)
-            advance(1)
-
-        def failed(i: int, started: float, message: str) -> None:
-            if attempts[i] <= max_retries:
-                log.warning("%s: %r failed (attempt %d/%d): %s — retrying", desc, items[i],
-                            attempts[i], max_retries + 1, message)
-                pending.append(i)
-            else:
-                log.error("%s: %r failed after %d attempts: %s", desc, items[i], attempts[i],
-                          message)
-                finish(i, Outcome(items[i], False, error=message, attempts=attempts[i],
-                                  seconds=time.monotonic() - started))
-
-        while pending or running:
-            while pending and len(running) < limit:
-                submit(pending.pop())
-            wait_s = 1.0
-            if timeout_s:
-                oldest = min(t for _, t, _ in running.values())
-                wait_s = max(0.05, min(wait_s, oldest + timeout_s - time.monotonic()))
-            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
-            for ref in done:
-                i, started, actor = running.pop(ref)
-                try:
-                    value = _unpack(ray.get(ref))
-                except Exception as err:  # noqa: BLE001 - every worker failure is retried
-                    release(actor, healthy=not isinstance(err, ray.exceptions.RayActorError))
-                    cause = getattr(err, "cause", None)
-                    if isinstance(cause, CurateError):
-                        raise cause from None  # bad input/config: retrying cannot help
-                    failed(i, started, _short(err))
-                    continue
-                release(actor, healthy=True)
-                finish(i, Outcome(items[i], True, value=value, attempts=attempts[i],
-                                  seconds=time.monotonic() - started))
-            if timeout_s:
-                t = time.monotonic()
-                for ref, (i, started, actor) in list(running.items()):
-                    if t - started > timeout_s:
-                        if actor is None:
-                            ray.cancel(ref, force=True)
-                        running.pop(ref)
-                        release(actor, healthy=False)
-                        failed(i, started, f"timed out after {timeout_s:g} s")
-    for actor in free:
-        ray.kill(actor, no_restart=True)
-    return [o for o in outcomes if o is not None]
+        book = Ledger(items, max_retries=max_retries, timeout_s=timeout_s, on_done=on_done,
+                      advance=advance, desc=desc)
+        pool = (_Actors(fn, fault, opts, num_actors) if num_actors
+                else _Tasks(fn, fault, opts, in_flight_limit(res, max_in_flight)))
+        with pool:
+            book.run(pool)
+    return book.results()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import signal
 
+from curate.core.io import shard_index
+
 
 class InjectedFault(RuntimeError):
     pass
@@ -30,7 +32,7 @@ def _matches(rule: list[str], stage: str, shard: str, after_write: bool) -> bool
         return True
     if want.isdigit():
         if shard.startswith("part-"):
-            return int(shard[5:10]) == int(want)
+            return shard_index(shard) == int(want)
         return shard.isdigit() and int(shard) == int(want)
     return want == shard
 

@@ -208,3 +208,16 @@ def count_survivors(run_url: str, deciding: list[str], shard: str) -> tuple[int,
     immutable, so the set fixes their order)."""
     uids = RunDir(run_url).survivors(deciding, shard, ["uid"])["uid"]
     return len(uids), uid_digest(uids)
+
+
+def step_info(record: dict[str, Any] | None, step: str) -> dict[str, Any]:
+    """What global step ``step`` of a stage committed: run.json's
+    ``stages.<name>.steps.<step>.info`` for the stage record ``record`` ({} when absent).
+    Each step's info stays under its own name, so two steps may use one key."""
+    info = (((record or {}).get("steps") or {}).get(step) or {}).get("info")
+    return info if isinstance(info, dict) else {}
+
+
+def step_infos(record: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Every global step's info of a stage record, by step name, in the order they ran."""
+    return {s: step_info(record, s) for s in ((record or {}).get("steps") or {})}

@@ -33,7 +33,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 HUB_PREFIX = "hf-hub:"
 HUB_CONFIG = "open_clip_config.json"
-_HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def bundled_configs() -> list[str]:
@@ -96,7 +96,7 @@ def model_cfg(open_clip, name: str) -> dict:
     return open_clip.get_model_config(name) or {}
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
     """HF_HUB_OFFLINE as set now: huggingface_hub reads it once at import, so a value set later
     (tests, a CLI flag) would otherwise be ignored and a download wait ~46 s on DNS."""
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
@@ -137,9 +137,9 @@ def resolve_tag(name: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
     hub = cfg.get("hf_hub", "")
     if hub and oc_pretrained.has_hf_hub():
         repo, filename = os.path.split(hub)
-        names = _safetensors_first([filename or _HUB_WEIGHTS[1]])
+        names = safetensors_first([filename or HUB_WEIGHTS[1]])
         for fn in names:
-            path = _hub_cached(repo, fn, cache_dir)
+            path = hub_cached(repo, fn, cache_dir)
             if path:
                 return path, cfg
         where = f"hf-hub {repo}/{names[-1]}"
@@ -149,7 +149,7 @@ def resolve_tag(name: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
         if url and cached.is_file():
             return str(cached), cfg
         where = url or "the weights"
-    if _offline():
+    if is_offline():
         raise InputError(_offline_hint(f"'{tag}'", name, where))
     try:
         path = oc_pretrained.download_pretrained(cfg, cache_dir=cache_dir)
@@ -164,19 +164,19 @@ def resolve_tag(name: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
     return path, cfg
 
 
-def _safetensors_first(names: list[str]) -> list[str]:
+def safetensors_first(names: list[str]) -> list[str]:
     """The .safetensors twin of a .bin/.pth hub file is preferred, as open_clip does."""
     out = []
     for fn in names:
-        if fn == _HUB_WEIGHTS[1]:
-            out.append(_HUB_WEIGHTS[0])
+        if fn == HUB_WEIGHTS[1]:
+            out.append(HUB_WEIGHTS[0])
         elif fn.endswith((".bin", ".pth")):
             out.append(fn[:-4] + ".safetensors")
         out.append(fn)
     return out
 
 
-def _hub_cached(repo: str, filename: str, cache_dir: str | None) -> str | None:
+def hub_cached(repo: str, filename: str, cache_dir: str | None) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
@@ -189,10 +189,10 @@ def resolve_hub_dir(repo: str, cache_dir: str | None) -> Path:
     what = f"'{HUB_PREFIX}{repo}'"
     if not repo or "/" not in repo:
         raise InputError(f"score.pretrained: {what} is not an hf-hub:org/name id")
-    config = _hub_cached(repo, HUB_CONFIG, cache_dir)
-    weights = next((p for fn in _HUB_WEIGHTS if (p := _hub_cached(repo, fn, cache_dir))), None)
-    if (not config or not weights) and _offline():
-        missing = HUB_CONFIG if not config else " or ".join(_HUB_WEIGHTS)
+    config = hub_cached(repo, HUB_CONFIG, cache_dir)
+    weights = next((p for fn in HUB_WEIGHTS if (p := hub_cached(repo, fn, cache_dir))), None)
+    if (not config or not weights) and is_offline():
+        missing = HUB_CONFIG if not config else " or ".join(HUB_WEIGHTS)
         raise InputError(_offline_hint(what, repo, f"hf-hub {repo}/{missing}"))
     if not config or not weights:
         from open_clip import pretrained as oc_pretrained

@@ -53,14 +53,24 @@ def languages(d: ReportData) -> dict:
     head_tail = [[r["lang"] or "(other)", "-" if r["t"] is None else _fmt(r["t"]),
                   f"{r['tail_fraction'] or 0:.3f}", _fmt(r["matched"]), _fmt(r["head"]),
                   _fmt(r["matched"] - r["head"])] for r in d.languages.get("head_tail", [])]
-    if not pool and not head_tail:
+    to = d.languages.get("to_other") or {}
+    fell = sorted((to.get("languages") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    to_other = None
+    if fell:
+        where = ("matched against the `other` list" if to.get("other_list")
+                 else "matched nothing (no `other` list)")
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in fell[:40])
+        more = f", and {len(fell) - 40} more" if len(fell) > 40 else ""
+        to_other = (f"No list of their own, so {where}: {_fmt(to.get('pairs', 0))} pairs "
+                    f"in {len(fell)} languages ({shown}{more}).")
+    if not pool and not head_tail and not to_other:
         return {"notrun": "No language stage ran and the pool has no lang column."}
     tot_p, tot_f = max(sum(pool.values()), 1), max(sum(final.values()), 1)
     order = sorted(pool, key=lambda k: (-pool[k], k))
     rows = [[k, _fmt(pool[k]), f"{100 * pool[k] / tot_p:.1f}%", _fmt(final.get(k, 0)),
              f"{100 * final.get(k, 0) / tot_f:.1f}%"] for k in order[:40]]
     return {"notrun": None, "rows": rows, "more": max(0, len(order) - 40),
-            "head_tail": head_tail}
+            "head_tail": head_tail, "to_other": to_other}
 
 
 def audit(d: ReportData) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.algorithms.embeddings import as_matrix
 from curate.errors import InputError
 from curate.stages.base import GlobalStep, ShardStep, Stage, decisions
 
@@ -42,6 +43,8 @@ class HeadStage(Stage):
 
     decides = True
     score_column: ClassVar[str] = "score"
+    #: the section key that names the head (preflight's lines name it)
+    head_key: ClassVar[str] = "model"
 
     # ------------------------------------------------------------------ subclass hooks
     def head_name(self) -> str:
@@ -58,6 +61,19 @@ class HeadStage(Stage):
     # ------------------------------------------------------------------ steps
     def steps(self) -> list:
         return [GlobalStep.on_driver("head", self._check), ShardStep()]
+
+    def preflight(self) -> list[str]:
+        """The head's file (bundled, or the user's) and the image embeddings it reads."""
+        from pathlib import Path
+
+        from curate.models.head import BUNDLED, HEADS_DIR
+        from curate.stages import _needs
+
+        name = self.head_name()
+        path = HEADS_DIR / BUNDLED[name][0] if name in BUNDLED else Path(name).expanduser()
+        return (_needs.missing_file(f"{self.name}.{self.head_key}", str(path),
+                                    "a head: a PyTorch state dict of linear layers")
+                + _needs.image_embeddings(self))
 
     def _check(self, _: object) -> dict:
         from curate.models.head import head_path
@@ -83,7 +99,6 @@ class HeadStage(Stage):
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         from curate.algorithms.heads import head_scores
-        from curate.stages.score import as_matrix
 
         col = inputs["image_emb"].combine_chunks()
         if col.null_count:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from curate.core.io import join, list_shards, write_bytes_atomic
-from curate.core.rundir import RunDir, now
+from curate.core.rundir import RunDir, now, step_info, step_infos
 from curate.stages._denylist import rules_version
 from curate.stages._report_counts import OUTPUTS
 
@@ -40,7 +40,8 @@ SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
 RUN_DATA = "../curated/part-*.parquet"  # from reports/README.md to the run's curated set
 PUBLISHED_DATA = "data/*.parquet"
 PUBLISHED_MARK = ("<!-- curate:published -->", "<!-- /curate:published -->")
-#: run.json ``stages.<name>.global`` keys that describe a model or its weights
+#: keys of a stage's step infos (run.json ``stages.<name>.steps.<step>.info``) that describe a
+#: model or its weights
 MODEL_KEYS = ("model", "random_init", "head", "clip_model", "path", "sha256", "source",
               "source_commit", "licence", "license", "warning", "package", "version",
               "scikit_learn", "quality", "detector", "weights", "datacomp_lid_176_bin")
@@ -131,40 +132,40 @@ def context(stage: Any, manifest: dict[str, Any], totals: Any) -> dict[str, Any]
     stages = []
     for r in summary:
         name = r["stage"]
-        glob = (mstages.get(name) or {}).get("global") or {}
+        glob = step_infos(mstages.get(name))
         stages.append({**r, "kind": kinds.get(name, "?"),
                        "settings": _dump(cfg_dump[name]) if isinstance(
                            cfg_dump.get(name), dict) and cfg_dump[name] else None,
-                       "model": _model(glob)})
+                       "model": [kv for info in glob.values() for kv in _model(info)]})
     emit = first("emit")
-    emit_glob = (mstages.get(emit.name, {}).get("global") or {}) if emit else {}
+    emit_glob = step_info(mstages.get(emit.name), "write") if emit else {}
     download = first("download")
     dl = by_stage.get(download.name) if download else None
     score = first("score")
-    score_glob = (mstages.get(score.name, {}).get("global") or {}) if score else {}
+    score_glob = step_info(mstages.get(score.name), "model") if score else {}
     random_weights = score is not None and (
         cfg.section(score.name).pretrained == "none" or score_glob.get("random_init") is True)
     language = first("language")
-    lang_glob = (mstages.get(language.name, {}).get("global") or {}) if language else {}
+    lang_glob = step_info(mstages.get(language.name), "model") if language else {}
     langs = {str(k): int(v) for k, v in totals.extras.languages.get("final", {}).items()
              if k not in (None, "", "None")} if plan.get("language") else {}
     bal = first("balance")
     concepts = (_concepts(rd, folder, cfg.section(bal.name).t if bal else cfg.balance.t)
                 if plan.get("match") else None)
     faces = [r.name for r in stage.before if r.kind == "faces" and ran.get(r.name)]
-    faces_glob = {n: mstages.get(n, {}).get("global") or {} for n in faces}
+    faces_glob = {n: step_info(mstages.get(n), "model") for n in faces}
     safety = [{"stage": n, "kind": kinds.get(n), "code": c, "count": by_stage[n]["reasons"]
                .get(c, 0)} for n, c in sorted(cfg.sensitive()) if n in by_stage]
     denylisted = {r.name: (mstages.get(r.name, {}).get("by_detail") or {}).get("denylisted")
                   for r in stage.before if r.kind == "download" and ran.get(r.name)}
-    decon = [{"stage": r.name, "hits": (mstages.get(r.name, {}).get("global") or {})
+    decon = [{"stage": r.name, "hits": step_info(mstages.get(r.name), "hits")
               .get("hits"), "dropped": by_stage.get(r.name, {}).get("dropped")}
              for r in stage.before if r.kind == "decontaminate" and ran.get(r.name)]
     dedup = [{"stage": r["stage"], "code": c, "count": r["reasons"][c]}
              for r in summary for c in DEDUP_CODES if c in r["reasons"]]
     not_run = [r.name for r in stage.before if not ran.get(r.name)]
-    numbers = [("final pairs", totals.final, f"run.json stages.{stage.name}.global."
-                "pairs_final"),
+    numbers = [("final pairs", totals.final, f"run.json stages.{stage.name}.steps.count."
+                "info.pairs_final"),
                ("pool rows", pool.get("rows"), "run.json pool.rows"),
                ("pool rows read", pool.get("rows_read"), "run.json pool.rows_read"),
                ("pool duplicates", pool.get("duplicates"), "run.json pool.duplicates"),
@@ -190,8 +191,8 @@ def context(stage: Any, manifest: dict[str, Any], totals: Any) -> dict[str, Any]
         "stages": stages, "columns": _columns(rd, emit.folder if emit else None),
         "emit": emit.name if emit else None, "emit_glob": emit_glob,
         "download": dl, "consent": (cfg_dump.get(download.name) or {}).get("consent")
-        if download else None, "consent_files": (mstages.get(download.name, {})
-                                                 .get("global") or {}).get("consent_files")
+        if download else None, "consent_files": step_info(
+            mstages.get(download.name), "robots").get("consent_files")
         if download else None, "random_weights": random_weights, "score": score.name
         if score else None, "language": language.name if language else None,
         "lang_glob": lang_glob, "langs": sorted(langs.items(), key=lambda kv: (-kv[1], kv[0])),

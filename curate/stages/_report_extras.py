@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.algorithms.uids import uid_keys
-from curate.core.rundir import RunDir
+from curate.core.rundir import RunDir, step_info
 from curate.stages._report_safety import SafetyView, safety_page, shard_safety
 from curate.stages._report_safety import merge as merge_safety
 
@@ -226,12 +226,13 @@ def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[st
     for name, folder in plan.get("aesthetic", []):
         if folder in totals.extras.aesthetic:
             all_, fin = totals.extras.aesthetic[folder]
-            info = manifest.get("stages", {}).get(name, {}).get("global") or {}
+            info = step_info(manifest.get("stages", {}).get(name), "head")
             aesthetic[name] = {"edges": AESTHETIC_EDGES, "all": all_, "final": fin,
                                "warning": info.get("warning")}
     sheets, labels, contamination = dict(totals.extras.sheets), {}, {}
     for r in before:  # what image_dedup and decontaminate recorded in run.json
-        info = manifest.get("stages", {}).get(r.name, {}).get("global") or {}
+        rec = manifest.get("stages", {}).get(r.name)
+        info = step_info(rec, "dedup" if r.kind == "image_dedup" else "hits")
         if r.kind == "image_dedup" and info.get("groups"):
             sheets[(r.name, "placeholder_image: the largest groups")] = [
                 (i, g[2], g[3]) for i, g in enumerate(info["groups"])]
@@ -243,6 +244,9 @@ def page_extras(rd: RunDir, totals: Any, plan: dict[str, Any], manifest: dict[st
     bal = next((r for r in before if r.kind == "balance"), None)
     if bal is not None:
         langs["head_tail"] = language_head_tail(rd, bal.folder)
+        # languages without a list of their own (MetaCLIP 2: matched against `other`)
+        langs["to_other"] = step_info(manifest.get("stages", {}).get(bal.name),
+                                      "count").get("to_other") or {}
     by_cluster = dict(plan.get("sheet_clusters") or [])
     view = SafetyView.from_plan(plan)
     side = sheets_data(rd, totals.extras.clusters, {}, images, view=view)

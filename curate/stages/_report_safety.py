@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.core.rundir import RunDir
+from curate.core.rundir import RunDir, step_info
 from curate.stages._emit_faces import face_boxes, face_folders
 
 #: thumbnails of pairs with punsafe above this are blurred (LAION-5B's "unsafe" line)
@@ -182,7 +182,7 @@ def safety_page(sums: dict[str, dict[str, np.ndarray]], plan: dict[str, Any],
         h = sums.get(name)
         if h is None:
             continue
-        info = manifest.get("stages", {}).get(name, {}).get("global") or {}
+        info = step_info(manifest.get("stages", {}).get(name), "head")
         sec = pipeline.section(name)
         cut = getattr(sec, "max_punsafe", None) if kind == "nsfw" else getattr(
             sec, "max_ptoxic", None)

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from curate.core.rundir import step_info
+
 
 @dataclass(frozen=True)
 class KnownThreshold:
@@ -82,7 +84,7 @@ def threshold_notes(pipeline: Any, refs: Any, manifest: dict[str, Any] | None = 
         if thr is None:
             continue
         key, words = scorer_of(s)
-        recorded = str((stages.get(ref.name, {}).get("global") or {}).get("model", ""))
+        recorded = str(step_info(stages.get(ref.name), "model").get("model", ""))
         if recorded.startswith("none: the pool brings embeddings"):
             key, words = None, "embeddings the pool brought (their model is unknown to curate)"
         for k in KNOWN:

@@ -17,6 +17,11 @@ entries below t).
 A pair's entries all belong to its caption's language, so giving each entry its language's
 t makes each pair's keep_prob use its language's t. entry_counts.parquet gains ``lang``
 (null with a single vocabulary).
+
+With per-language metadata the ``count`` step also records which languages had no list of
+their own among the pairs it counts (match used the ``other`` list for them, or none):
+run.json ``stages.balance.steps.count.info.to_other`` = {pairs, other_list, languages:
+{lang: pairs}} (null and empty ``lang``: "(none)"); the report's Language mix shows it.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class BalanceStage(Stage):
 
     def steps(self) -> list:
         return [GlobalStep("count", plan=lambda: list(self.shards), map=self._count_shard,
-                           start=self._zeros, fold=_add_counts, commit=self._write_counts),
+                           start=self._start, fold=_add_counts, commit=self._write_counts),
                 ShardStep()]
 
     def _match(self):
@@ -99,6 +104,18 @@ class BalanceStage(Stage):
     def _entries(self) -> list[str]:
         return self._meta().entries
 
+    def _start(self) -> dict:
+        return {"total": self._zeros(), "to_other": {}}
+
+    def preflight(self) -> list[str]:
+        """per_language needs per-language metadata with English (its files: match's lines)."""
+        meta = self.pipeline.section(self._match().name).metadata
+        if not self.section.per_language or (isinstance(meta, dict) and "en" in meta):
+            return []
+        return [f"{self.name}.per_language needs match.metadata to map languages to "
+                "vocabularies, `en` among them (English's tail share at t sets every other "
+                "language's t)"]
+
     def _zeros(self) -> np.ndarray:
         if self.section.per_language:
             meta = self._meta()
@@ -108,8 +125,9 @@ class BalanceStage(Stage):
                                  "(English's tail share at t sets every other language's t)")
         return np.zeros(len(self._entries()), np.int64)
 
-    def _count_shard(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
-        """Sparse per-entry counts of one shard: (ids, counts), small to ship to the driver.
+    def _count_shard(self, shard: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Sparse per-entry counts of one shard: (ids, counts, pairs per language that fell
+        to ``other``), small to ship to the driver.
 
         With per-language metadata the worker does not load the (possibly hundreds of)
         lists to learn their total size: it counts up to the largest id it sees, and the
@@ -124,15 +142,33 @@ class BalanceStage(Stage):
         else:
             c = count_entries(ids, self._n_entries())
         nz = np.flatnonzero(c)
-        return nz.astype(np.int32), c[nz].astype(np.int32)  # small: see _report_counts
+        return nz.astype(np.int32), c[nz].astype(np.int32), self._to_other(shard, m["uid"])
+
+    def _to_other(self, shard: str, uids: pa.ChunkedArray) -> dict[str, int]:
+        """Pairs per ``lang`` that has no list of its own (null and empty: "(none)"): match
+        used the ``other`` list for them, or none. {} with a single vocabulary."""
+        from curate.stages.match import caption_langs
+
+        listed = self._metadata()
+        if not isinstance(listed, dict):
+            return {}
+        m = self._match()
+        names = [r.name for r in self.before]
+        language = next((r.folder for r in reversed(self.before[:names.index(m.name)])
+                         if r.kind == "language"), None)
+        langs = caption_langs(self.rd, language, shard, uids.combine_chunks())
+        has_list = pc.is_in(langs, value_set=pa.array(sorted(listed), pa.string()))
+        off = pc.fill_null(pc.filter(langs, pc.invert(pc.fill_null(has_list, False))), "")
+        vc = pc.value_counts(off).to_pylist()
+        return {r["values"] or "(none)": int(r["counts"]) for r in vc}
 
     def _n_entries(self) -> int:
         if not hasattr(self, "_n"):
             self._n = len(self._entries())
         return self._n
 
-    def _write_counts(self, total: np.ndarray) -> dict:
-        meta = self._meta()
+    def _write_counts(self, acc: dict) -> dict:
+        total, meta = acc["total"], self._meta()
         table = pa.table({"entry_id": pa.array(np.arange(len(total)), pa.int32()),
                           "lang": pa.array(meta.entry_langs(), pa.string()),
                           "entry": pa.array(meta.entries, pa.string()),
@@ -140,6 +176,13 @@ class BalanceStage(Stage):
         write_parquet_atomic(self.rd.fs, self.counts_path(), table)
         digest = hashlib.sha256(total.tobytes()).hexdigest()[:16]
         info = {"counts_digest": digest, "entries_matched": int((total > 0).sum())}
+        if meta.per_language:  # which languages had no list (report: Language mix)
+            from curate.vocab import OTHER
+
+            info["to_other"] = {"pairs": sum(acc["to_other"].values()),
+                                "other_list": OTHER in meta.languages,
+                                "languages": dict(sorted(acc["to_other"].items(),
+                                                         key=lambda kv: (-kv[1], kv[0])))}
         if self.section.per_language:
             from curate.algorithms.balancing_languages import language_thresholds, split_counts
 
@@ -206,11 +249,14 @@ class BalanceStage(Stage):
                          **decisions(pa.array(kept, pa.bool_()), reason)})
 
 
-def _add_counts(total: np.ndarray, item: str, sparse: tuple[np.ndarray, np.ndarray]
-                ) -> np.ndarray:
-    ids, c = sparse
+def _add_counts(acc: dict, item: str,
+                result: tuple[np.ndarray, np.ndarray, dict[str, int]]) -> dict:
+    ids, c, to_other = result
+    total = acc["total"]
     if ids.size and ids[-1] >= total.size:  # ids ascend: np.flatnonzero
         raise InputError(f"{item}: entry id {int(ids[-1])} is beyond the vocabulary's "
                          f"{total.size} entries (did match.metadata change?)")
     total[ids] += c  # ids are unique within a shard's result
-    return total
+    for lang, n in to_other.items():
+        acc["to_other"][lang] = acc["to_other"].get(lang, 0) + n
+    return acc

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,9 +33,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from curate.config import Section
-from curate.core import faults
 from curate.core.engine import Resources
-from curate.core.io import read_shard_meta, write_parquet_atomic
 from curate.core.rundir import RunDir, uid_digest
 from curate.stages._counts import detail_kinds
 
@@ -147,15 +144,25 @@ class Stage:
     count_detail_kinds: ClassVar[tuple[str, ...]] = ()
     #: one line for the CLI (`curate <kind> RUN`) and the docs
     help: ClassVar[str] = ""
+    #: for docs/ARCHITECTURE.md's generated tables (curate.app.doc_tables), what the other
+    #: attributes cannot say: a cell's note by column (language: ``{"decides": "with
+    #: `languages`"}``), and the sections its steps are listed with — the first the base
+    #: (``{}``: defaults), each further one a variant whose steps differ
+    doc_notes: ClassVar[dict[str, str]] = {}
+    doc_sections: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
-    def __init__(self, spec: StageSpec):
-        from curate.stages.registry import parse_pipeline
-
+    def __init__(self, spec: StageSpec, pipeline: Any):
+        """``pipeline``: the already parsed :class:`~curate.stages.registry.Pipeline` of
+        ``spec.config`` (the driver's own; in a worker, :func:`curate.stages.runtime.build`
+        parses each recorded config once per process)."""
         self.spec = spec
         self.name = spec.name
-        self.pipeline = parse_pipeline(spec.config, "run config")
+        self.pipeline = pipeline
         self.cfg = self.pipeline  # pipeline-wide sections: cfg.run, cfg.pool
         self.section = self.pipeline.section(spec.name)
+        #: the one rule, as the registry's StageRef has it (a class's ``decides`` unless
+        #: ``decides_with`` says otherwise for this section)
+        self.decides = self.pipeline.ref(spec.name).decides
         self.rd = RunDir(spec.run_url)
         i = self.pipeline.stages.index(spec.name)
         #: the instances before this one, in order
@@ -163,12 +170,15 @@ class Stage:
         self.state = spec.state
         #: the pool shards this run of the stage covers (set by the driver, for plans)
         self.shards: list[str] = []
+        #: the pool's columns as preflight read them before ingest (None: not known yet;
+        #: :func:`curate.stages._needs.pool_names` then reads the run directory's pool)
+        self.preflight_pool: list[str] | None = None
 
     @classmethod
     def decides_with(cls, section: Any) -> bool:
         """Whether an instance with this validated section decides. ``decides`` by default;
-        a kind whose filter is optional (language: only with ``languages``) overrides it and
-        sets ``self.decides``/``self.schema`` to match in ``__init__``."""
+        a kind whose filter is optional (language: only with ``languages``) overrides it;
+        ``Stage.__init__`` sets ``self.decides`` from it (and the kind its ``schema``)."""
         return cls.decides
 
     @classmethod
@@ -296,111 +306,3 @@ def output_digest(table: pa.Table) -> str:
     if "kept" in table.column_names:
         table = table.filter(pc.fill_null(table["kept"], False))
     return uid_digest(table["uid"])
-
-
-# --------------------------------------------------------------------------- workers
-
-_CACHE: dict[str, Stage] = {}
-
-
-def get_stage(spec: StageSpec, cls: type[Stage] | None = None, setup: bool = True) -> Stage:
-    """The stage for ``spec``, built once per worker process; ``setup()`` (a model, an
-    automaton) only for the shard step's workers, not for a global step's map."""
-    from curate.stages.registry import parse_pipeline, remember
-
-    key = spec.key() + ("+setup" if setup else "")
-    stage = _CACHE.get(key)
-    if stage is None:
-        if len(_CACHE) > 4:
-            _CACHE.clear()
-        if cls is not None:
-            remember(str((spec.config.get(spec.name) or {}).get("kind", spec.name)), cls)
-        if cls is None:
-            cls = parse_pipeline(spec.config, "run config").stage_class(spec.name)
-        stage = cls(spec)
-        if setup:
-            stage.setup()
-        _CACHE[key] = stage
-    return stage
-
-
-def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
-    """Process one shard of a stage unless its output is already current. Runs in a worker."""
-    t = [time.monotonic()]
-    stage = get_stage(spec, cls)
-    rd = stage.rd
-    inputs = stage.inputs(shard)
-    t.append(time.monotonic())
-    digest = stage.input_digest(shard, inputs)
-    out = rd.shard_path(stage.pipeline.ref(spec.name).folder, shard)
-    meta = read_shard_meta(rd.fs, out)
-    if (meta and meta.get("fingerprint") == spec.fingerprint and meta.get("input") == digest
-            and "output" in meta and not stage.needs_rerun(meta)):
-        return {**meta.get("counts", {}), "output": meta["output"], "skipped": True}
-    faults.maybe_fail(spec.name, shard)
-    t.append(time.monotonic())
-    table = stage.process(shard, inputs)
-    if stage.schema is not None:
-        table = table.select(stage.schema.names).cast(stage.schema)
-    t.append(time.monotonic())
-    counts = summarize(stage.decides, table, inputs.num_rows,
-                       stage.count_detail_kinds)
-    produced = output_digest(table)
-    t.append(time.monotonic())
-    counts["seconds"] = round(t[3] - t[2], 3)
-    meta = {"stage": spec.name, "fingerprint": spec.fingerprint, "input": digest,
-            "output": produced, "counts": counts}
-    write_parquet_atomic(rd.fs, out, table, meta=meta)
-    t.append(time.monotonic())
-    faults.trace(spec.name, shard)
-    faults.maybe_fail(spec.name, shard, after_write=True)
-    # where a shard's time goes (run.json sums it per stage): setup + reading inputs,
-    # digests and resume check, the stage's own work, counting, writing
-    timings = {"read": t[1] - t[0], "digest": t[2] - t[1], "process": t[3] - t[2],
-               "count": t[4] - t[3], "write": t[5] - t[4]}
-    return {**counts, "output": produced, "skipped": False,
-            "timings": {k: round(v, 4) for k, v in timings.items()}}
-
-
-def run_map(spec: StageSpec, cls: type[Stage], step: str, item: Any) -> Any:
-    """One item of a global step's map. Runs in a worker."""
-    stage = get_stage(spec, cls, setup=False)
-    faults.maybe_fail(f"{spec.name}.{step}", _label(item))
-    fn = next(s for s in stage.steps() if s.name == step)
-    return fn.map(item)
-
-
-def _label(item: Any) -> str:
-    """How fault rules and logs name a work item: a shard name, a bucket number, ..."""
-    if isinstance(item, dict):
-        return str(item.get("name", item))
-    return str(item)
-
-
-def run_inline(stage: Stage, shards: list[str],
-               mapper: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
-               ) -> dict[str, Any]:
-    """Run every step of ``stage`` in this process, without the driver's bookkeeping.
-
-    For tests and notebooks: the same plan/map/fold/commit as a pipeline run, the map done
-    by ``mapper(fn, items) -> results`` (default: a plain loop). Returns the merged infos.
-    """
-    mapper = mapper or (lambda fn, items: [fn(i) for i in items])
-    stage.shards = list(shards)
-    state: dict[str, Any] = {}
-    merged: dict[str, Any] = {}
-    for step in stage.steps():
-        stage.state = dict(state)
-        stage.spec = StageSpec(stage.spec.name, stage.spec.run_url, stage.spec.config,
-                               stage.spec.fingerprint, stage.spec.options, dict(state))
-        if isinstance(step, ShardStep):
-            mapper(lambda s: run_shard(stage.spec, type(stage), s), list(shards))
-            continue
-        items = step.plan()
-        acc = step.start()
-        for item, result in zip(items, mapper(step.map, items)):
-            acc = step.fold(acc, item, result)
-        info = step.commit(acc) or {}
-        state[step.name] = info
-        merged.update(info)
-    return merged

@@ -140,6 +140,31 @@ class DataCompBasicStage(Stage):
         return [GlobalStep.on_driver("check", self._check), ShardStep()]
 
     # -- driver side
+    def preflight(self) -> list[str]:
+        """Where sizes come from, and the fastText model (or the language stage's)."""
+        from curate.models import langid
+        from curate.stages._needs import pool_names
+
+        problems = []
+        lang = self.previous("language")
+        theirs = self.pipeline.section(lang.name).model if lang is not None else None
+        if lang is not None and self.section.model not in (None, theirs):
+            problems.append(f"{self.name}.model: the {lang.name} stage before it gives the "
+                            f"language (model {theirs or 'lid.176.ftz'}); set the model "
+                            "there, not here")
+        elif lang is None:
+            try:
+                langid.resolve(self.section.model)
+            except ConfigError as err:
+                problems.append(f"{self.name}.model: {err}")
+        names = pool_names(self)
+        if names is not None and not set(SIZES) <= set(names) and \
+                self.previous("download") is None:
+            problems.append(f"{self.name}: needs image sizes: the pool brings no "
+                            "original_width/original_height columns and no download stage "
+                            "runs before it")
+        return problems
+
     def _check(self, _: Any) -> dict[str, Any]:
         """Fail fast on a pipeline that cannot give sizes, and load the model once."""
         from curate.models import langid

@@ -20,8 +20,8 @@ Steps (algorithms in :mod:`curate.algorithms.datacomp_kmeans`):
 What DataComp does before clustering — fastText English and ``len(fasttext.tokenize(t)) > 1``
 and ``len(t) > 5`` (``caption_filter``), applied to the pairs clustered *and* to the pairs
 filtered — is up to the stages before this one (``language``, and ``score.basic`` with
-``min_caption_words: 2, min_caption_chars: 6``; whitespace words, where fastText's tokenizer
-also counts a newline as a token): see ``pipelines/datacomp_image_based.yaml``.
+``word_rule: fasttext_tokens, min_caption_words: 2, min_caption_chars: 6``, the same rule):
+see ``pipelines/datacomp_image_based.yaml``.
 
 Memory: the training set is on the driver (n x d as stored — float16 from score — on the
 wire, float32 for FAISS),
@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from curate.algorithms.embeddings import as_matrix
 from curate.config import Section
 from curate.core.io import read_table, url_to_fs, write_parquet_atomic
 from curate.errors import ConfigError, InputError
@@ -66,7 +67,6 @@ class DataCompImageConfig(Section):
 
 
 def _matrix(col: Any) -> np.ndarray:
-    from curate.stages.score import as_matrix
 
     return as_matrix(col)
 
@@ -102,6 +102,32 @@ class DataCompImageStage(Stage):
                 GlobalStep("reference", plan=self._reference_files, map=self._assign_reference,
                            start=self._zeros, fold=_add, commit=self._targets),
                 ShardStep()]
+
+    def preflight(self) -> list[str]:
+        """The reference embeddings (files, and the column in the first one's footer), given
+        centroids, and the pool's embeddings."""
+        import pyarrow.parquet as pq
+
+        from curate.stages import _needs
+
+        s, key = self.section, f"{self.name}.reference"
+        problems = _needs.image_embeddings(self) + _needs.missing_file(
+            f"{self.name}.centroids", s.centroids, ".npy (k, d) or Parquet with a centroid column")
+        if not s.reference:
+            return [*problems, f"{key}: name the Parquet file(s) of reference embeddings"]
+        files = _files(s.reference)
+        if not files:
+            return [*problems, f"{key}: no Parquet file at {s.reference!r}"]
+        fs, path = files[0]
+        try:
+            with fs.open(path, "rb") as f:
+                names = pq.read_schema(f).names
+        except (OSError, pa.ArrowInvalid) as err:
+            return [*problems, f"{key}: {path} is not a readable Parquet file ({err})"]
+        if s.reference_column not in names:
+            problems.append(f"{self.name}.reference_column: {path} has no "
+                            f"{s.reference_column!r} column (it has {', '.join(names)})")
+        return problems
 
     # ------------------------------------------------------------------ embeddings
     def inputs(self, shard: str) -> pa.Table:

@@ -68,6 +68,21 @@ class DataCompTextStage(Stage):
     def steps(self) -> list:
         return [GlobalStep.on_driver("wordnet", self._check), ShardStep()]
 
+    def preflight(self) -> list[str]:
+        """WordNet 3.0's index files and the synset list (file names only: loading is the
+        ``wordnet`` step's)."""
+        from curate.errors import CurateError
+        from curate.stages._needs import missing_file
+        from curate.vocab.in21k import wordnet_dir
+
+        try:
+            wordnet_dir(self.section.wordnet)
+            problems = []
+        except CurateError as err:
+            problems = [f"{self.name}.wordnet: {err}"]
+        return problems + missing_file(f"{self.name}.synsets", self.section.synsets,
+                                       "a file of ImageNet-21k wnids, n######## per line")
+
     def _check(self, _: Any) -> dict[str, Any]:
         """Load the data once on the driver: missing WordNet files fail before any worker."""
         from curate.vocab.in21k import wordnet_dir

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from curate.algorithms.embeddings import as_matrix
 from curate.config import Section
 from curate.core.io import join, url_to_fs, write_parquet_atomic
 from curate.errors import InputError
@@ -51,6 +52,7 @@ class DecontaminateStage(Stage):
                                      "(detail: set:row and how it matched)"}
     pool_columns = ["uid"]
     help = "Drop pairs whose image is a near-copy of an image of an evaluation set."
+    doc_sections = ({"eval_sets": {"imagenet": "eval/imagenet/*.parquet"}},)
 
     def steps(self) -> list:
         return [GlobalStep("eval", plan=self._eval_items, map=self._eval_hash,
@@ -63,6 +65,33 @@ class DecontaminateStage(Stage):
     def _work(self) -> str:
         return join(self.rd.path(self.pipeline.ref(self.name).folder), "_work",
                     self.spec.fingerprint)
+
+    def preflight(self) -> list[str]:
+        """Every eval set's files, each with an image or image_emb column (footers only),
+        and the pool's side: images or embeddings to compare."""
+        from curate.errors import CurateError
+        from curate.stages import _needs
+        from curate.stages.ingest import resolve_pool
+
+        problems = []
+        if _needs.images(self, instead=("image_emb",)) and _needs.image_embeddings(self):
+            problems.append(f"{self.name}: needs images or image embeddings of the pool: no "
+                            "download or score stage runs before it and the pool has neither "
+                            "an image nor an image_emb column")
+        for name, spec in sorted(self.section.eval_sets.items()):
+            key = f"{self.name}.eval_sets.{name}"
+            try:
+                fs, files = resolve_pool(spec)
+                for path in files:
+                    with fs.open(path, "rb") as f:
+                        if not {"image", "image_emb"} & set(pq.read_schema(f).names):
+                            problems.append(f"{key}: {path} has neither an image nor an "
+                                            "image_emb column")
+            except CurateError as err:  # its message says "pool ...": it is an eval set
+                problems.append(f"{key}: {str(err).removeprefix('pool ')}")
+            except (OSError, pa.ArrowInvalid) as err:
+                problems.append(f"{key}: {spec} is not readable Parquet ({err})")
+        return problems
 
     # ------------------------------------------------------------------ eval side
     def _eval_items(self) -> list[tuple[str, str, int]]:
@@ -125,7 +154,6 @@ class DecontaminateStage(Stage):
             if "image_emb" in t.column_names:
                 emb = t["image_emb"].combine_chunks()
                 rows = np.flatnonzero(pc.is_valid(emb).to_numpy(zero_copy_only=False))
-                from curate.stages.score import as_matrix
 
                 side["x"] = as_matrix(emb.take(pa.array(rows))) if rows.size else None
                 side["x_rows"] = rows
@@ -179,7 +207,6 @@ class DecontaminateStage(Stage):
         return surv["image"].combine_chunks() if "image" in surv.column_names else None
 
     def _embeddings(self, shard: str, surv: pa.Table) -> np.ndarray | None:
-        from curate.stages.score import as_matrix
 
         score = self.previous("score")
         if score is not None:

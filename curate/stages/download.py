@@ -107,6 +107,7 @@ class DownloadStage(Stage):
     pool_columns = None
     help = ("Fetch each shard's images with img2dataset (robots.txt, TDMRep, denylists, "
             "per-host cap, URL guard, header checks).")
+    doc_sections = ({}, {"consent": {"robots": False, "tdmrep": False}})
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1)
@@ -135,6 +136,21 @@ class DownloadStage(Stage):
                         "consent_files": acc, "records_at": time.time_ns()}),
             ]
         return [*steps, ShardStep()]
+
+    def preflight(self) -> list[str]:
+        """Something to fetch (a url column, or image bytes in the pool) and the denylist's
+        files: a missing hash list would otherwise let through what it lists."""
+        from curate.stages import _needs
+
+        names = _needs.pool_names(self)
+        problems = [] if names is None or {"url", "image"} & set(names) else [
+            f"{self.name}: the pool has no url column and no image column: nothing to fetch "
+            f"(map one with pool.columns.url; it has {', '.join(names)})"]
+        cfg = self.section.denylist
+        for key in dl.KIND_OF if cfg is not None else ():
+            problems += _needs.missing_file(f"{self.name}.denylist.{key}", getattr(cfg, key),
+                                            "a list of one value per line")
+        return problems
 
     def _folder(self) -> str:
         return self.pipeline.ref(self.name).folder

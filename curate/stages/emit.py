@@ -33,7 +33,13 @@ from pydantic import Field
 from curate.algorithms.uids import wds_keys
 from curate.config import Section
 from curate.core import faults
-from curate.core.io import list_shards, read_shard_meta, write_bytes_atomic, write_parquet_atomic
+from curate.core.io import (
+    list_shards,
+    read_shard_meta,
+    shard_index,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from curate.core.rundir import RunDir, count_survivors, uid_digest
 from curate.errors import InputError
 from curate.stages._denylist import load_all_rules, matched, rules_version
@@ -260,7 +266,7 @@ class EmitStage(Stage):
         # a pool that shrank its kept set leaves fewer output shards: drop the stale ones
         for stale in set(list_shards(self.rd.fs, self.rd.path(out))) - names:
             self.rd.fs.rm(self.rd.path(out, stale))
-            tar = self.rd.path(out, "wds", stale[5:10] + ".tar")
+            tar = self.rd.path(out, "wds", f"{shard_index(stale):05d}.tar")
             if self.rd.fs.exists(tar):
                 self.rd.fs.rm(tar)
         rows = {r["name"]: r["rows"] for _, r in results}

@@ -97,6 +97,7 @@ class FacesStage(Stage):
     schema = SCHEMA
     joins = ()
     help = "Face boxes (MTCNN, facenet-pytorch's weights) per image, normalised; a tagger."
+    doc_notes = {"joins": "emit joins `face_bboxes` itself"}
 
     def steps(self) -> list:
         return [GlobalStep.on_driver("model", self._check), ShardStep()]
@@ -110,6 +111,13 @@ class FacesStage(Stage):
             return False
         with self.rd.fs.open(self.rd.shard_path("pool", shards[0]), "rb") as f:
             return "face_bboxes" in pq.read_schema(f).names
+
+    def preflight(self) -> list[str]:
+        """Images to detect faces in, unless the pool brings the boxes (the weights are
+        bundled)."""
+        from curate.stages._needs import images
+
+        return images(self, instead=("face_bboxes",))
 
     def _check(self, _: object) -> dict[str, Any]:
         from curate.models.faces import describe, load_nets

@@ -101,6 +101,12 @@ class ImageDedupStage(Stage):
         return join(self.rd.path(self.name if self.name != self.kind else self.folder),
                     "_work", self.spec.fingerprint)
 
+    def preflight(self) -> list[str]:
+        """Images to hash: the download stage's, else the pool's."""
+        from curate.stages._needs import images
+
+        return images(self)
+
     # ------------------------------------------------------------------ 1. hash
     def _images(self, shard: str) -> pa.Table:
         surv = self.survivors(shard, None)

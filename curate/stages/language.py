@@ -80,14 +80,14 @@ class LanguageStage(Stage):
                "the caption's language is not one of language.languages (detail: label, score)"}
     joins = ("lang", "lang_score")
     help = "fastText language ID (lid.176) per caption; with `languages`, a language filter."
+    doc_notes = {"decides": "with `languages`"}
 
     @classmethod
     def decides_with(cls, section: Any) -> bool:
         return section.languages is not None
 
-    def __init__(self, spec):
-        super().__init__(spec)
-        self.decides = self.decides_with(self.section)
+    def __init__(self, spec, pipeline):
+        super().__init__(spec, pipeline)
         if self.decides:
             self.schema = pa.schema(FIELDS + DECISION_FIELDS)
 
@@ -95,6 +95,24 @@ class LanguageStage(Stage):
         return [GlobalStep.on_driver("model", self._check_model), ShardStep()]
 
     # -- driver side
+    def preflight(self) -> list[str]:
+        """The fastText model file, and ``languages`` among its labels (unless the pool
+        brings its own labels): a typo would drop everything."""
+        from curate.models import langid
+        from curate.stages._needs import pool_names
+
+        try:
+            path = langid.resolve(self.section.model)
+        except ConfigError as err:
+            return [f"{self.name}.model: {err}"]
+        names = pool_names(self)
+        if not self.section.languages or names is None or "lang" in names:
+            return []
+        labels = langid.labels(path)
+        unknown = [c for c in self.section.languages if c not in labels]
+        return [f"{self.name}.languages: {', '.join(map(repr, unknown))} is not a label of "
+                f"{path.name} (labels: {', '.join(labels)})"] if labels and unknown else []
+
     def _brings_lang(self) -> bool:
         return bool(self.shards) and "lang" in pool_names(self.rd, self.shards[0])
 

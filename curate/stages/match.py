@@ -59,9 +59,18 @@ class _Loader:
         self.path = path
 
     def __call__(self) -> list[str]:
-        from curate.vocab import load_vocabulary
+        from curate.vocab import read_vocabulary
 
-        return load_vocabulary(self.path)
+        return read_vocabulary(self.path)  # uncached: the matcher keeps what it needs
+
+
+def caption_langs(rd, language: str | None, shard: str, uids: pa.Array) -> pa.Array:
+    """Each uid's ``lang`` as match reads it: the ``language`` stage's (its folder given),
+    else the pool's; null where the uid has none. Balance reads it too, to say which
+    languages fell to ``other``."""
+    t = rd.read(language or "pool", shard, ["uid", "lang"])
+    idx = pc.index_in(uids, value_set=t["uid"].combine_chunks())
+    return pc.take(t["lang"].combine_chunks(), idx).cast(pa.string())
 
 
 class MatchConfig(Section):
@@ -122,6 +131,25 @@ class MatchStage(Stage):
                 "languages": {lang: len(v) for lang, v in zip(meta.languages,
                                                               meta.vocabularies, strict=True)}}
 
+    def preflight(self) -> list[str]:
+        """The vocabulary files (a built-in name or a file; one per language), and with
+        per-language metadata a language per caption."""
+        from curate.stages import _needs
+        from curate.vocab import BUILTIN, METADATA_DIR
+
+        meta = self.section.metadata
+        files = ({f"{self.name}.metadata.{lang}": p for lang, p in meta.items()}
+                 if isinstance(meta, dict) else {f"{self.name}.metadata": meta})
+        problems = []
+        for key, path in files.items():
+            path = str(METADATA_DIR / BUILTIN[path]) if path in BUILTIN else path
+            problems += _needs.missing_file(key, path, "a vocabulary: one entry per line or "
+                                            f"a JSON list; built-in: {', '.join(BUILTIN)}")
+        if isinstance(meta, dict) and self.previous("language") is None:
+            problems += _needs.columns(self, ["lang"], "metadata maps languages to "
+                                       "vocabularies and no language stage runs before match")
+        return problems
+
     def _pool_has_lang(self) -> bool:
         shards = self.shards or self.rd.pool_shards()
         if not shards:
@@ -139,10 +167,8 @@ class MatchStage(Stage):
             i = t.column_names.index("lang")
             return t.set_column(i, "lang", t["lang"].cast(pa.string()))
         t = self.survivors(shard, ["uid", "caption"])
-        lang = self.rd.read(ref.folder, shard, ["uid", "lang"])
-        idx = pc.index_in(t["uid"], value_set=lang["uid"].combine_chunks())
-        langs = pc.take(lang["lang"].combine_chunks(), idx)  # null where the uid is missing
-        return t.append_column("lang", langs.cast(pa.string()))
+        return t.append_column("lang", caption_langs(self.rd, ref.folder, shard,
+                                                     t["uid"].combine_chunks()))
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         matcher = self._matcher()

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from curate.algorithms.embeddings import as_matrix
 from curate.config import Section
 from curate.errors import ConfigError, InputError
 from curate.stages._head_stage import HeadStage, cached_head, detail
@@ -90,6 +91,18 @@ class NsfwStage(HeadStage):
 
     def sigmoid(self) -> bool:
         return True
+
+    # ------------------------------------------------------------------ driver
+    def preflight(self) -> list[str]:
+        """The bundled head, the embeddings, and a score stage of the head's model."""
+        from curate.models.head import NSFW
+
+        _, _, width, clip = NSFW[self.section.model]
+        try:
+            self._model_check(width, clip)
+        except (ConfigError, InputError) as err:
+            return [*super().preflight(), str(err)]
+        return super().preflight()
 
     # ------------------------------------------------------------------ driver: the head step
     def _check(self, _: object) -> dict:
@@ -157,7 +170,6 @@ class NsfwStage(HeadStage):
     # ------------------------------------------------------------------ worker: one shard
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
         from curate.algorithms.heads import head_scores, l2_normalised, violent
-        from curate.stages.score import as_matrix
 
         s = self.section
         col = inputs["image_emb"].combine_chunks()

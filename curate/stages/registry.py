@@ -40,7 +40,7 @@ from curate.errors import ConfigError, RunDirError
 from curate.stages.base import Stage, StageRef
 
 #: modules of curate.stages that are machinery, not stage kinds
-_NOT_KINDS = {"base", "registry", "ingest"}
+_NOT_KINDS = {"base", "registry", "runtime", "ingest", "cut", "preflight"}
 
 
 @lru_cache(maxsize=1)
@@ -114,6 +114,10 @@ def _import_plugin(kind: str) -> type[Stage]:
     return cls
 
 
+class AmbiguousStage(ConfigError):
+    """``cfg.<kind>`` where the pipeline has several instances of that kind."""
+
+
 @dataclass(frozen=True)
 class Instance:
     ref: StageRef
@@ -126,8 +130,9 @@ class Instance:
 class Pipeline:
     """A validated pipeline: pool and run sections plus resolved stage instances.
 
-    ``pipeline.<name>`` is the section model of instance or kind ``name`` (the first
-    instance of that kind), so ``cfg.balance.t`` reads as it always has.
+    ``pipeline.<name>`` is the section model of instance or kind ``name`` (the one
+    instance of that kind; with several it is an error naming them), so ``cfg.balance.t``
+    reads as it always has.
     """
 
     def __init__(self, base: PipelineConfig, instances: dict[str, Instance],
@@ -154,9 +159,12 @@ class Pipeline:
             return self._inst[name].section
         if name in self._spare:
             return self._spare[name]
-        for n in self.stages:
-            if self._inst[n].ref.kind == name:
-                return self._inst[n].section
+        named = self.instances_of(name)
+        if len(named) > 1:
+            raise AmbiguousStage(f"the pipeline has {len(named)} {name} stages "
+                                 f"({', '.join(named)}): name the instance")
+        if named:
+            return self._inst[named[0]].section
         return stage_class(name).Config()
 
     def instances_of(self, kind: str) -> list[str]:
@@ -172,6 +180,8 @@ class Pipeline:
             raise AttributeError(name)
         try:
             return self.section(name)
+        except AmbiguousStage:
+            raise
         except ConfigError:
             raise AttributeError(name) from None
 

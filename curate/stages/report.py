@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core.io import join, list_shards, write_bytes_atomic, write_parquet_atomic
-from curate.core.rundir import now
+from curate.core.rundir import now, step_info
 from curate.stages._report_card import write_card
 from curate.stages._report_config import ReportConfig
 from curate.stages._report_counts import (
@@ -267,8 +267,8 @@ class ReportStage(Stage):
             threshold, label = f.min_score, f"{name}.filter.min_score = {f.min_score:g}"
         elif f.top_fraction is not None:
             # the cut the score stage recorded (its lowest kept score)
-            recorded = ((manifest.get("stages", {}).get(name, {}).get("global") or {})
-                        .get("threshold"))
+            recorded = step_info(manifest.get("stages", {}).get(name), "apply").get(
+                "threshold")
             if isinstance(recorded, int | float) and np.isfinite(recorded):
                 threshold = float(recorded)
             elif s["min_kept"] is not None:
@@ -356,7 +356,7 @@ class ReportStage(Stage):
                              f"separates): {', '.join(never)}." if never else ""))
 
         score = plan["score"]
-        recorded = (manifest.get("stages", {}).get(score or "", {}).get("global") or {})
+        recorded = step_info(manifest.get("stages", {}).get(score or ""), "model")
         random_weights = score is not None and (
             cfg.section(score).pretrained == "none" or recorded.get("random_init") is True)
         bal = self._first("balance")

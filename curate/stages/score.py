@@ -13,7 +13,7 @@ loop is :mod:`curate.stages.score_encode` (``decode: exact | fast | gpu``, ``bat
 auto``, pinned host memory on CUDA).
 
 Filters: ``min_score`` per shard; ``top_fraction``, DataComp's global cut, in global steps
-after the shards (:mod:`curate.stages._top_fraction`): over the whole pool that reached the
+after the shards (:mod:`curate.stages.cut`, one ``Cut``): over the whole pool that reached the
 stage, basic-filtered pairs scored too, with DataComp's ``get_threshold`` rule by default
 (``top_fraction_of: survivors``, ``top_fraction_rule: exact_k`` are options). A
 distributed radix selection: the driver holds one histogram, never the scores.
@@ -22,7 +22,6 @@ distributed radix selection: the driver holds one histogram, never the scores.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -30,30 +29,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field, model_validator
 
+from curate.algorithms.embeddings import as_matrix, fp16_list
 from curate.config import Section
 from curate.core import engine
 from curate.core.engine import Resources
-from curate.stages import _top_fraction as top
 from curate.stages.base import GlobalStep, ShardStep, Stage, decisions
+from curate.stages.cut import Cut, cut_steps
 from curate.stages.score_filters import BasicFilterConfig, basic_reasons
 
 log = logging.getLogger(__name__)
 
 _MODEL: dict[str, Any] = {}
-
-
-def fp16_list(x: np.ndarray) -> pa.FixedSizeListArray:
-    """float32 [n, D] -> Arrow fixed_size_list<float16>[D] (half the bytes, ~1e-3 error)."""
-    x16 = np.ascontiguousarray(x, dtype=np.float16)
-    return pa.FixedSizeListArray.from_arrays(pa.array(x16.reshape(-1)), x16.shape[1])
-
-
-def as_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """list or fixed_size_list column of floats -> float32 [n, D]."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n = len(arr)
-    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(n, -1) if n else np.zeros((0, 0), np.float32)
 
 
 class ScoreFilterConfig(Section):
@@ -114,53 +100,18 @@ class ScoreStage(Stage):
     joins = ("clip_score",)
     pool_columns = None
     help = "CLIP embeddings and scores (open_clip), DataComp's basic and score filters."
+    doc_notes = {"module": "+ `score_encode.py`",
+                 "joins": "+ `image_emb, text_emb` with `emit.include_embeddings`"}
+    doc_sections = ({}, {"filter": {"top_fraction": 0.5}})
 
     def steps(self) -> list:
-        steps: list = [ShardStep()]
-        steps.insert(0, GlobalStep.on_driver("model", self._check_model))
-        if self.section.filter.top_fraction is not None:
-            steps += [GlobalStep(f"select{level}", plan=partial(self._plan_level, level),
-                                 map=partial(self._histogram, level), start=top.zeros,
-                                 fold=top.add, commit=partial(self._choose, level))
-                      for level in range(top.LEVELS)]
-            steps.append(GlobalStep("apply", plan=self._shards, map=self._apply,
-                                    start=top.no_counts, fold=top.add_counts,
-                                    commit=self._applied))
-        return steps
-
-    # -- the top-fraction steps (pure parts in curate.stages._top_fraction)
-    def _plan_level(self, level: int) -> list[str]:
-        prev = self.state.get(f"select{level - 1}") if level else None
-        return [] if prev is not None and prev["done"] else self._shards()
-
-    def _shards(self) -> list[str]:
-        return list(self.shards)
-
-    def _histogram(self, level: int, shard: str) -> Any:
-        prefix = self.state[f"select{level - 1}"]["prefix"] if level else []
-        return top.shard_histogram(self.rd, self.pipeline.ref(self.name).folder, shard, prefix,
-                                   self.section.filter.top_fraction_of)
-
-    def _choose(self, level: int, hist: Any) -> dict[str, Any]:
-        prev = self.state.get(f"select{level - 1}") if level else None
-        if prev is not None and prev["done"]:
-            return prev
+        steps: list = [GlobalStep.on_driver("model", self._check_model), ShardStep()]
         f = self.section.filter
-        return top.choose(hist, prev, f.top_fraction, f.top_fraction_rule)
-
-    def _apply(self, shard: str) -> dict[str, Any]:
-        return top.apply(self.rd, self.pipeline.ref(self.name).folder, shard,
-                         self.state[f"select{top.LEVELS - 1}"],
-                         self.section.filter.top_fraction_of)
-
-    def _applied(self, counts: dict[str, Any]) -> dict[str, Any]:
-        sel = self.state[f"select{top.LEVELS - 1}"]
-        return {"top_fraction": self.section.filter.top_fraction, "scored": sel["n"],
-                "top_fraction_of": self.section.filter.top_fraction_of,
-                "top_fraction_rule": self.section.filter.top_fraction_rule,
-                "in_cut": counts["in_cut"],
-                "kept_top": counts["kept_top"], "threshold": counts["min_kept"],
-                "counts": {k: counts[k] for k in ("rows_in", "kept", "dropped")}}
+        if f.top_fraction is not None:  # DataComp's global cut (curate.stages.cut)
+            steps += cut_steps(self, Cut("clip_score", "below_top_fraction",
+                                         top_fraction=f.top_fraction,
+                                         rule=f.top_fraction_rule, of=f.top_fraction_of))
+        return steps
 
     # -- driver side
     def _pool_names(self) -> list[str]:
@@ -175,13 +126,14 @@ class ScoreStage(Stage):
         """A pool that brings both embeddings is scored without a model."""
         return {"image_emb", "text_emb"} <= set(self._pool_names())
 
-    def _resolve_score_column(self) -> str | None:
+    def _resolve_score_column(self, names: list[str] | None = None) -> str | None:
         """The pool column the scores come from, decided once on the driver: a named column
         must exist (else exit 2, before any shard); ``auto`` takes DataComp's column of the
         configured model when the pool has it (the same model's score, precomputed)."""
         from curate.errors import ConfigError
 
-        col, names = self.section.pool_score_column, self._pool_names()
+        col = self.section.pool_score_column
+        names = self._pool_names() if names is None else names
         if col == "auto":
             s = self.section
             model = (s.model or ("" if s.model_config_path else "ViT-B-32")).lower()
@@ -215,6 +167,26 @@ class ScoreStage(Stage):
         if gpus:
             return gpus
         return self.section.num_actors or max(1, min(engine.cluster_cpus(), 4) // 2)
+
+    def preflight(self) -> list[str]:
+        """Before the run: the weights, unless the pool brings what scores without a model
+        (a score column, or both embeddings), and the images the model reads."""
+        from curate.errors import CurateError
+        from curate.models.offline import weights_problem
+        from curate.stages import _needs
+
+        names = _needs.pool_names(self)
+        if names is None:  # the pool is unreadable (its own line): nothing to judge by
+            return []
+        try:
+            if self._resolve_score_column(names) is not None:
+                return []
+        except CurateError as err:
+            return [str(err)]
+        if {"image_emb", "text_emb"} <= set(names):
+            return []
+        problem = weights_problem(self._spec(device="cpu"), self.name)
+        return ([problem] if problem else []) + _needs.images(self)
 
     def _check_model(self, _: Any) -> dict[str, Any]:
         """Fail fast on weights that cannot be had, on the driver, before any actor starts:

@@ -63,6 +63,17 @@ class ToxicityStage(Stage):
     def steps(self) -> list:
         return [GlobalStep.on_driver("model", self._check_model), ShardStep()]
 
+    def preflight(self) -> list[str]:
+        """The model's package and files (installed, not loaded)."""
+        from curate.errors import CurateError
+        from curate.models import toxicity
+
+        try:
+            toxicity.data_dir(self.section.model)
+        except CurateError as err:
+            return [f"{self.name}.model: {err}"]
+        return []
+
     def _check_model(self, _: Any) -> dict[str, Any]:
         from curate.models import toxicity
 

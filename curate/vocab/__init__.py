@@ -5,12 +5,12 @@ install finds it; ``metadata/README.md`` at the top of the repository is its car
 """
 
 from curate.vocab.build import build_vocabulary  # noqa: F401
-from curate.vocab.languages import OTHER, Metadata, load_metadata  # noqa: F401
+from curate.vocab.languages import OTHER, Metadata, load_metadata, load_vocabulary  # noqa: F401
 from curate.vocab.metaclip import fetch_metaclip  # noqa: F401
 from curate.vocab.vocabulary import (  # noqa: F401
     BUILTIN,
     METADATA_DIR,
-    load_vocabulary,
+    read_vocabulary,
     vocabulary_info,
     write_vocabulary,
 )

@@ -8,7 +8,9 @@ order, because the stage fingerprint does not see key order (two files listing t
 languages in another order must give the same ids). Every downstream consumer (balance's
 counts, the report's concept table, emit's ``entry_ids``) then keeps working on one list.
 
-A single vocabulary is the same structure with one unnamed language (``languages == ()``).
+A single vocabulary is the same structure with one unnamed language (``languages == ()``),
+so this module is also where every vocabulary a run uses is loaded and cached (one cache);
+:mod:`curate.vocab.vocabulary` only reads files.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from functools import cached_property
 import numpy as np
 
 from curate.errors import InputError
+from curate.vocab.vocabulary import read_vocabulary, stamp
 
 #: The metadata key MetaCLIP 2 matches captions of languages without their own list against
 #: (its ``lid_langcode_to_metadata_langcode`` maps an empty or unmapped LID code there).
@@ -72,40 +75,45 @@ def check_languages(spec: Mapping[str, object]) -> None:
                              "captions carry, e.g. en, de, ja)")
 
 
+#: the one vocabulary cache: the last metadata loaded, by what identifies its files' content
+#: (match, balance and the report ask for it several times per process; MetaCLIP 2's lists
+#: hold millions of entries, so one is kept, not several)
 _CACHE: dict[tuple, Metadata] = {}
 
 
-def _stamp(name: str) -> tuple:
-    try:
-        st = os.stat(name)
-        return (name, st.st_size, st.st_mtime_ns)
-    except OSError:
-        return (name,)  # a built-in name, or missing: load_vocabulary names the problem
-
-
 def load_metadata(spec: str | os.PathLike | Mapping[str, str]) -> Metadata:
-    """One vocabulary, or one per language; entries per list as :func:`load_vocabulary`.
+    """One vocabulary, or one per language; entries per list as :func:`read_vocabulary`.
 
     Raises InputError naming the language and file when one list cannot be loaded.
-    Cached by (spec, file sizes and mtimes): match, balance and the report ask for it
-    several times per process.
+    Cached by (spec, file sizes and mtimes).
     """
-    from curate.vocab.vocabulary import load_vocabulary
-
     if not isinstance(spec, Mapping):
-        return Metadata((), (tuple(load_vocabulary(spec)),))
+        key: tuple = ((None, stamp(spec)),)
+        if key not in _CACHE:
+            _remember(key, Metadata((), (tuple(read_vocabulary(spec)),)))
+        return _CACHE[key]
     check_languages(spec)
     langs = tuple(sorted(spec))
-    key = tuple((lang, _stamp(os.fspath(spec[lang]))) for lang in langs)
+    key = tuple((lang, stamp(spec[lang])) for lang in langs)
     if key in _CACHE:
         return _CACHE[key]
     vocabs = []
     for lang in langs:
         try:
-            vocabs.append(tuple(load_vocabulary(spec[lang])))
+            vocabs.append(tuple(read_vocabulary(spec[lang])))
         except InputError as err:
             raise InputError(f"match.metadata.{lang}: {err}") from None
-    out = Metadata(langs, tuple(vocabs))
+    return _remember(key, Metadata(langs, tuple(vocabs)))
+
+
+def _remember(key: tuple, out: Metadata) -> Metadata:
     _CACHE.clear()
     _CACHE[key] = out
     return out
+
+
+def load_vocabulary(spec: str | os.PathLike | Mapping[str, str]) -> list[str]:
+    """Every entry by global id: one vocabulary (a file or a built-in name), or a mapping
+    ``{language: file}`` concatenated in sorted language order, so callers that only need
+    "entry by id" (the report) work unchanged. Cached with :func:`load_metadata`."""
+    return list(load_metadata(spec).entries)

@@ -1,12 +1,14 @@
-"""Metadata vocabularies: load a list of entries, describe it, write it.
+"""Metadata vocabularies: read one list of entries from a file, describe it, write it.
 
 The index of an entry in the list is its entry id everywhere downstream (match, balance,
 reports), so loading is strict and stable: duplicates are dropped keeping the first
 occurrence (ids follow first-occurrence order), and anything that is not a non-empty string
 is an error naming the file and the item.
 
-This is what a run needs (match, balance and the report load a vocabulary); making one is
-apart: :mod:`curate.vocab.build` builds a MetaCLIP-like list offline and
+This is the file layer: it knows no languages and caches nothing. What a run loads (match,
+balance and the report: one vocabulary, or one per language) goes through
+:mod:`curate.vocab.languages`, which holds the one cache. Making a list is apart:
+:mod:`curate.vocab.build` builds a MetaCLIP-like list offline and
 :mod:`curate.vocab.metaclip` fetches MetaCLIP's own.
 """
 
@@ -17,7 +19,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from curate.errors import InputError
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 #: Directory of the committed vocabularies (repository root / metadata).
 METADATA_DIR = Path(__file__).resolve().parent / "data"
-#: Built-in vocabulary names accepted by :func:`load_vocabulary`.
+#: Built-in vocabulary names accepted by :func:`read_vocabulary`.
 BUILTIN = {"default": "default_vocabulary.txt.gz"}
 
 
@@ -65,40 +67,32 @@ def _is_json(path: Path) -> bool:
     return bool(suffixes) and suffixes[0] == ".json"
 
 
-def load_vocabulary(path_or_name: str | os.PathLike | Mapping[str, str]) -> list[str]:
-    """Entries of a vocabulary file: a JSON list of strings or one entry per line (.gz ok).
+def stamp(path_or_name: str | os.PathLike) -> tuple:
+    """What identifies a vocabulary's current content for a cache: (file, size, mtime) of
+    the file a path or built-in name resolves to; (name,) when there is none (reading it
+    then names the problem)."""
+    name = os.fspath(path_or_name)
+    path = METADATA_DIR / BUILTIN[name] if name in BUILTIN else Path(name)
+    try:
+        st = path.stat()
+        return (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (name,)
+
+
+def read_vocabulary(path_or_name: str | os.PathLike) -> list[str]:
+    """Entries of one vocabulary file: a JSON list of strings or one entry per line (.gz ok).
 
     ``"default"`` names the committed default vocabulary. Raises InputError (one line,
     naming the file and the problem) for a missing/unreadable file, invalid JSON, a JSON
     value that is not a list, a non-string or empty item, a blank line, or no entries.
     Later duplicates are dropped with a warning; ids follow first occurrence.
 
-    A mapping ``{language: file}`` (per-language metadata, :mod:`curate.vocab.languages`)
-    gives every language's entries concatenated in sorted language order, indexed by global
-    entry id, so callers that only need "entry by id" (the report) work unchanged.
+    Not cached: :func:`curate.vocab.languages.load_vocabulary` is the cached entry point
+    (one file or a mapping of languages to files), and a matcher that keeps what it read
+    (a worker's per-language lists) calls this directly.
     """
-    if isinstance(path_or_name, Mapping):
-        from curate.vocab.languages import load_metadata
-
-        return list(load_metadata(path_or_name).entries)
-    path = _resolve(path_or_name)
-    try:
-        st = path.stat()
-        stamp = (str(path), st.st_size, st.st_mtime_ns)
-    except OSError:
-        stamp = None  # _read_text names the problem
-    if stamp is not None and stamp in _LOADED:
-        return list(_LOADED[stamp])
-    entries = _load(path)
-    if stamp is not None:  # one file at a time: a run reads one vocabulary several times
-        _LOADED.clear()
-        _LOADED[stamp] = tuple(entries)
-    return entries
-
-
-#: the last vocabulary read, by (path, size, mtime): the driver and each worker process
-#: ask for it once per stage (match, balance, report), 0.2 s each for the default one
-_LOADED: dict[tuple[str, int, int], tuple[str, ...]] = {}
+    return _load(_resolve(path_or_name))
 
 
 def _load(path: Path) -> list[str]:
