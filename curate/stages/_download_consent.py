@@ -40,10 +40,11 @@ from curate.stages._download_denylist import (  # noqa: F401 - re-exported
 BATCH = 64
 REASONS = {
     "robots_disallowed": "robots.txt disallows the URL for download.consent.user_agent, or "
-                         "the host's robots.txt was unreachable (5xx/timeout: disallow-all) "
-                         "(detail: the rule)",
-    "tdm_reserved": "TDMRep: tdmrep.json or the 'tdm-reservation: 1' response header "
-                    "reserves text-and-data-mining rights (detail: which)",
+                         "the origin's robots.txt was unreachable (5xx, 429, timeout: "
+                         "disallow-all); never requested (detail: the rule or the failure)",
+    "tdm_reserved": "TDMRep: the origin's /.well-known/tdmrep.json (never requested) or "
+                    "the response's 'tdm-reservation: 1' header (body not read) reserves "
+                    "text-and-data-mining rights (detail: which)",
     "denylisted": "matches a download.denylist rule, before the fetch (domain, url, "
                   "url_pattern, uid) or after it (the hash lists sha256, md5, sha1, phash, "
                   "pdq: the image is purged) (detail: the rule, kind:value)",

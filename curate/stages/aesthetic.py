@@ -48,7 +48,8 @@ class AestheticStage(HeadStage):
     score_column = "aesthetic_score"
     schema = pa.schema([("uid", pa.string()), ("aesthetic_score", pa.float32()),
                         *DECISION_FIELDS])
-    reasons = {"below_aesthetic_score": "aesthetic score not above aesthetic.min_score"}
+    reasons = {"below_aesthetic_score": "aesthetic score not above aesthetic.min_score "
+                                         "(detail: score <= t)"}
     joins = ("aesthetic_score",)
     help = "LAION's aesthetic predictor on CLIP image embeddings; min_score filters."
 

@@ -41,8 +41,9 @@ class ClassifierStage(HeadStage):
     score_column = "score"
     head_key = "head"
     schema = pa.schema([("uid", pa.string()), ("score", pa.float32()), *DECISION_FIELDS])
-    reasons = {"classifier_above_threshold": "head score >= threshold (keep: below)",
-               "classifier_below_threshold": "head score < threshold (keep: above)"}
+    reasons = {"classifier_above_threshold": "head score >= threshold with keep: below "
+                                                 "(NSFW, watermark heads)",
+               "classifier_below_threshold": "head score < threshold with keep: above"}
     help = "A user's classifier head (NSFW, watermark) on CLIP image embeddings."
     doc_notes = {"sensitive": "yes, unless `sensitive: false`"}
     doc_sections = ({"head": "my_head.pt", "threshold": 0.5},)

@@ -49,7 +49,7 @@ class DecontaminateStage(Stage):
     Config = DecontaminateConfig
     schema = pa.schema([("uid", pa.string()), *DECISION_FIELDS])
     reasons = {"eval_contamination": "the image is a near-copy of an evaluation image "
-                                     "(detail: set:row and how it matched)"}
+                                     "(detail: set:row phash, or set:row emb=<cosine>)"}
     pool_columns = ["uid"]
     help = "Drop pairs whose image is a near-copy of an image of an evaluation set."
     doc_sections = ({"eval_sets": {"imagenet": "eval/imagenet/*.parquet"}},)

@@ -70,7 +70,8 @@ class ImageDedupStage(Stage):
     schema = pa.schema([("uid", pa.string()), *DECISION_FIELDS])
     reasons = {
         "placeholder_image": "the same image (bytes, pixels or perceptual hash) served by "
-                             "many hosts for unrelated captions",
+                             "image_dedup.placeholder_hosts hosts or more for as many "
+                             "captions: every member dropped",
         "duplicate_image_bytes": "same image file as an earlier pair (detail: its uid)",
         "duplicate_image_pixels": "same decoded pixels as an earlier pair (detail: its uid)",
         "near_duplicate_image": "perceptual hash within image_dedup.radius bits of an earlier "

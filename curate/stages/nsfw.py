@@ -78,7 +78,7 @@ class NsfwStage(HeadStage):
     score_column = "punsafe"
     schema = pa.schema([("uid", pa.string()), ("punsafe", pa.float32()),
                         ("violent", pa.bool_()), *DECISION_FIELDS])
-    reasons = {"nsfw": "punsafe > nsfw.max_punsafe",
+    reasons = {"nsfw": "punsafe > nsfw.max_punsafe (detail: punsafe > t)",
                "violent": "clip-retrieval's violence prompt wins (nsfw.drop_violent)"}
     joins = ("punsafe", "violent")
     sensitive = ("nsfw", "violent")

@@ -54,7 +54,7 @@ class ToxicityStage(Stage):
     decides = True
     Config = ToxicityConfig
     schema = pa.schema([("uid", pa.string()), ("ptoxic", pa.float32()), *DECISION_FIELDS])
-    reasons = {"toxic": "ptoxic > toxicity.max_ptoxic (detail: the score)"}
+    reasons = {"toxic": "ptoxic > toxicity.max_ptoxic (detail: ptoxic > t)"}
     sensitive = ("toxic",)
     joins = ("ptoxic",)
     pool_columns = ["uid", "caption"]
