@@ -17,20 +17,45 @@ for _k, _v in (("NO_ALBUMENTATIONS_UPDATE", "1"), ("WANDB_MODE", "disabled"),
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
+from helpers import free_port  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from curate.media.loopback import LoopbackServer, Route  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one worker")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup``) each worker is its own session, with
+    its own session and module fixtures: keep a module's tests on one worker (its module
+    fixtures are built once), and every test of the session's example run on one worker
+    (example_run is built once)."""
+    module = {item: item.nodeid.split("::")[0] for item in items}
+    shared = {module[item] for item in items
+              if "example_run" in getattr(item, "fixturenames", ())}
+    for item in items:
+        name = module[item]
+        item.add_marker(pytest.mark.xdist_group("example_run" if name in shared else name))
+
+
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    """One local Ray for the whole test session (start-up costs seconds)."""
+def ray_session():
+    """One local Ray for the whole test session (start-up costs seconds); under pytest-xdist,
+    one per worker. Its temp dir is short: Ray's socket paths must stay under 107 bytes, which
+    a pytest temp path (``/tmp/pytest-of-USER/pytest-N/popen-gwN/...``) can overrun."""
+    import shutil
+    import tempfile
+
     from curate.core import engine
 
-    os.environ.setdefault("CURATE_RAY_TMP", str(tmp_path_factory.mktemp("ray")))
+    tmp = tempfile.mkdtemp(prefix="curate-test-ray-", dir="/tmp")
+    os.environ.setdefault("CURATE_RAY_TMP", tmp)
     engine.init(num_cpus=2)
     yield
     engine.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def drawn_image(i: int, size: tuple[int, int], fmt: str) -> bytes:
@@ -146,15 +171,10 @@ def no_network(monkeypatch):
 def example_run(tmp_path_factory, ray_session):
     """The offline example (what `make curate` runs), once per test session: (run dir, the
     manifest run_example returned). Tests that change a run copy it first."""
-    import socket
-
     from curate.app.example import run_example
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path_factory.mktemp("example") / "run"
-    os.environ["CURATE_EXAMPLE_PORT"] = str(port)
+    os.environ["CURATE_EXAMPLE_PORT"] = str(free_port())
     try:
         manifest = run_example(str(out), None, [])
     finally:

@@ -86,3 +86,75 @@ def ingest_into(tmp_path, spec, manifest: dict | None = None, **pool):
 def pool_table(rd) -> pa.Table:
     """Every pool shard of a run directory, in shard order."""
     return pa.concat_tables([rd.read("pool", s) for s in rd.pool_shards()])
+
+
+# ------------------------------------------------------------ small builders and readers
+def curated(run: Path) -> pa.Table:
+    """A run's curated parquet shards (``RUN/curated/part-*.parquet``), in shard order."""
+    return read_parts(Path(run) / "curated")
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server the code under test starts itself)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hex_uids(n: int, seed: int = 0) -> list[str]:
+    """``n`` random 32-hex-digit uids (the shape ingest derives), reproducible by seed."""
+    raw = np.random.default_rng(seed).integers(0, 2**63, size=(n, 2), dtype=np.int64)
+    return [f"{a:016x}{b:016x}" for a, b in raw.tolist()]
+
+
+def uid_key_oracle(uid: str) -> int:
+    """The 64-bit sort key of a uid, written from the contract (not from curate): its first
+    16 hex digits when it starts with them, else the first 8 bytes of its SHA-256."""
+    import hashlib
+    import re
+
+    head = uid[:16]
+    if len(head) == 16 and re.fullmatch(r"[0-9a-fA-F]{16}", head):
+        return int(head, 16)
+    return int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "big")
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32 (embeddings as the stages store them)."""
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fsl(x: np.ndarray) -> pa.FixedSizeListArray:
+    """A (n, d) array as the fixed-size-list float32 column embeddings are stored in."""
+    x = np.ascontiguousarray(x, np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def photo(seed: int, size=(160, 120)):
+    """A smooth random 'photo': blurred coloured shapes on a gradient (distinct per seed)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    grad = np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 255, 3)[None, None, :]
+    base = np.broadcast_to(grad, (h, w, 3)).astype(np.uint8)
+    img = Image.fromarray(base.copy())
+    d = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, w - 20), rng.integers(0, h - 20)
+        box = [int(x0), int(y0), int(x0 + rng.integers(15, w // 2)),
+               int(y0 + rng.integers(15, h // 2))]
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=fill)
+    return img.filter(ImageFilter.GaussianBlur(2))
+
+
+def encode_image(img, fmt: str = "PNG", **kw) -> bytes:
+    """A Pillow image as the bytes of a file of format ``fmt`` (save options in ``kw``)."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config
-from helpers import read_parts
-from test_image_dedup import _enc, _photo
+from helpers import encode_image, photo, read_parts
 from typer.testing import CliRunner
 
 from curate.cli import app
@@ -24,7 +23,7 @@ def dup_run(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("audit")
     rows = []
     for i in range(3):
-        img = _enc(_photo(700 + i))
+        img = encode_image(photo(700 + i))
         rows += [(f"http://h{i}{j}.example.com/{i}-{j}.png", f"photo {i} copy {j}", img)
                  for j in range(4)]
     pool = tmp / "pool.parquet"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import hex_uids
 
 from curate.algorithms.balancing import (
     count_entries,
@@ -20,8 +21,7 @@ from curate.algorithms.balancing import (
 
 
 def _uids(n: int, seed: int = 0) -> pa.Array:
-    words = np.random.default_rng(seed).integers(0, 2**63, size=(n, 2), dtype=np.int64)
-    return pa.array([f"{a:016x}{b:016x}" for a, b in words.tolist()])
+    return pa.array(hex_uids(n, seed))
 
 
 def _lists(rows) -> pa.Array:

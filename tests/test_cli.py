@@ -148,10 +148,27 @@ def test_run_status_query(tmp_path, image_server, ray_session, yaml_cfg):
              "ORDER BY 1", "--format", "csv")
     assert r.exit_code == 0, r.output
     assert '"download",1' in r.output.replace(" ", "")
+    # two pool pairs: each view has a row per pair (images keeps the failed fetch as a row
+    # with status failed), and the JSON format is one object per row
     for view in ("pool", "images", "decisions"):
-        r = _run("query", out, f"SELECT count(*) FROM {view}", "--format", "json")
-        assert r.exit_code == 0 and "2" in r.output or "1" in r.output, (view, r.output)
+        r = _run("query", out, f"SELECT count(*) AS n FROM {view}", "--format", "json")
+        assert r.exit_code == 0, (view, r.output)
+        assert [json.loads(ln) for ln in r.output.strip().splitlines()] == [{"n": 2}], (
+            view, r.output)
     _one_line_error(_run("query", out, "SELEC nonsense"), "query:")
     # rerun on the finished directory: resumes, nothing to do, same result
+    before = _files(tmp_path / "r" / "images")
     r = _run("run", "--out", out)
     assert r.exit_code == 0, r.output
+    assert _files(tmp_path / "r" / "images") == before  # no shard written again
+    dl = json.loads((tmp_path / "r" / "run.json").read_text())["stages"]["download"]
+    assert dl["shards_skipped"] == dl["shards_total"] == 1
+    again = json.loads(_run("status", out, "--json").output)
+    same = ("status", "shards_done", "rows_in", "kept", "dropped", "failed_shards")
+    assert ({k: again["stages"]["download"][k] for k in same}
+            == {k: st["stages"]["download"][k] for k in same})
+
+
+def _files(folder) -> dict[str, tuple[int, bytes]]:
+    """Every shard file of a stage folder: (mtime in ns, bytes); a rewrite changes either."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.glob("part-*")}

@@ -7,9 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from conftest import base_config, pool_rows, write_pool
+from helpers import read_parts
 
 from curate.driver import run_pipeline
 
@@ -33,10 +32,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _parts(folder) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
-
-
 def test_two_node_cluster_matches_embedded(tmp_path, image_server, ray_session):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("picture\nthing\nnumber\n")
@@ -58,5 +53,5 @@ def test_two_node_cluster_matches_embedded(tmp_path, image_server, ray_session):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "NODES 2" in r.stdout
     for folder in ("pool", "images", "match", "balance", "curated"):
-        a, b = _parts(embedded / folder), _parts(clustered / folder)
+        a, b = read_parts(embedded / folder), read_parts(clustered / folder)
         assert a.equals(b), folder

@@ -7,40 +7,31 @@ import csv
 import io
 import os
 import re
-import socket
 
-import pyarrow.parquet as pq
 import pytest
+from helpers import curated, free_port
 from typer.testing import CliRunner
 
 from curate.cli import app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, ray_session):
+def two_runs(tmp_path_factory, example_run):
+    """The session's example run (only read here) and the example run again with
+    balance.t=3."""
     from curate.app.example import run_example
 
-    base = tmp_path_factory.mktemp("diff")
-    runs = []
-    for name, sets in (("a", []), ("b", ["balance.t=3"])):
-        os.environ["CURATE_EXAMPLE_PORT"] = str(_free_port())
-        try:
-            run_example(str(base / name), None, sets)
-        finally:
-            os.environ.pop("CURATE_EXAMPLE_PORT")
-        runs.append(base / name)
-    return runs
+    b = tmp_path_factory.mktemp("diff") / "b"
+    os.environ["CURATE_EXAMPLE_PORT"] = str(free_port())
+    try:
+        run_example(str(b), None, ["balance.t=3"])
+    finally:
+        os.environ.pop("CURATE_EXAMPLE_PORT")
+    return example_run[0], b
 
 
 def _curated(run) -> set[str]:
-    return {u for f in sorted((run / "curated").glob("part-*.parquet"))
-            for u in pq.read_table(f, columns=["uid"])["uid"].to_pylist()}
+    return set(curated(run)["uid"].to_pylist())
 
 
 def test_csv_is_the_set_difference(two_runs, tmp_path):

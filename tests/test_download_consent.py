@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, drawn_image, write_pool
+from helpers import curated
 
 from curate.driver import run_pipeline
 from curate.media import polite, robots
@@ -21,10 +22,6 @@ from curate.media.loopback import LoopbackServer, Route
 ROBOTS = (b"User-agent: img2dataset\nDisallow: /private/\nAllow: /private/ok\n\n"
           b"User-agent: *\nDisallow: /\n")
 JPG = drawn_image(3, (40, 30), "jpg")
-
-
-def _curated(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "curated").glob("part-*")))
 
 
 def _rec(srv, robots_=True, tdmrep=True, timeout=2.0):
@@ -219,7 +216,7 @@ def test_stage_consent_end_to_end(tmp_path, hosts, ray_session):
     assert hits(e, "/busy.jpg") == 2  # 429 then the image
     assert len(list((out / "images" / "_robots").glob("http-*.json"))) == 5
     # emit leaves out nothing download kept; the denylist file is where emit reads it
-    assert _curated(out).num_rows == 6
+    assert curated(out).num_rows == 6
     assert pq.read_table(out / "denylist" / "rules.parquet").num_rows == 3
 
     # per-host statistics, as the report's count step would gather them
@@ -253,7 +250,7 @@ def test_emit_applies_denylist_file(tmp_path, hosts, ray_session):
     out = tmp_path / "run"
     cfg = base_config(stages=["download", "emit"])
     run_pipeline(cfg, str(out), pool=pool)
-    assert _curated(out).num_rows == 3
+    assert curated(out).num_rows == 3
     rd = RunDir(str(out))
     (out / "denylist").mkdir()
     pq.write_table(pa.table({"kind": ["url"], "value": [a.url("/public/1.jpg")],
@@ -261,9 +258,9 @@ def test_emit_applies_denylist_file(tmp_path, hosts, ray_session):
                    rd.path(DENYLIST))
     assert load_rules(rd) is None and load_all_rules(rd).num_rows == 1
     run_pipeline(cfg, str(out), pool=pool)  # download reused; emit always reruns
-    curated = _curated(out)
-    assert curated.num_rows == 2
-    assert a.url("/public/1.jpg") not in curated["url"].to_pylist()
+    cur = curated(out)
+    assert cur.num_rows == 2
+    assert a.url("/public/1.jpg") not in cur["url"].to_pylist()
 
 
 def test_consent_off_asks_for_no_consent_file(tmp_path, hosts, ray_session):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, pool_rows, write_pool
+from helpers import curated
 
 from curate.app.query import connect
 from curate.driver import run_pipeline
@@ -30,14 +30,9 @@ def emitted(tmp_path_factory, image_server, ray_session):
     return out, cfg, pool, image_server
 
 
-def _curated(out) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted((out / "curated")
-                                                               .glob("part-*.parquet"))])
-
-
 def test_curated_is_exactly_the_kept_set(emitted):
     out, _, _, server = emitted
-    cur = _curated(out)
+    cur = curated(out)
     con = connect(str(out))
     kept = {r[0] for r in con.execute("SELECT uid FROM decisions WHERE kept").fetchall()}
     assert set(cur["uid"].to_pylist()) == kept and cur.num_rows == len(kept) > 0
@@ -66,7 +61,7 @@ def test_webdataset_reads_back(emitted):
     import webdataset as wds
 
     out, *_ = emitted
-    cur = {r["uid"]: r for r in _curated(out).to_pylist()}
+    cur = {r["uid"]: r for r in curated(out).to_pylist()}
     tars = sorted(str(p) for p in (out / "curated" / "wds").glob("*.tar"))
     seen = 0
     for sample in wds.WebDataset(tars, shardshuffle=False):

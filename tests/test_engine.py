@@ -46,8 +46,9 @@ class _FakePool:
     """A pool without Ray: ``script[item]`` lists each attempt's end ("ok", "boom", or
     "hang": never ends); a fake clock moves 1 s per wait, so time limits need no sleeping."""
 
-    def __init__(self, script: dict[str, list[str]], clock: list[float], limit: int = 2):
-        self.script, self.clock, self.limit = script, clock, limit
+    def __init__(self, script: dict[str, list[str]], clock: list[float], limit: int = 2,
+                 per_wait: int | None = 1):
+        self.script, self.clock, self.limit, self.per_wait = script, clock, limit, per_wait
         self.started: list[str] = []
         self.stopped: list[str] = []
         self.ends: dict[int, str] = {}
@@ -60,7 +61,7 @@ class _FakePool:
 
     def wait(self, handles, timeout_s):
         self.clock[0] += 1.0
-        return [h for h in handles if self.ends[h] != "hang"][:1]
+        return [h for h in handles if self.ends[h] != "hang"][:self.per_wait]
 
     def result(self, handle):
         end = self.ends[handle]
@@ -70,11 +71,15 @@ class _FakePool:
         self.stopped.append(self.started[handle])
 
 
-def test_ledger_retries_times_out_and_records_one_outcome_per_item(monkeypatch):
+@pytest.mark.parametrize(("limit", "per_wait"), [(2, 1), (2, None), (5, None), (5, 1)])
+def test_ledger_retries_times_out_and_records_one_outcome_per_item(monkeypatch, limit,
+                                                                    per_wait):
+    """Also when a wait hands back every ended attempt at once (the engine's way), and with
+    several attempts timing out together (the deadline heap)."""
     clock = [0.0]
     monkeypatch.setattr(work.time, "monotonic", lambda: clock[0])
     pool = _FakePool({"a": ["ok"], "b": ["boom", "ok"], "c": ["boom", "boom"],
-                      "d": ["hang", "ok"], "e": ["hang", "hang"]}, clock)
+                      "d": ["hang", "ok"], "e": ["hang", "hang"]}, clock, limit, per_wait)
     done: list[str] = []
     book = work.Ledger(list("abcde"), max_retries=1, timeout_s=2.5, advance=lambda n: None,
                        on_done=lambda o: done.append(o.item), desc="t")

@@ -8,8 +8,8 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from helpers import encode_image, photo
 from PIL import Image
-from test_image_dedup import _photo
 
 from curate.models.fast_preprocess import affine, decode_pixels, fast_into, resize_crop
 from curate.models.images import decode_image
@@ -26,12 +26,6 @@ def pre():
     return open_clip.image_transform(224, is_train=False)
 
 
-def _bytes(img, fmt, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
 def _fast(pre, data: bytes) -> np.ndarray:
     scale, shift = affine(pre)
     out = torch.empty((3, 224, 224))
@@ -45,7 +39,7 @@ def test_full_size_decode_equals_open_clip(pre, size, fmt):
     """Without reduced-scale decoding (a PNG through Pillow, a JPEG through torchvision) the
     resample is open_clip's Resize + CenterCrop: the same pixels give or take a uint8 step
     or two (see TWO_STEPS)."""
-    data = _bytes(_photo(11, size), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    data = encode_image(photo(11, size), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     out = _fast(pre, data)
     want = pre(decode_image(data)).numpy()
     assert np.abs(out - want).max() <= (ONE_STEP if min(size) >= 224 else TWO_STEPS)
@@ -53,22 +47,22 @@ def test_full_size_decode_equals_open_clip(pre, size, fmt):
 
 
 def test_grayscale_and_cmyk_jpegs_match(pre):
-    img = _photo(15, (500, 400))
+    img = photo(15, (500, 400))
     for mode in ("L", "CMYK"):
-        data = _bytes(img.convert(mode), "JPEG", quality=90)
+        data = encode_image(img.convert(mode), "JPEG", quality=90)
         assert np.abs(_fast(pre, data) - pre(decode_image(data)).numpy()).max() <= ONE_STEP
 
 
 def test_large_jpeg_decodes_at_reduced_scale_with_a_margin(pre):
     """1280x960: short side >= 2 * 2 * 224, so libjpeg decodes at 1/2 (640x480: still twice
     the input) and the embedding-relevant pixels stay close."""
-    data = _bytes(_photo(12, (1280, 960)), "JPEG", quality=90)
+    data = encode_image(photo(12, (1280, 960)), "JPEG", quality=90)
     x, w, h = decode_pixels(data, 224)
     assert (w, h) == (1280, 960) and tuple(x.shape[-2:]) == (480, 640)
     want = pre(decode_image(data)).numpy()
     assert np.abs(_fast(pre, data) - want).mean() < 0.02
     # below the margin: a full decode
-    x, _, _ = decode_pixels(_bytes(_photo(12, (1000, 800)), "JPEG"), 224)
+    x, _, _ = decode_pixels(encode_image(photo(12, (1000, 800)), "JPEG"), 224)
     assert tuple(x.shape[-2:]) == (800, 1000)
 
 
@@ -85,8 +79,8 @@ def test_fast_batch_keeps_preprocess_images_contract(pre):
     from curate.models.fast_preprocess import fast_batch
     from curate.models.images import preprocess_images
 
-    jpg = _bytes(_photo(13, (640, 480)), "JPEG", quality=90)
-    png = _bytes(_photo(14, (300, 200)), "PNG")
+    jpg = encode_image(photo(13, (640, 480)), "JPEG", quality=90)
+    png = encode_image(photo(14, (300, 200)), "PNG")
     images = [jpg, None, b"not an image", png, jpg[: len(jpg) // 2]]
     t, ok, errors = fast_batch(images, pre)
     t0, ok0, errors0 = preprocess_images(images, pre)
@@ -98,10 +92,10 @@ def test_fast_batch_keeps_preprocess_images_contract(pre):
 def test_max_pixels_is_checked_before_decoding(pre):
     from curate.models.fast_preprocess import fast_batch
 
-    jpg = _bytes(_photo(16, (640, 480)), "JPEG")
+    jpg = encode_image(photo(16, (640, 480)), "JPEG")
     _, ok, errors = fast_batch([jpg, jpg], pre, max_pixels=640 * 480 - 1)
     assert ok.tolist() == [] and all("image too large (640x480" in e for e in errors)
 
 
 def test_image_sizes_read_by_header_only():
-    assert Image.open(io.BytesIO(_bytes(_photo(1, (64, 48)), "JPEG"))).size == (64, 48)
+    assert Image.open(io.BytesIO(encode_image(photo(1, (64, 48)), "JPEG"))).size == (64, 48)

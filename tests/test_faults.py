@@ -4,6 +4,14 @@ Each kill is a real SIGKILL of the `curate run` process (from the driver itself 
 Ray worker, via the CURATE_FAULT hook). The same directory is resumed after every kill; the
 final kept set and curated shards must equal an uninterrupted run's, and no shard that had
 finished may be processed again (CURATE_TRACE records every shard written).
+
+Each kill needs a process of its own (the first kill point reached ends it), so the cost is
+per process: the 23 `curate run` processes (22 kills, the final resume) join one Ray started
+for the test (``RAY_ADDRESS``, how curate runs on a cluster) instead of each starting one (a
+Ray start is several CPU-seconds). Only the first killed process starts an embedded Ray, so
+a driver that dies with the Ray it started is covered too. That Ray is the test's own, not
+the session's, so that its workers see CURATE_TRACE (a worker's environment is its raylet's).
+The uninterrupted reference run is in this process, on the session's Ray.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ import sys
 import tempfile
 from collections import Counter
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pytest
 from conftest import pool_rows, write_pool
-from helpers import TINY
+from helpers import TINY, curated
+from typer.testing import CliRunner
+
+from curate.cli import app
 
 KILLS = [
     "ingest:part-00001.parquet:kill-driver:after",  # a read task, mid-ingest
@@ -68,38 +78,79 @@ run: {{max_retries: 0, num_cpus: 2}}
     return pool, str(yaml)
 
 
-def _curate(tmp_path, out, pool, yaml, fault=None, trace=None):
-    # Ray's socket paths must stay under 107 bytes: a short temp dir, not tmp_path
-    env = dict(os.environ, CURATE_RAY_TMP=tempfile.mkdtemp(prefix="crf-", dir="/tmp"))
-    env.pop("CURATE_FAULT", None)
+def _curate(out, pool, yaml, fault=None, trace=None, address=None):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CURATE_FAULT", "CURATE_TRACE", "RAY_ADDRESS")}
     if fault:
         env["CURATE_FAULT"] = fault
     if trace:
         env["CURATE_TRACE"] = str(trace)
-    return subprocess.run([sys.executable, "-m", "curate.cli", "run", "--pool", pool,
-                           "--pipeline", yaml, "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    if address:
+        env["RAY_ADDRESS"] = address
+    # an embedded Ray's socket paths must stay under 107 bytes: a short temp dir, not tmp_path
+    with tempfile.TemporaryDirectory(prefix="crf-", dir="/tmp",
+                                     ignore_cleanup_errors=True) as ray_tmp:
+        env["CURATE_RAY_TMP"] = ray_tmp
+        return subprocess.run([sys.executable, "-m", "curate.cli", "run", "--pool", pool,
+                               "--pipeline", yaml, "--out", str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+
+HEAD = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False, _temp_dir=sys.argv[1], log_to_driver=False,
+         configure_logging=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+ray.shutdown()
+"""
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A local Ray for the killed runs to join; its workers inherit CURATE_TRACE. Returns
+    (address, trace file). Closing its stdin ends it (Ray's processes share its fate)."""
+    trace = tmp_path / "trace.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("CURATE_FAULT", "RAY_ADDRESS")}
+    env["CURATE_TRACE"] = str(trace)
+    with tempfile.TemporaryDirectory(prefix="crh-", dir="/tmp",
+                                     ignore_cleanup_errors=True) as ray_tmp:
+        proc = subprocess.Popen([sys.executable, "-c", HEAD, ray_tmp], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            address = proc.stdout.readline().strip()
+            assert address, "the test's Ray did not start"
+            yield address, trace
+        finally:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _result(out):
-    cur = pa.concat_tables([pq.read_table(p) for p in sorted((out / "curated")
-                                                              .glob("part-*.parquet"))])
+    cur = curated(out)
     tars = {p.name: p.read_bytes() for p in (out / "curated" / "wds").glob("*.tar")}
     return cur, tars
 
 
-def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path, image_server):
+def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path, image_server, ray_session,
+                                                        ray_head):
     pool, yaml = _setup(tmp_path, image_server)
-    clean = tmp_path / "clean"
-    r = _curate(tmp_path, clean, pool, yaml)
-    assert r.returncode == 0, r.stderr[-2000:]
+    clean = tmp_path / "clean"  # uninterrupted, in this process (the session's Ray)
+    r = CliRunner().invoke(app, ["run", "--pool", pool, "--pipeline", yaml, "--out",
+                                 str(clean)])
+    assert r.exit_code == 0, r.output[-2000:]
 
     out = tmp_path / "killed"
-    trace = tmp_path / "trace.txt"
-    for fault in KILLS:
-        r = _curate(tmp_path, out, pool, yaml, fault=fault, trace=trace)
+    address, trace = ray_head
+    for i, fault in enumerate(KILLS):
+        # the first kill takes down the embedded Ray its process started; the rest join
+        r = _curate(out, pool, yaml, fault=fault, trace=trace, address=address if i else None)
         assert r.returncode == -9, (fault, r.returncode, r.stderr[-2000:])
-    r = _curate(tmp_path, out, pool, yaml, trace=trace)
+    r = _curate(out, pool, yaml, trace=trace, address=address)
     assert r.returncode == 0, r.stderr[-2000:]
 
     a, a_tars = _result(clean)

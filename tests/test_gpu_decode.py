@@ -12,8 +12,8 @@ import io
 import open_clip
 import pytest
 import torch
+from helpers import photo
 from PIL import Image
-from test_image_dedup import _photo
 
 from curate.models.fast_preprocess import affine, decode_jpeg_cpu, resample_into
 from curate.models.gpu_decode import decode_jpegs, default_device, gpu_batch
@@ -30,13 +30,13 @@ def pre():
 
 def _jpeg(seed: int, size, quality: int = 90) -> bytes:
     buf = io.BytesIO()
-    _photo(seed, size).save(buf, "JPEG", quality=quality)
+    photo(seed, size).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
 def _png(seed: int, size) -> bytes:
     buf = io.BytesIO()
-    _photo(seed, size).save(buf, "PNG")
+    photo(seed, size).save(buf, "PNG")
     return buf.getvalue()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import re
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config, write_pool
-from helpers import read_parts
+from helpers import encode_image, read_parts
 from PIL import Image, ImageDraw
 
 from curate.driver import run_pipeline
@@ -45,12 +44,6 @@ def draw(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     return img
 
 
-def enc(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
 def ref_pdq_hex(img: Image.Image) -> str:
     """The reference: pdqhash's bits packed MSB first by hand (ThreatExchange's hex)."""
     import pdqhash
@@ -66,12 +59,12 @@ def test_pdq_hex_is_threatexchange_form_and_matches_copies():
     from curate.media import pdq
 
     photo = draw(3)
-    packed, quality = pdq.pdq(enc(photo))
+    packed, quality = pdq.pdq(encode_image(photo))
     assert quality > 0 and pdq.to_hex(packed[None])[0] == ref_pdq_hex(photo)
     assert (pdq.from_hex([ref_pdq_hex(photo)])[0] == packed).all()
-    copies = [enc(photo, "JPEG", quality=70), enc(photo.resize((240, 180))),
-              enc(photo.resize((240, 180)), "JPEG", quality=70)]
-    others = [enc(draw(s)) for s in (4, 5, 6, 7)]
+    copies = [encode_image(photo, "JPEG", quality=70), encode_image(photo.resize((240, 180))),
+              encode_image(photo.resize((240, 180)), "JPEG", quality=70)]
+    others = [encode_image(draw(s)) for s in (4, 5, 6, 7)]
     hashes = pdq.pdq_hashes(copies + others + [None, b"not an image"])
     rules = pa.table({"kind": ["pdq"], "value": [ref_pdq_hex(photo).upper()]})
     labels = match(rules, pa.array([str(i) for i in range(9)]), pdq=hashes).to_pylist()
@@ -100,7 +93,7 @@ def test_md5_sha1_labels_and_malformed_lines(tmp_path):
     from curate.errors import ConfigError
     from curate.stages._download_denylist import DenylistConfig, write_denylist
 
-    a, b = enc(draw(1)), enc(draw(2))
+    a, b = encode_image(draw(1)), encode_image(draw(2))
     rules = pa.table({"kind": ["md5", "sha1"],
                       "value": [hashlib.md5(a).hexdigest().upper(), hashlib.sha1(b).hexdigest()]})
     got = match(rules, pa.array(["1", "2"]),
@@ -143,13 +136,13 @@ LATE = "/l/late.png"  # listed only once the md5 file changes
 
 
 def _routes() -> dict[str, Route]:
-    routes = {f"/a/{i}.png": Route(enc(draw(10 + i)), "image/png") for i in range(6)}
-    routes["/l/md5.png"] = Route(enc(draw(1)), "image/png")
-    routes["/l/sha1.jpg"] = Route(enc(draw(2), "JPEG", quality=90), "image/jpeg")
+    routes = {f"/a/{i}.png": Route(encode_image(draw(10 + i)), "image/png") for i in range(6)}
+    routes["/l/md5.png"] = Route(encode_image(draw(1)), "image/png")
+    routes["/l/sha1.jpg"] = Route(encode_image(draw(2), "JPEG", quality=90), "image/jpeg")
     # PDQ: the list has the original's hash; the server has a resized JPEG q70 copy
-    routes["/l/pdq.jpg"] = Route(enc(draw(3).resize((240, 180)), "JPEG", quality=70),
+    routes["/l/pdq.jpg"] = Route(encode_image(draw(3).resize((240, 180)), "JPEG", quality=70),
                                  "image/jpeg")
-    routes[LATE] = Route(enc(draw(4)), "image/png")
+    routes[LATE] = Route(encode_image(draw(4)), "image/png")
     return routes
 
 
@@ -280,7 +273,7 @@ def test_hash_lists_drop_purge_and_reruns(tmp_path, server, ray_session):
 def test_pool_bytes_are_purged_from_the_pool_shard(tmp_path, ray_session):
     from curate.core.io import read_shard_meta
 
-    listed, kept = enc(draw(1)), [enc(draw(20 + i)) for i in range(3)]
+    listed, kept = encode_image(draw(1)), [encode_image(draw(20 + i)) for i in range(3)]
     pool = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"caption": [f"c{i}" for i in range(4)],
                              "image": [kept[0], listed, kept[1], kept[2]]}), pool)

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import base_config
+from helpers import curated
 
 from curate.driver import run_pipeline
 
@@ -35,11 +36,6 @@ def _cfg(tmp_path):
                        emit={"rows_per_shard": 40})
 
 
-def _curated(out) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted((out / "curated")
-                                                               .glob("part-*.parquet"))])
-
-
 def test_grown_pool_equals_from_scratch(tmp_path, ray_session):
     grow = tmp_path / "pool"
     grow.mkdir()
@@ -62,7 +58,7 @@ def test_grown_pool_equals_from_scratch(tmp_path, ray_session):
     shutil.copytree(grow, scratch)
     fresh = tmp_path / "fresh"
     run_pipeline(cfg, str(fresh), pool=str(scratch))
-    a, b = _curated(out), _curated(fresh)
+    a, b = curated(out), curated(fresh)
     assert a.num_rows > 0 and a.equals(b)
     counts_a = pq.read_table(out / "balance" / "entry_counts.parquet")
     counts_b = pq.read_table(fresh / "balance" / "entry_counts.parquet")

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import hex_uids
 from sklearn.metrics import adjusted_rand_score
 
 from curate.algorithms import kmeans as km
@@ -23,12 +24,6 @@ def planted(k: int, d: int, per: int, sigma: float, seed: int = 0):
     x = c[y] + rng.standard_normal((len(y), d)) * sigma
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), y
-
-
-def hex_uids(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    raw = rng.integers(0, 2**63, size=(n, 2), dtype=np.int64)
-    return np.array([f"{a:016x}{b:016x}" for a, b in raw], dtype=object)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -167,7 +162,7 @@ def test_uid_parsing():
 
 
 def test_sample_mask_deterministic_uniform_and_split_independent():
-    uids = hex_uids(20000)
+    uids = np.array(hex_uids(20000), dtype=object)
     frac = km.sample_fraction(len(uids), k=10, max_points_per_centroid=256)
     assert frac == pytest.approx(2560 / 20000)
     m = km.sample_mask(uids, frac, seed=7)

@@ -267,3 +267,26 @@ def test_code_table_equals_a_dict():
         queries = np.concatenate([codes, rng.integers(0, 10**12, 2000), codes[:50] + 1])
         got = table.get(queries.astype(np.int64))
         assert got.tolist() == [want.get(q, -1) for q in queries.tolist()]
+
+
+def test_token_ids_equal_a_dict_oracle():
+    """The trie's token lookup (distinct tokens against a dict built once, not
+    ``pc.index_in``) gives each token its vocabulary id: the tokens of the entries numbered
+    in order of first appearance; unknown tokens, the empty token of an empty caption or a
+    double space give -1. Also through a pickle (the dict is dropped and rebuilt), and the
+    whole match still equals the naive reference on nulls and empty captions."""
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(300)] + ["é", "猫", "a.b"]
+    entries = sorted({" ".join(rng.sample(words[:200], rng.randint(1, 3))) for _ in range(400)})
+    oracle: dict[str, int] = {}
+    for e in entries:
+        for t in e.split(" "):
+            oracle.setdefault(t, len(oracle))
+    captions = [None, "", " ", "w1  w2", "unknown"] + [
+        " ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(500)]
+    tokens = [t for c in captions if c is not None for t in spacing(c)[1:-1].split(" ")]
+    m = Matcher(entries)
+    for matcher in (m, m, pickle.loads(pickle.dumps(m))):
+        got = matcher._trie.token_ids(pa.array(tokens, pa.large_string()))
+        assert got.tolist() == [oracle.get(t, -1) for t in tokens]
+        assert matcher.match(captions).to_pylist() == naive_match(captions, entries)

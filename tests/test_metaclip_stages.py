@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import base_config, pool_rows, write_pool
+from helpers import read_parts
 
 from curate.driver import run_pipeline
 
@@ -20,10 +21,6 @@ def _captions(n: int, seed: int = 0) -> list[str]:
     weights = [60, 25, 10, 8, 5, 4, 3, 2, 1, 1]
     return [f"a {rng.choices(WORDS, weights)[0]} and the {rng.choice(WORDS)}, photo {i}"
             for i in range(n)]
-
-
-def _parts(folder) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
 
 
 def _vocab(tmp_path) -> str:
@@ -47,7 +44,7 @@ def test_text_first_kept_set_independent_of_sharding(tmp_path, ray_session):
     for size in (600, 86):
         out = tmp_path / f"run{size}"
         run_pipeline(_text_cfg(tmp_path, size), str(out), pool=str(pool))
-        b = _parts(out / "balance")
+        b = read_parts(out / "balance")
         kept.append(set(b.filter(b["kept"])["uid"].to_pylist()))
         counts = pq.read_table(out / "balance" / "entry_counts.parquet")
         # counts equal a recount from the match shards
@@ -71,7 +68,7 @@ def test_download_after_balance_fetches_only_kept(tmp_path, image_server, ray_se
                       match={"metadata": _vocab(tmp_path)}, balance={"t": 3, "seed": 0})
     out = tmp_path / "run"
     run_pipeline(cfg, str(out), pool=pool)
-    b = _parts(out / "balance")
+    b = read_parts(out / "balance")
     images = pq.read_table(out / "images")
     assert sorted(images["uid"].to_pylist()) == sorted(b.filter(b["kept"])["uid"].to_pylist())
     assert images.num_rows < len(rows)

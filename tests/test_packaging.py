@@ -11,6 +11,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,7 +36,7 @@ def test_wheel_holds_package_data_and_example_runs_elsewhere(tmp_path):
     elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=str(site),
                CURATE_RAY_TMP=tempfile.mkdtemp(prefix="pkg-", dir="/tmp"),
-               CURATE_EXAMPLE_PORT=str(_free_port()))
+               CURATE_EXAMPLE_PORT=str(free_port()))
     code = ("import curate, sys; assert curate.__file__.startswith(sys.argv[1]), "
             "curate.__file__; from curate.cli import main; sys.argv = ['curate', 'example', "
             "'--out', 'X']; main()")
@@ -43,11 +45,3 @@ def test_wheel_holds_package_data_and_example_runs_elsewhere(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (elsewhere / "X" / "reports" / "report.html").is_file()
     assert list((elsewhere / "X" / "curated").glob("part-*.parquet"))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -3,33 +3,21 @@ np.lexsort on (uid key, -score), first k rows. Uid keys of the oracle are comput
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 
 import numpy as np
 import pytest
+from helpers import hex_uids, uid_key_oracle
 
 from curate.algorithms import select as S
 
 
-def key_oracle(uid: str) -> int:
-    head = uid[:16]
-    if len(head) == 16 and all(c in "0123456789abcdefABCDEF" for c in head):
-        return int(head, 16)
-    return int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "big")
-
-
 def oracle_mask(scores: np.ndarray, uids: list[str], k: int) -> np.ndarray:
-    keys = np.array([key_oracle(u) for u in uids], dtype=np.uint64)
+    keys = np.array([uid_key_oracle(u) for u in uids], dtype=np.uint64)
     order = np.lexsort((keys, -scores.astype(np.float64)))
     mask = np.zeros(len(uids), dtype=bool)
     mask[order[:k]] = True
     return mask
-
-
-def hex_uids(n: int, seed: int = 0) -> list[str]:
-    raw = np.random.default_rng(seed).integers(0, 2**63, size=(n, 2))
-    return [f"{a:016x}{b:016x}" for a, b in raw.tolist()]
 
 
 def select(scores, uids, k, cuts=None, give_n=True):
@@ -68,7 +56,7 @@ def test_sort_keys_order_is_score_desc_then_uid_asc():
     scores = rng.choice(np.float32([-0.5, 0, 0.25, 0.3]), size=500)
     uids = hex_uids(500) + []
     order = np.lexsort(S.sort_keys(scores, uids)[::-1])  # by hi, then lo
-    keys = np.array([key_oracle(u) for u in uids], np.uint64)
+    keys = np.array([uid_key_oracle(u) for u in uids], np.uint64)
     np.testing.assert_array_equal(order, np.lexsort((keys, -scores)))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import unit
 
 from curate.algorithms.semdedup import (
     dedup_by_cluster,
@@ -16,10 +17,6 @@ from curate.algorithms.semdedup import (
 )
 
 EPS = 0.05
-
-
-def unit(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
 
 
 def planted_cluster(n_base=400, n_groups=80, d=64, seed=0):

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import unit
 
 from curate.algorithms.semdedup import dedup_by_cluster, dedup_cluster
-
-
-def unit(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
 
 
 def semdedup_official(emb: np.ndarray, dist: np.ndarray, eps: float, keep: str = "hard"):

@@ -16,6 +16,7 @@ from helpers import embedding_pool, read_parts, write_vocab
 from typer.testing import CliRunner
 
 from curate.cli import app
+from curate.core.rundir import step_info
 from curate.driver import run_pipeline
 from curate.errors import FailedShardsError
 
@@ -180,9 +181,20 @@ def test_toy_filter_in_one_module_used_twice(tmp_path, ray_session):
     assert counts[("short_b", "caption_too_short_toy")] == drop_b
     page = (out / "reports" / "report.html").read_text()
     assert "short_a" in page and "short_b" in page
-    # `curate stage RUN NAME` reruns one instance; nothing changed, nothing is redone
+    # `curate stage RUN NAME` reruns one instance; nothing changed, nothing is redone: no
+    # shard file anywhere in the run is written again, and every short_b shard is skipped
+    def files():
+        return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes())
+                for p in sorted(out.rglob("part-*.parquet"))}
+
+    before = files()
+    assert any(k.startswith("short_b/") for k in before)
     r = CliRunner().invoke(app, ["stage", str(out), "short_b"])
     assert r.exit_code == 0, r.output
+    assert files() == before
+    st = json.loads((out / "run.json").read_text())["stages"]["short_b"]
+    assert st["shards_skipped"] == st["shards_total"] == 4
+    assert st["dropped"] == {"caption_too_short_toy": drop_b}
 
 
 def test_two_instances_may_not_share_a_folder(tmp_path):
@@ -215,7 +227,7 @@ def test_any_uid_survives_ingest_prune_and_webdataset(tmp_path, ray_session):
                       emit={"rows_per_shard": 70, "webdataset": True})
     out = tmp_path / "run"
     m = run_pipeline(cfg, str(out), pool=pool)
-    assert m["stages"]["prune"]["global"]["sample"] < n  # the sample really is a sample
+    assert step_info(m["stages"]["prune"], "train")["sample"] < n  # the sample really is a sample
     curated = read_parts(out / "curated")
     kept = set(curated["uid"].to_pylist())
     assert kept <= set(uids) and len(kept) == curated.num_rows > 0

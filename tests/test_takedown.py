@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import base_config
-from test_image_dedup import _enc, _photo
+from helpers import curated, encode_image, photo
 from typer.testing import CliRunner
 
 from curate.cli import app
@@ -19,15 +19,14 @@ HOSTS = ["a.example.com", "cdn.example.com", "badexample.com", "other.org"]
 
 
 def _write_pool(path, start: int, n: int, hosts=HOSTS):
-    rows = [(f"http://{hosts[i % len(hosts)]}/img{i}.png", f"photo {i}", _enc(_photo(300 + i)))
-            for i in range(start, start + n)]
+    rows = [(f"http://{hosts[i % len(hosts)]}/img{i}.png", f"photo {i}",
+             encode_image(photo(300 + i))) for i in range(start, start + n)]
     pq.write_table(pa.table({"url": [r[0] for r in rows], "caption": [r[1] for r in rows],
                              "image": pa.array([r[2] for r in rows], pa.binary())}), path)
 
 
 def _curated(run) -> dict[str, str]:
-    t = pa.concat_tables([pq.read_table(p) for p in sorted((run / "curated")
-                                                            .glob("part-*.parquet"))])
+    t = curated(run)
     return dict(zip(t["caption"].to_pylist(), t["uid"].to_pylist()))
 
 
@@ -69,7 +68,7 @@ def test_each_selector_then_reruns_keep_pairs_out(run, tmp_path):
     _takedown(out, "--urls", str(tmp_path / "urls.txt"))
     images = tmp_path / "req"
     images.mkdir()
-    (images / "copy.png").write_bytes(_enc(_photo(300 + 2).resize((80, 60))))  # badexample
+    (images / "copy.png").write_bytes(encode_image(photo(300 + 2).resize((80, 60))))  # badexample
     _takedown(out, "--images", str(images))
     gone = {"photo 3", "photo 7", "photo 2", "photo 11"} | {
         f"photo {i}" for i in range(12) if HOSTS[i % 4].endswith(".example.com")}

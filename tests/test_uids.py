@@ -1,5 +1,6 @@
 """Uid keys, splitmix64 and WebDataset keys (curate.algorithms.uids) against oracles
-written here: int(uid[:16], 16), hashlib, and a pure-Python splitmix64."""
+written in the tests: int(uid[:16], 16) or hashlib (helpers.uid_key_oracle), and a pure-Python
+splitmix64."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tarfile
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import hex_uids, uid_key_oracle
 
 from curate.algorithms import uids as U
 
@@ -50,13 +52,6 @@ SHAPES = [
 ]
 
 
-def key_oracle(uid: str) -> int:
-    head = uid[:16]
-    if len(head) == 16 and re.fullmatch(r"[0-9a-fA-F]{16}", head):
-        return int(head, 16)
-    return int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "big")
-
-
 def mix_ref(z: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
@@ -65,11 +60,6 @@ def mix_ref(z: int) -> int:
 
 def splitmix_ref(x: int) -> int:
     return mix_ref((x + 0x9E3779B97F4A7C15) % 2**64)
-
-
-def hex_uids(n: int, seed: int = 0) -> list[str]:
-    raw = np.random.default_rng(seed).integers(0, 2**63, size=(n, 2))
-    return [f"{a:016x}{b:016x}" for a, b in raw.tolist()]
 
 
 def random_strings(n: int, seed: int = 0) -> list[str]:
@@ -120,7 +110,7 @@ def test_mixed_arrays_and_input_types():
     uids = hex_uids(300) + SHAPES + random_strings(300, seed=3)
     perm = np.random.default_rng(1).permutation(len(uids))
     uids = [uids[i] for i in perm]
-    expected = [key_oracle(u) for u in uids]
+    expected = [uid_key_oracle(u) for u in uids]
     arr = pa.array(uids)
     assert U.uid_keys(arr).tolist() == expected
     assert U.uid_keys(uids).tolist() == expected
@@ -132,11 +122,11 @@ def test_mixed_arrays_and_input_types():
     assert U.uid_keys(chunked).tolist() == expected
     # NumPy fixed-width arrays (no trailing NULs in the uids: NumPy would strip them)
     no_nul = [u for u in uids if not u.endswith("\x00")]
-    assert U.uid_keys(np.array(no_nul)).tolist() == [key_oracle(u) for u in no_nul]
+    assert U.uid_keys(np.array(no_nul)).tolist() == [uid_key_oracle(u) for u in no_nul]
     ascii_ = [u for u in no_nul if u.isascii()]
     as_bytes = np.array([u.encode() for u in ascii_])
     assert as_bytes.dtype.kind == "S"
-    assert U.uid_keys(as_bytes).tolist() == [key_oracle(u) for u in ascii_]
+    assert U.uid_keys(as_bytes).tolist() == [uid_key_oracle(u) for u in ascii_]
     assert U.uid_keys(pa.array([u.encode() for u in uids], pa.binary())).tolist() == expected
 
 

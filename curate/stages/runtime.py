@@ -95,7 +95,9 @@ def check_reasons(stage: Stage, table: pa.Table) -> None:
 def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
     """Process one shard of a stage unless its output is already current. Runs in a worker."""
     t = [time.monotonic()]
-    stage = get_stage(spec, cls)
+    # the resume check needs no model: setup() (a model, an automaton) only once a shard
+    # of this process really has work, so a resumed run skips done shards without it
+    stage = get_stage(spec, cls, setup=False)
     rd = stage.rd
     inputs = stage.inputs(shard)
     t.append(time.monotonic())
@@ -107,6 +109,7 @@ def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
         return {**meta.get("counts", {}), "output": meta["output"], "skipped": True}
     faults.maybe_fail(spec.name, shard)
     t.append(time.monotonic())
+    stage = get_stage(spec, cls)
     table = stage.process(shard, inputs)
     if stage.schema is not None:
         table = table.select(stage.schema.names).cast(stage.schema)
@@ -122,8 +125,9 @@ def run_shard(spec: StageSpec, cls: type[Stage], shard: str) -> dict[str, Any]:
     t.append(time.monotonic())
     faults.trace(spec.name, shard)
     faults.maybe_fail(spec.name, shard, after_write=True)
-    # where a shard's time goes (run.json sums it per stage): setup + reading inputs,
-    # digests and resume check, the stage's own work, counting, writing
+    # where a shard's time goes (run.json sums it per stage): reading inputs, digests and
+    # resume check, the stage's own work (+ setup on a process's first shard), counting,
+    # writing
     timings = {"read": t[1] - t[0], "digest": t[2] - t[1], "process": t[3] - t[2],
                "count": t[4] - t[3], "write": t[5] - t[4]}
     return {**counts, "output": produced, "skipped": False,
