@@ -232,7 +232,7 @@ def _cycles(at_import_only: bool) -> list[str]:
     """Every back edge of a DFS over curate's import graph, as the loop it closes."""
     graph: dict[str, dict[str, Import]] = {m: {} for m in _modules()}
     for imp in IMPORTS:
-        if _internal(imp) and imp.target != imp.module and (
+        if _internal(imp) and imp.target != imp.module and imp.target in graph and (
                 imp.runs_at_import or not at_import_only):
             graph[imp.module].setdefault(imp.target, imp)
     state: dict[str, int] = {}  # 1: on the DFS stack, 2: done

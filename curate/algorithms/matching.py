@@ -33,8 +33,9 @@ Boundary rules (``boundary=``; the key functions live in
 
 Speed (bench/bench_match.py, 2 x86_64 cores, 463k-entry default vocabulary, 100k real
 captions, one core): ~330k captions/s against ~80-95k for MetaCLIP's per-caption loop,
-about 4x, with identical output. Each call has a fixed cost of ~20 ms (Arrow hashes the
-token vocabulary for ``pc.index_in``), so pass thousands of captions per call.
+about 4x, with identical output. A call looks up only its distinct tokens, in a dict built
+once per process (~0.1 s, on the first call; ``pc.index_in`` re-hashed all 210k vocabulary
+tokens per call, ~15-30 ms), so a 250-caption shard costs ~1 ms rather than ~20.
 
 Pickling: a :class:`Matcher` holds only NumPy arrays, an Arrow array of tokens and (when some
 keys are not space-bounded, or with ``engine="ahocorasick"``) a pyahocorasick automaton, all
@@ -172,7 +173,7 @@ def _to_list_array(n: int, caption_idx: np.ndarray, entry_idx: np.ndarray, n_ent
 class _TokenTrie:
     """Space-bounded keys as a trie over token ids, stored as sorted NumPy arrays.
 
-    ``tokens`` is the token vocabulary (Arrow, so ``pc.index_in`` encodes captions in C++).
+    ``tokens`` is the token vocabulary (Arrow; :meth:`token_ids` encodes captions against it).
     ``first_node[token]`` is the trie node of a one-token prefix (-1: no entry starts with
     it). A longer prefix ``node`` extended by ``token`` is the node ``children`` maps the
     code ``node * n_tokens + token`` to. ``node_entry[node]`` is the
@@ -221,6 +222,22 @@ class _TokenTrie:
         self.has_child = np.zeros(n_nodes, dtype=bool)
         self.has_child[codes_all // max(n_tokens, 1)] = True
         self.n_tokens = n_tokens
+        self._lookup: dict[str, int] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_lookup": None}  # rebuilt on first use: keeps pickles small
+
+    def token_ids(self, flat: pa.Array) -> np.ndarray:
+        """Vocabulary id of each token (int64, -1 if unknown). Only the call's distinct tokens
+        are looked up, in a dict built once: ``pc.index_in`` would hash the whole vocabulary
+        on every call, which was most of a small shard's matching time."""
+        if self._lookup is None:
+            self._lookup = dict(zip(self.tokens.to_pylist(), range(len(self.tokens))))
+        encoded = flat.dictionary_encode()
+        get = self._lookup.get
+        distinct = encoded.dictionary.to_pylist()
+        ids = np.fromiter((get(t, -1) for t in distinct), np.int64, len(distinct))
+        return ids[encoded.indices.to_numpy()]
 
     def match(self, spaced_inner: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """(caption index, entry id) of every match, unsorted, possibly repeated."""
@@ -229,8 +246,7 @@ class _TokenTrie:
         if len(flat) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         parent = pc.list_parent_indices(split).to_numpy().astype(np.int64)
-        tok = pc.index_in(flat, value_set=self.tokens).fill_null(-1).to_numpy()
-        tok = tok.astype(np.int64)
+        tok = self.token_ids(flat)
         n = tok.size
         pos = np.flatnonzero(tok >= 0)
         node = self.first_node[tok[pos]]

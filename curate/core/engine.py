@@ -264,7 +264,12 @@ class _Pool:
         self.busy: dict[Any, Any] = {}  # ref in flight -> its actor (None: a task)
 
     def wait(self, refs: list[Any], timeout_s: float) -> list[Any]:
-        return self.ray.wait(refs, num_returns=1, timeout=timeout_s)[0]
+        """Every ended ref, after waiting at most ``timeout_s`` for one: the ledger's loop
+        and Ray's wait (linear in ``refs``) then run once per batch, not per result."""
+        ready, rest = self.ray.wait(refs, num_returns=1, timeout=timeout_s)
+        if ready and rest:
+            ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return ready
 
     def result(self, ref: Any) -> tuple[bool, Any]:
         """(True, the value) or (False, one line of error); raises what no retry can help."""

@@ -110,7 +110,9 @@ class RunDir:
 
     def save_manifest(self, manifest: dict[str, Any]) -> None:
         manifest["updated"] = now()
-        data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        # No indent: with one, json.dumps runs Python's pure encoder (~5x slower; ~0.5 s a
+        # save at 200,000 shards). Read it with `jq . run.json` or `python -m json.tool`.
+        data = json.dumps(manifest, sort_keys=True, default=str).encode()
         write_bytes_atomic(self.fs, self.path("run.json"), data)
 
     # ---------------------------------------------------------------- lock
