@@ -1,10 +1,8 @@
 """The ``curate`` command line: parse, build a config, call the library. No logic here.
 
-``curate query`` (its prompt and output formats) lives in :mod:`curate.cli_query`; ``plan``
-and ``pilot`` in :mod:`curate.cli_plan`.
-
-Exit codes (README): 0 ok, 2 bad input or config (one line on stderr, no traceback),
-3 finished with more failed shards than ``run.max_failed_fraction`` allows.
+Bodies live beside it: ``query`` in :mod:`curate.cli_query`, ``plan`` and ``pilot`` in
+:mod:`curate.cli_plan`, ``index`` in :mod:`curate.cli_explore`. Exit codes (README): 0 ok,
+2 bad input or config (one line on stderr), 3 more failed shards than allowed.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from curate.cli_explore import register as register_explore
 from curate.errors import EXIT_BAD_INPUT, CurateError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -126,6 +125,7 @@ def _register_stage_commands() -> None:
 
 
 _register_stage_commands()
+register_explore(app, handled, _setup_logging)  # index, explore: curate/cli_explore.py
 
 
 @app.command("stage")
