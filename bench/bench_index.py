@@ -166,7 +166,7 @@ def compare(args, budget: str) -> None:
     print(f"\n| budget {budget}, {n:,} x {d} | ours | autofaiss | ratio |\n|---|---:|---:|---:|")
     print(f"| index | `{one['kind']}` nprobe {one['nprobe']} | `{af['index_key']}` "
           f"`{af['index_param']}` | |")
-    print(f"| build s | {ours_s:.1f} | {af_s:.1f} | {ours_s / af_s:.2f}x |")
+    print(f"| build s | {ours_s:.1f} | {af_s:.1f} | {ours_s / af_s:.3f}x |")
     print(f"| recall@10 (10-recall) | {ours_r[0]:.3f} | {af_r[0]:.3f} | "
           f"{ours_r[0] - af_r[0]:+.3f} |")
     print(f"| 1-recall@10 | {ours_r[1]:.3f} | {af_r[1]:.3f} | |")

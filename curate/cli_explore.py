@@ -38,8 +38,10 @@ def register(app: typer.Typer, handled: Callable[[Any], Any],
         setup_logging(verbose)
         info = build_index(run_dir, pairs, memory, kind)
         state = "up to date" if info.get("up_to_date") else f"built in {info['build_seconds']} s"
-        typer.echo(f"{run_dir}/index: {info['n']:,} pairs ({info['pairs']}, selected by "
-                   f"{info['selected_by']}; {info['source']['stage']} embeddings), {state}")
+        which = ("every pair with an embedding" if info["pairs"] == "all"
+                 else f"kept, as {info['selected_by']} decided")
+        typer.echo(f"{run_dir}/index: {info['n']:,} pairs ({which}; embeddings of "
+                   f"{info['source']['stage']}), {state}")
         for which, one in info["indexes"].items():
             typer.echo(f"  {which}: {one['kind']}, {one['d']}-d, {one['memory_bytes']:,} bytes, "
                        f"nprobe {one['nprobe'] or '-'}, recall@10 {one['recall_at_10']:.3f} "

@@ -247,9 +247,21 @@ def set_nprobe(index: Any, nprobe: int) -> dict[str, int]:
 
 
 def search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, row ids) [nq, k], best first; -1 where the index has fewer than k rows."""
+    """(scores, row ids) [nq, k], best first; -1 where fewer than k rows were found. An IVF
+    index probes more lists than its nprobe when k asks for more rows than those lists
+    hold on average (twice that many, for this call only): a large k is answered too."""
     q = np.ascontiguousarray(q, np.float32).reshape(-1, index.d)
-    return index.search(q, int(k))
+    if isinstance(index, faiss.IndexFlat) or not index.ntotal:
+        return index.search(q, int(k))
+    ivf = faiss.extract_index_ivf(index)
+    want = min(ivf.nlist, math.ceil(2 * k * ivf.nlist / index.ntotal))
+    if want <= ivf.nprobe:
+        return index.search(q, int(k))
+    params = faiss.SearchParametersIVF(nprobe=want)
+    inner = faiss.SearchParametersHNSW(efSearch=max(16, 2 * want))  # alive until searched
+    if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+        params.quantizer_params = inner
+    return index.search(q, int(k), params=params)
 
 
 def vector(index: Any, row: int) -> np.ndarray:
@@ -316,9 +328,10 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k: i
 def tune_nprobe(index: Any, q: np.ndarray, truth: np.ndarray, self_ids: np.ndarray,
                 k: int = 10, target: float = 0.95, max_nprobe: int = 4096
                 ) -> tuple[int, list[tuple[int, float]]]:
-    """The smallest power-of-two nprobe whose recall@k on ``q`` reaches ``target``, or at
-    which doubling gains less than half a point (the codes bound it): (nprobe, the ladder
-    of (nprobe, recall) tried). 0 for a Flat index (exact)."""
+    """The smallest power-of-two nprobe whose recall@k on ``q`` reaches ``target``, or the
+    first one that gained less than half a point over half as many lists (the codes bound
+    the recall; that last doubling is kept, the cheaper of what is left): (nprobe, the
+    ladder of (nprobe, recall) tried). 0 for a Flat index (exact)."""
     if isinstance(index, faiss.IndexFlat):
         return 0, []
     nlist = faiss.extract_index_ivf(index).nlist
@@ -331,5 +344,5 @@ def tune_nprobe(index: Any, q: np.ndarray, truth: np.ndarray, self_ids: np.ndarr
         if r >= target or nprobe >= min(nlist, max_nprobe):
             return nprobe, ladder
         if len(ladder) > 1 and r - ladder[-2][1] < 0.005:
-            return ladder[-2][0], ladder
+            return nprobe, ladder
         nprobe *= 2

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "index"
 VERSION = 1
-N_EVAL, N_TUNE = 1000, 250  # held-out queries: recall reported / nprobe tuned on
+N_EVAL, N_TUNE = 1000, 500  # held-out queries: recall reported / nprobe tuned on
 TARGET = 0.95  # recall@10 nprobe is tuned for
 PAIRS = ("kept", "all")
 
@@ -150,10 +150,13 @@ def build_index(run_url: str, pairs: str = "kept", memory: str = "4GB", kind: st
         raise ConfigError(f"--pairs {pairs!r}: expected kept or all")
     try:
         budget = ann.parse_memory(memory)
+    except ValueError as err:
+        raise ConfigError(f"--memory: {err}") from None
+    try:
         if kind != "auto":
             ann.describe(kind)
     except ValueError as err:
-        raise ConfigError(f"--{'memory' if 'memory' in str(err) else 'kind'}: {err}") from None
+        raise ConfigError(f"--kind: {err}") from None
     cfg = recorded_pipeline(run_url)  # RunDirError (exit 2) when RUN is not a run
     rd = RunDir(run_url)
     with rd:
@@ -164,6 +167,8 @@ def build_index(run_url: str, pairs: str = "kept", memory: str = "4GB", kind: st
         if old and old.get("digest") == digest and all(
                 rd.fs.exists(rd.path(FOLDER, f)) for f in _files(old)):
             return {**old, "up_to_date": True}
+        if old:  # readers see no index rather than old and new files mixed
+            rd.fs.rm(rd.path(FOLDER, "info.json"))
         engine.init(cfg.run.num_cpus)
         opts = {"max_retries": cfg.run.max_retries, "timeout_s": cfg.run.shard_timeout_s}
         plan = dataclasses.replace(plan, work=rd.path(FOLDER, "_parts", digest[:16]))
@@ -188,7 +193,8 @@ def _plan(rd: RunDir, cfg: Any, manifest: dict[str, Any], pairs: str
     description for info.json, the output ids of the stages it reads); InputError when the
     run has no image embeddings."""
     stages = manifest.get("stages") or {}
-    done = [r for r in cfg.refs() if (stages.get(r.name) or {}).get("status") == "done"]
+    done = [r for r in cfg.refs()  # ran: done, or done but for failed shards (no output)
+            if (stages.get(r.name) or {}).get("status") in ("done", "failed")]
     source = None
     for ref in reversed([r for r in done if r.kind == "score"]):
         names = _columns(rd, ref.folder)
@@ -208,7 +214,7 @@ def _plan(rd: RunDir, cfg: Any, manifest: dict[str, Any], pairs: str
     emit = next((r for r in done if r.kind == "emit"), None)
     deciding = [r for r in done if r.decides]
     if pairs == "all":
-        plan, by = parts.Plan(rd.url, folder, columns, "all"), "all"
+        plan, by = parts.Plan(rd.url, folder, columns, "all"), None
     elif emit and rd.fs.exists(rd.path(emit.folder, "_plan.json")):
         with rd.fs.open(rd.path(emit.folder, "_plan.json"), "rb") as f:
             jobs = json.loads(f.read())
@@ -225,7 +231,8 @@ def _plan(rd: RunDir, cfg: Any, manifest: dict[str, Any], pairs: str
     else:
         plan, by = parts.Plan(rd.url, folder, columns, "all"), "none (no deciding stage ran)"
     described["selected_by"] = by
-    read = [r.name for r in (ref, emit, deciding[-1] if deciding else None) if r]
+    read = [r.name for r in (ref, emit if plan.select == "curated" else None,
+                             deciding[-1] if plan.select == "survivors" else None) if r]
     return plan, described, [(n, (stages.get(n) or {}).get("output_id")) for n in read]
 
 
