@@ -156,9 +156,15 @@ def deep_size(obj: Any, seen: set[int] | None = None) -> int:
 
 
 def _shards(items: list[Any]) -> int:
-    """Shards in a list of items or outcomes: the driver may run a batch (list) per task."""
-    return sum(len(getattr(x, "item", x)) if isinstance(getattr(x, "item", x), list) else 1
-               for x in items)
+    """Shards in a list of items or outcomes: the driver may run a batch per task, a list or
+    a (first position, list) pair (curate/core/batches.py)."""
+    def one(x: Any) -> int:
+        x = getattr(x, "item", x)
+        if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], list):
+            x = x[1]
+        return len(x) if isinstance(x, list) else 1
+
+    return sum(one(x) for x in items)
 
 
 def _shard_values(outcomes: list[Any]) -> list[Any]:
@@ -219,7 +225,7 @@ def instrument(calls: list[dict[str, Any]], saves: list[float], sampler: CpuSamp
             outcomes = map_items(fn, items, **kw)
             return outcomes
         finally:
-            batched = getattr(getattr(fn, "func", None), "__name__", "") == "_run_batch"
+            batched = getattr(getattr(fn, "func", None), "__name__", "") == "run_batch"
             calls.append({"desc": kw.get("desc") or "map",
                           "items": _shards(items) if batched else len(items),
                           "tasks": len(items),

@@ -25,7 +25,7 @@ import time
 from functools import partial
 from typing import Any
 
-from curate.core import engine, faults, slots
+from curate.core import batches, engine, faults, slots
 from curate.core.rundir import RunDir, now, versions
 from curate.errors import CurateError, FailedShardsError, InputError, RunDirError
 from curate.stages.base import GlobalStep, ShardStep, StageSpec
@@ -254,63 +254,13 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
     return failed
 
 
-#: k shards per Ray task when there are >= BATCH_SPREAD x k per task at once; k <= BATCH_MAX
-BATCH_SPREAD, BATCH_MAX = 4, 16
-
-
 def _map_shards(spec: StageSpec, cls: type, stage: Any, todo: list[str], in_flight: int | None,
                 opts: dict[str, Any]) -> list[engine.Outcome]:
-    """A shard step's outcomes, in ``todo`` order. With many more shards than tasks at once,
-    k shards run per Ray task: Ray's per-task cost (~1.3 ms of driver CPU, ~1.9 ms of the
-    worker's) is paid once per k. The failure policy stays per shard: a shard that fails in
-    its batch (its try counted as attempt 1) and every shard of a batch that died (killed,
-    out of its k x time limit; which shard did it is unknown) run again alone, as always."""
-    kw = {"resources": stage.resources(), "max_in_flight": in_flight,
-          "num_actors": stage.num_actors(), "desc": spec.name}
-    k = 1 if kw["num_actors"] else min(BATCH_MAX, len(todo) // (
-        BATCH_SPREAD * engine.in_flight_limit(kw["resources"], in_flight)))
-    if k < 2:
-        return engine.map_items(partial(run_shard, spec, cls), todo, **kw, **opts)
-    retries, timeout = opts["max_retries"], opts["timeout_s"]
-    done: dict[str, engine.Outcome] = {}
-    tried: dict[str, str] = {}  # failed once in a batch -> its error
-    fresh: list[str] = []  # in a batch that died
-    for b in engine.map_items(partial(_run_batch, spec, cls),
-                              [todo[j:j + k] for j in range(0, len(todo), k)], **kw,
-                              max_retries=0, timeout_s=timeout and timeout * k):
-        for shard, (ok, value) in zip(b.item, b.value if b.ok else [(None, None)] * len(b.item),
-                                      strict=True):
-            if ok:
-                done[shard] = engine.Outcome(shard, True, value=value)
-            elif ok is None:
-                fresh.append(shard)
-            elif retries:
-                tried[shard] = value
-            else:
-                done[shard] = engine.Outcome(shard, False, error=value)
-    for o in engine.map_items(partial(run_shard, spec, cls), list(tried), **kw,
-                              max_retries=retries - 1, timeout_s=timeout) if tried else []:
-        o.attempts += 1
-        done[o.item] = o
-    if fresh:
-        done.update((o.item, o) for o in engine.map_items(
-            partial(run_shard, spec, cls), fresh, **kw, **opts))
-    return [done[s] for s in todo]
-
-
-def _run_batch(spec: StageSpec, cls: type, shards: list[str]) -> list[tuple[bool, Any]]:
-    """In a worker: ``run_shard`` for each shard, (True, its value) or (False, an error line);
-    one shard's exception does not end the batch. A CurateError stops the step, as alone."""
-    out: list[tuple[bool, Any]] = []
-    for shard in shards:
-        try:
-            out.append((True, run_shard(spec, cls, shard)))
-        except CurateError:
-            raise
-        except Exception as err:  # noqa: BLE001 - retried alone by the driver
-            line = f"{type(err).__name__}: {err}".strip().splitlines()
-            out.append((False, line[0][:500] if line else type(err).__name__))
-    return out
+    """A shard step's outcomes, in ``todo`` order (k shards per task where that pays:
+    curate/core/batches.py)."""
+    return batches.map_batched(partial(run_shard, spec, cls), todo,
+                               resources=stage.resources(), max_in_flight=in_flight,
+                               num_actors=stage.num_actors(), desc=spec.name, **opts)
 
 
 def _fold_shards(outcomes: list[engine.Outcome], st: dict[str, Any]
@@ -367,9 +317,9 @@ def _run_global(stage: Any, spec: StageSpec, cls: type, step: GlobalStep, cfg: P
         outcome.value = None  # the driver keeps only the fold
 
     try:
-        engine.map_items(partial(run_map, spec, cls, step.name), items,
-                         resources=step.resources, on_done=fold, desc=where,
-                         **_engine_opts(cfg))
+        batches.map_batched(partial(run_map, spec, cls, step.name), items,
+                            resources=step.resources, on_done=fold, desc=where,
+                            **_engine_opts(cfg))
     except CurateError:
         raise
     except Exception as err:  # noqa: BLE001 - the engine or a fold broke: resumable
