@@ -148,7 +148,7 @@ def synthetic(tmp_path_factory, ray_session):
     return root / "run", uids, x.astype(np.float32)
 
 
-@pytest.mark.parametrize("memory, codes", [("8MB", "SQ8"), ("2.5MB", "PQ16x8")])
+@pytest.mark.parametrize("memory, codes", [("8MB", "SQ8"), ("2.5MB", "PQ16x9")])
 def test_a_small_budget_quantises_and_recall_is_what_info_says(synthetic, memory, codes):
     from curate.app.index import open_index
 

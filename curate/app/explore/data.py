@@ -179,13 +179,17 @@ class Store:
         """The uids among ``uids`` that are pool pairs no safety rule dropped."""
         return {r["uid"] for r in self.rows(uids)}
 
-    def lookup(self, uid: str) -> str:
+    def lookup(self, uid: str, indexed: bool = False) -> str:
         """``"visible"``, ``"withheld"`` (a safety rule dropped it, not a hash list: the page
-        may say so) or ``"unknown"`` (no such pair, or a hash list's match: nothing at all)."""
+        may say so) or ``"unknown"`` (no such pair, or a hash list's match: nothing at all).
+        ``indexed``: the kNN index holds it, so it is a pool pair and the pool need not be
+        scanned for it (a scan of the whole pool: 64 ms a request at 1M pairs)."""
         hit = self.cursor().execute("SELECT dropped_by, reason FROM explore_hidden WHERE uid "
                                     "= ?", [uid]).fetchall()
         if hit:
             return "unknown" if hit[0][1] == "denylisted" else "withheld"
+        if indexed:
+            return "visible"
         found = self.cursor().execute("SELECT count(*) FROM pool WHERE uid = ?", [uid])
         return "visible" if found.fetchone()[0] else "unknown"
 

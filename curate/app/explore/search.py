@@ -79,7 +79,7 @@ class Searcher:
         """The ``k`` nearest visible pairs to ``uid`` (itself excluded), best first, and how
         many nearer ones a safety rule withheld."""
         k = _k(k)
-        if self.store.lookup(uid) != "visible":
+        if self.store.lookup(uid, indexed=uid in self.index) != "visible":
             raise LookupError(uid)
         if self.index.vector(uid) is None:
             held = (getattr(self.index, "info", None) or {}).get("pairs")
