@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -259,6 +260,14 @@ def t_for_target(
     if not 0 < target <= ceiling:
         raise ValueError(f"target must be in (0, {ceiling:.0f}] (pairs that match an entry), "
                          f"got {target}")
+    return grid_search(sizes, hi, target, grid, rel_tol)
+
+
+def grid_search(sizes: Any, hi: float, target: float, grid: int, rel_tol: float) -> float:
+    """The smallest t in (0, hi] (to ``rel_tol`` of it) with ``sizes(t) >= target``, for a
+    ``sizes`` that grows with t and reaches ``target`` at ``hi``. Each pass evaluates
+    ``grid`` values of t in one call (one read of the shards), so the bracket shrinks by a
+    factor ``grid`` a pass rather than 2."""
     lo = 0.0
     for _ in range(200):  # each pass divides the bracket by `grid`: 200 is never reached
         if hi - lo <= rel_tol * hi:

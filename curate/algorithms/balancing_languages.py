@@ -150,7 +150,7 @@ def t_en_for_target(shards, counts: np.ndarray, languages: Sequence[str],
     ``target``. Expected size is monotone in t_en (p grows with it, and each t with p), a
     step function of it, so the answer is the smallest integer t_en (what ``balance.t``
     takes) whose expected size reaches ``target``, up to the search's ``rel_tol``."""
-    from curate.algorithms.balancing import expected_size
+    from curate.algorithms.balancing import expected_size, grid_search
 
     counts = np.asarray(counts)
 
@@ -167,12 +167,4 @@ def t_en_for_target(shards, counts: np.ndarray, languages: Sequence[str],
     if not 0 < target <= ceiling:
         raise ValueError(f"target must be in (0, {ceiling:.0f}] (expected kept size with "
                          f"every t at its largest), got {target}")
-    lo = 0.0
-    for _ in range(200):  # each pass divides the bracket by `grid`: 200 is never reached
-        if hi - lo <= rel_tol * hi:
-            break
-        ts = np.linspace(lo, hi, grid + 1)[1:]
-        s = sizes(ts)
-        above = np.flatnonzero(s >= target)[0]
-        lo, hi = (ts[above - 1] if above else lo), ts[above]
-    return int(np.ceil(hi))
+    return int(np.ceil(grid_search(sizes, hi, target, grid, rel_tol)))

@@ -66,32 +66,24 @@ def write_parquet_atomic(
         md = dict(table.schema.metadata or {})
         md[META_KEY] = json.dumps(meta, sort_keys=True).encode()
         table = table.replace_schema_metadata(md)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
-    try:
-        with fs.open(tmp, "wb") as f:
-            pq.write_table(table, f, compression=compression, row_group_size=row_group_size,
-                           use_dictionary=False)
-        if is_local(fs):
-            os.replace(tmp, path)
-        else:
-            fs.mv(tmp, path)
-    except BaseException:
-        try:
-            fs.rm(tmp)
-        except Exception:  # noqa: BLE001 - best effort cleanup, the original error matters
-            pass
-        raise
+    _atomic(fs, path, lambda f: pq.write_table(
+        table, f, compression=compression, row_group_size=row_group_size,
+        use_dictionary=False))
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    _atomic(fs, path, lambda f: f.write(data))
+
+
+def _atomic(fs: fsspec.AbstractFileSystem, path: str, write: Any) -> None:
+    """``write(file)`` to a temporary name beside ``path``, then rename it there (a reader
+    sees the old file or the whole new one); the temporary file is removed on failure."""
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
     try:
         with fs.open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
         if is_local(fs):
             os.replace(tmp, path)
         else:

@@ -68,13 +68,20 @@ def joins(refs: list[Any], classes: dict[str, Any], embeddings: bool
             cols += ["image_emb", "text_emb"]
         if not cols:
             continue
-        named = []
-        for c in cols:
-            name = c if c not in seen else f"{ref.name}_{c}"
-            seen.add(name)
-            named.append((c, name))
-        out.append((ref.folder, named))
+        out.append((ref.folder, joined_names(ref.name, cols, seen)))
     return out
+
+
+def joined_names(instance: str, cols: list[str], seen: set[str]) -> list[tuple[str, str]]:
+    """(column, name in a joined row) for ``instance``'s columns: a name taken before
+    (``seen``, updated) is prefixed with the instance's name. The explore app names its
+    columns by this rule too, so a curated row and the app agree."""
+    named = []
+    for c in cols:
+        name = c if c not in seen else f"{instance}_{c}"
+        seen.add(name)
+        named.append((c, name))
+    return named
 
 
 def gather(rd: RunDir, deciding: list[str], sources: list, shard: str,

@@ -30,6 +30,7 @@ from curate.app.query import _q, connect
 from curate.core.io import is_local
 from curate.core.rundir import RunDir
 from curate.errors import InputError
+from curate.stages.emit import joined_names
 
 #: runs of at most this many pairs get ``explore`` as an in-memory table, not a view
 MATERIALISE = 2_000_000
@@ -104,12 +105,8 @@ class Store:
                     if c in have and c not in SKIP]
             if not cols:
                 continue
-            names = []
-            for c in cols:
-                name = c if c not in taken else f"{r.name}_{c}"
-                taken.add(name)
-                names.append(name)
-                self.joined[name] = (r.view, c)
+            names = [name for _, name in joined_names(r.name, cols, taken)]
+            self.joined.update((n, (r.view, c)) for c, n in zip(cols, names, strict=True))
             inner = ", ".join(f'"{c}" AS "{n}"' for c, n in zip(cols, names))
             joins.append(f'LEFT JOIN (SELECT uid, {inner} FROM "{r.view}") j{i} USING (uid)')
             select += [f'j{i}."{n}"' for n in names]
