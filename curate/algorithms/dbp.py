@@ -29,7 +29,7 @@ cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -181,16 +181,9 @@ def _waterfill(logp: np.ndarray, lo: np.ndarray, hi: np.ndarray, total: float) -
         with np.errstate(over="ignore"):
             return float(np.clip(np.exp(z + lp), f, s).sum())
 
-    t = np.unique(np.concatenate([za[np.isfinite(za)], zb]))
-    i, j = 0, len(t) - 1  # g(t[-1]) = sum(s) >= rest
-    while i < j:
-        mid = (i + j) // 2
-        if g(t[mid]) >= rest:
-            j = mid
-        else:
-            i = mid + 1
-    z_hi = t[i]
-    z_lo = t[i - 1] if i > 0 else -np.inf
+    # g(t[-1]) = sum(s) >= rest
+    z_lo, z_hi = breakpoint_bracket(g, np.unique(np.concatenate([za[np.isfinite(za)], zb])),
+                                    rest)
     at_floor = za >= z_hi
     at_cap = zb <= z_lo
     middle = ~at_floor & ~at_cap
@@ -327,3 +320,19 @@ def select_in_cluster(
         raise ValueError(f"keep must be 'hard', 'easy' or 'random', got {keep!r}")
     mask[order[:quota]] = True
     return mask
+
+
+def breakpoint_bracket(g: Callable[[float], float], t: np.ndarray, target: float
+                       ) -> tuple[float, float]:
+    """For g non-decreasing with ``g(t[-1]) >= target`` over sorted breakpoints ``t`` (where
+    its slope changes): ``(t[i - 1] or -inf, t[i])`` for the first i with ``g(t[i]) >=
+    target``, found by bisection. Between the two no bound changes, so the caller solves the
+    linear piece exactly (the water-filling of DBP's quotas, with and without bounds)."""
+    i, j = 0, len(t) - 1
+    while i < j:
+        mid = (i + j) // 2
+        if g(t[mid]) >= target:
+            j = mid
+        else:
+            i = mid + 1
+    return (t[i - 1] if i > 0 else -np.inf), t[i]

@@ -27,7 +27,12 @@ from typing import Literal
 
 import numpy as np
 
-from curate.algorithms.dbp import _largest_remainder, _waterfill, log_shares
+from curate.algorithms.dbp import (
+    _largest_remainder,
+    _waterfill,
+    breakpoint_bracket,
+    log_shares,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +78,9 @@ def solve_shift(a: np.ndarray, lb: np.ndarray, ub: np.ndarray, total: float) -> 
     def g(mu: float) -> float:
         return float(np.clip(a + mu, lb, ub).sum())
 
-    t = np.unique(np.concatenate([(lb - a)[free], (ub - a)[free]]))
-    i, j = 0, len(t) - 1  # g(t[-1]) = sum(ub) >= total
-    while i < j:
-        mid = (i + j) // 2
-        if g(t[mid]) >= total:
-            j = mid
-        else:
-            i = mid + 1
-    hi = t[i]
-    lo = t[i - 1] if i > 0 else -np.inf
+    # g(t[-1]) = sum(ub) >= total
+    lo, hi = breakpoint_bracket(g, np.unique(np.concatenate([(lb - a)[free], (ub - a)[free]])),
+                                total)
     # on (lo, hi) no bound changes: the clusters strictly inside their bounds move with mu
     mid_pt = hi - 1.0 if not np.isfinite(lo) else (lo + hi) / 2
     inside = free & (a + mid_pt > lb) & (a + mid_pt < ub)
