@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any
 
 from curate.core import batches, engine, faults, slots
+from curate.core.io import list_shards
 from curate.core.rundir import RunDir, now, versions
 from curate.errors import CurateError, FailedShardsError, InputError, RunDirError
 from curate.stages.base import GlobalStep, ShardStep, StageSpec
@@ -111,6 +112,8 @@ def run_pipeline(
             if st.get("fingerprint") != fps[name]:
                 _clear_stage(rd, ref.folder, name)
                 st.clear()
+            # what the last finished run's shard step was given (None: it did not finish)
+            done_key = st.get("shard_key") if st.get("status") == "done" else None
             # recorded before any shard runs: a crash mid-stage must not look like a
             # config change (which would discard the shards that did finish)
             st.update(fingerprint=fps[name], status="running", started=now(), kind=ref.kind,
@@ -121,7 +124,7 @@ def run_pipeline(
             input_id = _digest(upstream, todo)
             try:
                 failed = _run_stage(rd, cfg, name, fps[name], todo, len(shards), input_id, st,
-                                    (options or {}).get(name, {}), manifest)
+                                    (options or {}).get(name, {}), manifest, done_key)
             except CurateError as err:
                 if not isinstance(err, FailedShardsError):
                     st.update(status="failed", error=str(err), finished=now())
@@ -178,8 +181,9 @@ def _engine_opts(cfg: Pipeline) -> dict[str, Any]:
 
 def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: list[str],
                n_shards: int, input_id: str, st: dict[str, Any], options: dict[str, Any],
-               manifest: dict[str, Any]) -> set[str]:
-    """Run one stage's steps; fills its manifest entry ``st``; returns the failed shards."""
+               manifest: dict[str, Any], done_key: str | None = None) -> set[str]:
+    """Run one stage's steps; fills its manifest entry ``st``; returns the failed shards.
+    ``done_key``: the shard step's key when the stage last finished (see ``_unchanged``)."""
     cls = cfg.stage_class(name)
     conf = cfg.dump()
     state: dict[str, Any] = {}
@@ -209,8 +213,18 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
                              shares)
             stage.spec, stage.state = spec, spec.state
             if isinstance(step, ShardStep):
+                key = _digest(fingerprint, input_id, state, "shards")
+                if done_key == key and _unchanged(rd, cfg.ref(name).folder, cls, steps, todo,
+                                                  options, st):
+                    log.info("%s: unchanged since it finished, its %d shards kept", name,
+                             len(todo))
+                    produced = st["produced"]
+                    st.update(shards_skipped=len(todo), worker_seconds={})
+                    continue
+                st.pop("shard_key", None)
                 outcomes = _map_shards(spec, cls, stage, todo, in_flight, _engine_opts(cfg))
                 failed, produced = _fold_shards(outcomes, st)
+                st.update(shard_key=key, produced=produced)
                 if failed and any(isinstance(s, GlobalStep) for s in steps[i + 1:]):
                     later = next(s.name for s in steps[i + 1:] if isinstance(s, GlobalStep))
                     raise StageIncomplete(
@@ -252,6 +266,23 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
               output_id=_digest(fingerprint, input_id, produced,
                                 {k: r.get("key") for k, r in records.items()}))
     return failed
+
+
+def _unchanged(rd: RunDir, folder: str, cls: type, steps: list[Any], todo: list[str],
+               options: dict[str, Any], st: dict[str, Any]) -> bool:
+    """Whether a finished stage's shard step can be skipped without a task per shard: its
+    config, inputs (the earlier stages' outputs, the shards) and earlier steps' results are
+    those it finished with (the caller's key), and every output file is there (one listing).
+    A shard's footer holds the digest of its inputs and the stage's state (``input_digest``
+    sees nothing else), which the key covers for all shards at once. Not for a stage that
+    always reruns or got options (``needs_rerun``, e.g. download's --retry-failed, is asked
+    per shard then): the per-shard footer check in the workers stays the rule for those
+    and for a missing file. Files are written whole (temporary name, then rename), so a
+    listed one is complete; a file changed by hand is not noticed."""
+    if (options or cls.always_rerun or "produced" not in st
+            or sum(isinstance(s, ShardStep) for s in steps) != 1):
+        return False
+    return set(todo) <= set(list_shards(rd.fs, rd.path(folder)))
 
 
 def _map_shards(spec: StageSpec, cls: type, stage: Any, todo: list[str], in_flight: int | None,

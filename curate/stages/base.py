@@ -260,11 +260,16 @@ class Stage:
         return self.survivors(shard, self.pool_columns)
 
     def input_digest(self, shard: str, inputs: pa.Table) -> str:
+        """What a shard's output was made from (kept in its footer; a resumed run redoes a
+        shard whose digest changed). From ``inputs`` and ``self.state`` only: the driver
+        skips a finished stage whose inputs and state are unchanged without asking."""
         state = json.dumps(self.state, sort_keys=True, default=str)
         return uid_digest(inputs["uid"]) + hashlib.sha256(state.encode()).hexdigest()[:8]
 
     def needs_rerun(self, meta: dict[str, Any]) -> bool:
-        """Process a shard again although its output is current (e.g. retry failures)."""
+        """Process a shard again although its output is current (e.g. retry failures).
+        Asked per shard only when the stage runs its shards: a finished stage with the same
+        inputs and no options (``--retry-failed``) is skipped by the driver."""
         return False
 
     def process(self, shard: str, inputs: pa.Table) -> pa.Table:
