@@ -215,7 +215,7 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
             if isinstance(step, ShardStep):
                 key = _digest(fingerprint, input_id, state, "shards")
                 if done_key == key and _unchanged(rd, cfg.ref(name).folder, cls, steps, todo,
-                                                  options, st):
+                                                  options):
                     log.info("%s: unchanged since it finished, its %d shards kept", name,
                              len(todo))
                     produced = st["produced"]
@@ -269,7 +269,7 @@ def _run_stage(rd: RunDir, cfg: Pipeline, name: str, fingerprint: str, todo: lis
 
 
 def _unchanged(rd: RunDir, folder: str, cls: type, steps: list[Any], todo: list[str],
-               options: dict[str, Any], st: dict[str, Any]) -> bool:
+               options: dict[str, Any]) -> bool:
     """Whether a finished stage's shard step can be skipped without a task per shard: its
     config, inputs (the earlier stages' outputs, the shards) and earlier steps' results are
     those it finished with (the caller's key), and every output file is there (one listing).
@@ -279,7 +279,7 @@ def _unchanged(rd: RunDir, folder: str, cls: type, steps: list[Any], todo: list[
     per shard then): the per-shard footer check in the workers stays the rule for those
     and for a missing file. Files are written whole (temporary name, then rename), so a
     listed one is complete; a file changed by hand is not noticed."""
-    if (options or cls.always_rerun or "produced" not in st
+    if (options or cls.always_rerun
             or sum(isinstance(s, ShardStep) for s in steps) != 1):
         return False
     return set(todo) <= set(list_shards(rd.fs, rd.path(folder)))

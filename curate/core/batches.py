@@ -108,6 +108,5 @@ def run_batch(fn: Callable[[Any], Any], batch: tuple[int, list[Any]]
         except CurateError:
             raise
         except Exception as err:  # noqa: BLE001 - retried alone by the caller
-            line = f"{type(err).__name__}: {err}".strip().splitlines()
-            out.append((False, line[0][:500] if line else type(err).__name__))
+            out.append((False, engine.error_line(err)))
     return out

@@ -132,7 +132,7 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def _short(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """One line for a worker error: Ray wraps the real exception; show that."""
     cause = getattr(err, "cause", None)
     if isinstance(cause, BaseException):
@@ -198,7 +198,7 @@ def shared_gates(gates: dict[str, int], lease_s: float = 30.0):
             try:
                 stats[name] = ray.get(service.close.remote(name), timeout=10)
             except Exception as err:  # noqa: BLE001 - statistics only
-                log.warning("gate %s: no statistics (%s)", name, _short(err))
+                log.warning("gate %s: no statistics (%s)", name, error_line(err))
 
 
 def gate_leases(name: str, linger_s: float = 0.5):
@@ -223,7 +223,7 @@ def gate_leases(name: str, linger_s: float = 0.5):
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
     def lost(err: BaseException) -> None:
-        log.warning("gate %s unreachable (%s): local caps only from now on", name, _short(err))
+        log.warning("gate %s unreachable (%s): local caps only from now on", name, error_line(err))
 
     leases = _LEASES[name] = Leases(
         lambda want, give: ray.get(service.sync.remote(name, holder, want, give), timeout=60),
@@ -282,7 +282,7 @@ class _Pool:
             cause = getattr(err, "cause", None)
             if isinstance(cause, CurateError):
                 raise cause from None  # bad input/config: retrying cannot help
-            return False, _short(err)
+            return False, error_line(err)
         self.settled(ref, healthy=True)
         return True, value
 
