@@ -201,8 +201,9 @@ def _plan(rd: RunDir, cfg: Any, manifest: dict[str, Any], pairs: str
         if "image_emb" in names:
             source = (ref, names)
             break
-    if source is None and "image_emb" in _columns(rd, "pool"):
-        source = (None, _columns(rd, "pool"))
+    pool = _columns(rd, "pool") if source is None else []
+    if "image_emb" in pool:
+        source = (None, pool)
     if source is None:
         raise InputError(f"{rd.url}: no image embeddings to index (no score stage output with "
                          "image_emb, no pool column image_emb)")

@@ -11,8 +11,6 @@ directory's own filesystem (any fsspec URL), under a temporary name renamed into
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +22,7 @@ import pyarrow.parquet as pq
 from curate.algorithms import ann
 from curate.algorithms.kmeans_sample import sample_mask
 from curate.core import engine, faults
-from curate.core.io import is_local, read_table, write_bytes_atomic, write_parquet_atomic
+from curate.core.io import read_table, write_atomic, write_bytes_atomic, write_parquet_atomic
 from curate.core.rundir import RunDir
 
 K = 10  # recall@K
@@ -168,20 +166,7 @@ def part(plan: Plan, offsets: dict[str, int], queries: dict[str, np.ndarray],
 
 def save(fs: Any, path: str, index: Any) -> None:
     """Stream ``index`` to ``path`` under a temporary name, then rename it into place."""
-    parent, name = path.rsplit("/", 1)
-    fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
-    try:
-        with fs.open(tmp, "wb") as f:
-            ann.write(index, f.write)
-        if is_local(fs):
-            os.replace(tmp, path)
-        else:
-            fs.mv(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
+    write_atomic(fs, path, lambda f: ann.write(index, f.write))
 
 
 def load(fs: Any, path: str) -> Any:
@@ -191,14 +176,12 @@ def load(fs: Any, path: str) -> Any:
 
 def write_ids(fs: Any, path: str, plan: Plan, shards: list[str]) -> None:
     """``ids.parquet`` (row -> uid): the parts' uid files in shard order, streamed."""
-    parent, name = path.rsplit("/", 1)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
     schema = pa.schema([("uid", pa.string())])
-    with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as w:
-        for s in shards:
-            w.write_table(read_table(fs, plan.path("part", s.replace(".parquet", ".uids.parquet")))
-                          .cast(schema))
-    if is_local(fs):
-        os.replace(tmp, path)
-    else:
-        fs.mv(tmp, path)
+
+    def write(f: Any) -> None:
+        with pq.ParquetWriter(f, schema, compression="zstd") as w:
+            for s in shards:
+                w.write_table(read_table(fs, plan.path(
+                    "part", s.replace(".parquet", ".uids.parquet"))).cast(schema))
+
+    write_atomic(fs, path, write)

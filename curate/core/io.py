@@ -66,16 +66,16 @@ def write_parquet_atomic(
         md = dict(table.schema.metadata or {})
         md[META_KEY] = json.dumps(meta, sort_keys=True).encode()
         table = table.replace_schema_metadata(md)
-    _atomic(fs, path, lambda f: pq.write_table(
+    write_atomic(fs, path, lambda f: pq.write_table(
         table, f, compression=compression, row_group_size=row_group_size,
         use_dictionary=False))
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    _atomic(fs, path, lambda f: f.write(data))
+    write_atomic(fs, path, lambda f: f.write(data))
 
 
-def _atomic(fs: fsspec.AbstractFileSystem, path: str, write: Any) -> None:
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Any) -> None:
     """``write(file)`` to a temporary name beside ``path``, then rename it there (a reader
     sees the old file or the whole new one); the temporary file is removed on failure."""
     parent = path.rsplit("/", 1)[0]
