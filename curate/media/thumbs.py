@@ -25,6 +25,14 @@ BLUR_DIVISOR = 8
 
 def thumbnail_uri(data: bytes | None, size: int = 160, quality: int = 70,
                   blur: bool = False, faces: Any = None) -> str | None:
+    """:func:`thumbnail_jpeg` as a ``data:`` URI (for a self-contained HTML page)."""
+    jpeg = thumbnail_jpeg(data, size, quality, blur, faces)
+    return None if jpeg is None else (
+        "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"))
+
+
+def thumbnail_jpeg(data: bytes | None, size: int = 160, quality: int = 70,
+                   blur: bool = False, faces: Any = None) -> bytes | None:
     """A JPEG thumbnail (longest side ``size``) of encoded image bytes, blurred with
     ``blur``, its ``faces`` boxes blurred at full size before it is reduced; None when the
     bytes are missing or do not decode."""
@@ -46,4 +54,4 @@ def thumbnail_uri(data: bytes | None, size: int = 160, quality: int = 70,
         img.save(buf, "JPEG", quality=quality)
     except Exception:  # noqa: BLE001 - an undecodable image shows as its absence
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()

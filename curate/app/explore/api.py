@@ -31,10 +31,6 @@ from curate.app.explore.results import as_json, compute
 from curate.errors import InputError
 
 
-def _default(v: Any) -> Any:
-    return str(v)
-
-
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -46,7 +42,7 @@ def _clean(v: Any) -> Any:
 
 
 def reply(data: Any, status: int = 200) -> Response:
-    body = json.dumps(_clean(data), default=_default, ensure_ascii=False)
+    body = json.dumps(_clean(data), default=str, ensure_ascii=False)
     return Response(body, status, media_type="application/json")
 
 

@@ -173,8 +173,16 @@ class Store:
         return [got[u] for u in uids if u in got]
 
     def visible(self, uids: list[str]) -> set[str]:
-        """The uids among ``uids`` that are pool pairs no safety rule dropped."""
-        return {r["uid"] for r in self.rows(uids)}
+        """The uids among ``uids`` that are pool pairs no safety rule dropped (rows of the
+        ``explore`` view, which holds no other)."""
+        if not uids:
+            return set()
+        import pyarrow as pa
+
+        cur = self.cursor()
+        cur.register("explore_want", pa.table({"uid": pa.array(list(uids), pa.string())}))
+        return {r[0] for r in cur.execute(
+            "SELECT uid FROM explore JOIN explore_want USING (uid)").fetchall()}
 
     def lookup(self, uid: str, indexed: bool = False) -> str:
         """``"visible"``, ``"withheld"`` (a safety rule dropped it, not a hash list: the page

@@ -2,7 +2,7 @@
 
 The image is the download stage's stored bytes (``images/``), else the pool's own ``image``
 column. What a thumbnail may show is decided exactly as on the report and the audit page
-(:class:`curate.stages._report_safety.SafetyView`, :func:`curate.media.thumbs.thumbnail_uri`):
+(:class:`curate.stages._report_safety.SafetyView`, :func:`curate.media.thumbs.thumbnail_jpeg`):
 
 - a pair a safety rule dropped has **no** thumbnail (``hide``: the request is answered 404,
   and the app never links one: such a pair is not a row of the ``explore`` view either);
@@ -20,14 +20,13 @@ large shards is slower than one over few.
 
 from __future__ import annotations
 
-import base64
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from curate.media.thumbs import thumbnail_uri
+from curate.media.thumbs import thumbnail_jpeg
 from curate.stages._report_safety import SafetyView
 
 SIZE = 200
@@ -51,10 +50,6 @@ class Thumbs:
             self.source = None
         self._cache: OrderedDict[str, tuple[bytes | None, bool]] = OrderedDict()
         self._lock = threading.Lock()
-
-    def blurred(self, uid: str) -> bool:
-        got = self._cache.get(uid)
-        return bool(got and got[1])
 
     def prepare(self, uids: list[str]) -> dict[str, tuple[bytes | None, bool]]:
         """Make (or find) the thumbnails of ``uids``; the visible ones only."""
@@ -93,6 +88,5 @@ class Thumbs:
             t = pq.read_table(f, columns=["uid", "image"], filters=[("uid", "in", show)])
         for u, data in zip(t["uid"].to_pylist(), t["image"].to_pylist()):
             blur = verdict.get(u) == "blur"
-            uri = thumbnail_uri(data, SIZE, blur=blur, faces=faces.get(u))
-            out[u] = (None if uri is None else base64.b64decode(uri.split(",", 1)[1]), blur)
+            out[u] = (thumbnail_jpeg(data, SIZE, blur=blur, faces=faces.get(u)), blur)
         return out
