@@ -11,7 +11,7 @@ their 128-bit key (``curate.algorithms.uids.uid_keys128``), which two distinct u
 with probability ~n²/2¹²⁹, nil for any real pool.
 
 ingest.py stages a *batch* (the new files of one ingest call) as ``pool/_staging/part-N``
-chunks, rows exactly as read, then runs three steps (``engine.map_items``; in-process when
+chunks, rows exactly as read, then runs three steps (``batches.map_batched``; in-process when
 Ray is not initialised, see :func:`run_step`):
 
 1. ``keys``, a task per group of ~1M staged rows: records (key hi, lo, staged chunk, row),
@@ -328,7 +328,7 @@ def _ray_running() -> bool:
 
 def run_step(fn: Any, items: list[Any], desc: str, fold: Any = None) -> float:
     """``fold(fn(item))`` for every item as it finishes, in any order: on Ray workers
-    (``engine.map_items``, retried) when Ray is initialised, as ``curate run`` does before
+    (``batches.map_batched``, retried) when Ray is initialised, as ``curate run`` does before
     ingest; in this process otherwise (ingest called as a library, tests), where starting
     Ray would cost more than a small pool's work. Any item that still fails is an error
     (exit 3): the batch stays pending, and a rerun finishes it. Returns the seconds taken."""
@@ -339,7 +339,7 @@ def run_step(fn: Any, items: list[Any], desc: str, fold: Any = None) -> float:
             if fold is not None:
                 fold(value)
         return time.monotonic() - t
-    from curate.core import engine
+    from curate.core import batches
 
     errors: list[str] = []
 
@@ -350,7 +350,9 @@ def run_step(fn: Any, items: list[Any], desc: str, fold: Any = None) -> float:
             fold(outcome.value)
         outcome.value = None  # the driver keeps only the fold
 
-    engine.map_items(fn, items, desc=desc, on_done=done)
+    # several partitions per task when they far outnumber the task slots (a small pool's
+    # 64 partitions were 64 tasks of a few ms each); the failure policy stays per item
+    batches.map_batched(fn, items, desc=desc, on_done=done)
     if errors:
         raise FailedShardsError(
             f"{desc}: {len(errors)} of {len(items)} tasks failed (e.g. {errors[0]}); "

@@ -154,7 +154,14 @@ class ScoreStage(Stage):
             return 0
         return engine.cluster_gpus()
 
+    def _model_free(self) -> bool:
+        """Whether the ``model`` step found the pool scores without a model (a score column,
+        or both embeddings): then the shards need no model, no torch and no actor."""
+        return str((self.state.get("model") or {}).get("model", "")).startswith("none:")
+
     def resources(self) -> Resources:
+        if self._model_free():
+            return Resources()
         gpus = self._gpus()
         cpus = engine.cluster_cpus()
         if gpus:
@@ -162,7 +169,11 @@ class ScoreStage(Stage):
         per = max(1, cpus // self.num_actors())
         return Resources(num_cpus=per)
 
-    def num_actors(self) -> int:
+    def num_actors(self) -> int | None:
+        """Long-lived actors that each load the model once; without a model to hold, plain
+        tasks (a new actor process costs seconds: importing torch alone is ~3 s)."""
+        if self._model_free():
+            return None
         gpus = self._gpus()
         if gpus:
             return gpus
@@ -214,6 +225,8 @@ class ScoreStage(Stage):
 
     # -- worker side
     def setup(self) -> None:
+        if self._model_free():
+            return
         import torch
 
         torch.set_num_threads(_assigned_cpus())
