@@ -191,3 +191,23 @@ def test_report_page_notes_a_laion_threshold_on_another_scorer(tmp_path, ray_ses
     run_pipeline(cfg, str(out), pool=pool)
     page = (out / "reports" / "report.html").read_text()
     assert "LAION-5B English" in page and "Thresholds do not carry across models" in page
+
+
+def test_a_pool_that_scores_without_a_model_runs_score_as_tasks(tmp_path, ray_session,
+                                                                monkeypatch):
+    """With both embeddings in the pool there is no model to hold: score's shards go to
+    one-core tasks, not to actors (a new process that would import torch for nothing)."""
+    from curate.core import engine
+
+    calls, real = [], engine.map_items
+
+    def spy(fn, items, **kw):
+        calls.append((kw.get("desc"), kw.get("num_actors"), kw.get("resources")))
+        return real(fn, items, **kw)
+
+    monkeypatch.setattr(engine, "map_items", spy)
+    pool = embedding_pool(tmp_path / "pool.parquet", 60, seed=2)
+    t = _run(tmp_path, "tasks", pool, min_score=-1.0)
+    assert t.num_rows == 60
+    score = [(a, r) for d, a, r in calls if d == "score"]
+    assert score and all(a is None and r.num_cpus == 1 and not r.num_gpus for a, r in score)
