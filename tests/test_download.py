@@ -118,9 +118,11 @@ def test_retry_failed_refetches_only_failures(tmp_path, image_server, ray_sessio
     rows.append({"url": image_server.url("/flaky.jpg"), "caption": "flaky", "extra": 0})
     pool = write_pool(tmp_path / "pool.parquet", rows)
     out = tmp_path / "run"
-    cfg = base_config()
+    # the 503 is tried three times (polite.http_retries), with short back-offs between
+    cfg = base_config(download={"polite": {"backoff_s": 0.05}})
     run_pipeline(cfg, str(out), pool=pool)
     assert sorted(_images(out)["status"].to_pylist()) == ["failed", "ok"]
+    assert image_server.hits["/flaky.jpg"] == 3
     ok_hits = image_server.hits["/ok/1.png"]
     image_server.routes["/flaky.jpg"] = image_server.routes["/ok/1.png"]
     run_pipeline(cfg, str(out), pool=pool)  # plain rerun: finished shard, nothing fetched
@@ -134,20 +136,25 @@ def test_retry_failed_refetches_only_failures(tmp_path, image_server, ray_sessio
 def test_stuck_worker_times_out_and_run_exits_3(tmp_path, image_server, ray_session,
                                                 monkeypatch):
     """A hung shard is cancelled at run.shard_timeout_s, retried, then recorded as failed;
-    the other shards finish and the run ends with exit code 3 (not a hang)."""
+    the other shards finish and the run ends with exit code 3 (not a hang).
+
+    The pool brings each pair's bytes, so no shard imports img2dataset (seconds in a fresh
+    worker): the other shard ends far within the short time limit the hung one waits out."""
     from curate.errors import EXIT_FAILED_SHARDS
 
     rows = [r for r in pool_rows(image_server) if "/ok/" in r["url"]][:12]
+    for r in rows:
+        r["image"] = image_server.routes["/" + r["url"].split("/", 3)[3]].body
     pool = write_pool(tmp_path / "pool.parquet", rows)
     out = tmp_path / "run"
     monkeypatch.setenv("CURATE_FAULT", "download:0:hang")
     with pytest.raises(FailedShardsError) as info:  # returns: the hang was cancelled
-        run_pipeline(base_config(run={"shard_timeout_s": 12, "max_retries": 0}), str(out),
+        run_pipeline(base_config(run={"shard_timeout_s": 8, "max_retries": 0}), str(out),
                      pool=pool)
     assert info.value.exit_code == EXIT_FAILED_SHARDS
     import json
 
     st = json.loads((out / "run.json").read_text())["stages"]["download"]
     assert st["failed_shards"] == ["part-00000.parquet"]
-    assert "timed out after 12 s" in st["errors"]["part-00000.parquet"]
+    assert "timed out after 8 s" in st["errors"]["part-00000.parquet"]
     assert sorted(p.name for p in (out / "images").glob("part-*")) == ["part-00001.parquet"]

@@ -102,15 +102,33 @@ def test_interleave_round_robin_by_host():
     assert polite.interleave(list(range(6)), hosts) == [0, 3, 4, 1, 5, 2]
 
 
-def test_429_with_retry_after_is_retried_after_the_delay():
+class _Clock:
+    """polite's clock in a test: a sleep moves it on at once and is added up (no waiting,
+    and how long polite would have waited can be checked)."""
+
+    def __init__(self):
+        self.now, self.slept = 1000.0, 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.slept += s
+        self.now += s
+
+
+def test_429_with_retry_after_is_retried_after_the_delay(monkeypatch):
     route = Route(JPG, "image/jpeg",
-                  first=[Route(status=429, headers={"Retry-After": "1"})])
+                  first=[Route(status=429, headers={"Retry-After": "3"})])
+    clock = _Clock()
+    monkeypatch.setattr(polite, "time", clock)
     with LoopbackServer({"/busy.jpg": route}) as srv:
         policy = polite.Policy(per_host=2)
         with polite.active(policy):
             key, stream, err = polite.download((0, srv.url("/busy.jpg")), 2, 0, None, None)
         assert err is None and stream.getvalue() == JPG
         assert srv.hits["/busy.jpg"] == 2 and policy.stats == {"127.0.0.1": 1}
+        assert clock.slept == pytest.approx(3.0)  # Retry-After (not backoff_s), then the retry
         # without retries left the 429 is the error
         srv.hits.clear()
         with polite.active(polite.Policy(http_retries=0)):
@@ -119,7 +137,7 @@ def test_429_with_retry_after_is_retried_after_the_delay():
 
 
 def test_per_host_cap_holds_across_threads():
-    routes = {f"/{i}.jpg": Route(JPG, "image/jpeg", delay_s=0.1) for i in range(16)}
+    routes = {f"/{i}.jpg": Route(JPG, "image/jpeg", delay_s=0.05) for i in range(16)}
     with LoopbackServer(routes) as srv:
         policy = polite.Policy(per_host=2)
         with polite.active(policy), ThreadPoolExecutor(8) as ex:
@@ -151,8 +169,8 @@ def hosts():
         [{"location": "/reserved/*", "tdm-reservation": 1}]).encode(), "application/json")})
     c = LoopbackServer({**img, "/robots.txt": Route(status=503)})
     d = LoopbackServer({**img, "/robots.txt": Route(b"<!DOCTYPE html><p>hi</p>", "text/html")})
-    e = LoopbackServer({"/busy.jpg": Route(JPG, "image/jpeg", first=[
-        Route(status=429, headers={"Retry-After": "1"})])})
+    e = LoopbackServer({"/busy.jpg": Route(JPG, "image/jpeg", first=[  # 429: retry at once
+        Route(status=429, headers={"Retry-After": "0"})])})
     servers = [s.start() for s in (a, b, c, d, e)]
     yield servers
     for s in servers:

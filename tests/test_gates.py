@@ -177,8 +177,10 @@ def test_download_per_host_cap_holds_across_two_tasks(tmp_path, ray_session, per
                                                        reserved, shared):
     """Two download tasks (two shards, processes=2) on one host: the server never sees more
     than per_host requests at once, every pair is fetched, and the cap is split as
-    slots.split says (the gate's own statistics show it lent its shared slot)."""
-    routes = {f"/{i}.jpg": Route(drawn_image(i, (32, 24), "jpg"), "image/jpeg", delay_s=0.15)
+    slots.split says (the gate's own statistics show it lent its shared slot). Each answer
+    takes 0.05 s: 16 threads that ignored the cap would overlap many times over, and at
+    per_host 1 the 24 requests still take only about a second one after another."""
+    routes = {f"/{i}.jpg": Route(drawn_image(i, (32, 24), "jpg"), "image/jpeg", delay_s=0.05)
               for i in range(24)}
     with LoopbackServer(routes) as srv:
         pool = write_pool(tmp_path / "pool.parquet",

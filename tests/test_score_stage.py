@@ -60,6 +60,17 @@ def _cfg(tiny_ckpt, **score):
     return base_config(stages=["score"], score=section, pool={"shard_size": 11})
 
 
+@pytest.fixture(scope="module")
+def exact(tmp_path_factory, tiny_ckpt, ray_session):
+    """One run of the default ("exact") pipeline on the default pool, shared by the tests
+    that only read it (each model run starts an actor that imports torch: seconds of CPU).
+    Returns (pool, run folder); tests write their own runs elsewhere and never modify it."""
+    d = tmp_path_factory.mktemp("exact")
+    pool = _pool(d)
+    run_pipeline(_cfg(tiny_ckpt), str(d / "run"), pool=pool)
+    return pool, d / "run"
+
+
 def _scores(out) -> pa.Table:
     s = pq.read_table(f"{out}/scores")
     p = pq.read_table(f"{out}/pool", columns=["uid", "caption", "image"])
@@ -68,13 +79,12 @@ def _scores(out) -> pa.Table:
         "image", pc.take(p["image"], idx))
 
 
-def test_scores_equal_direct_open_clip(tmp_path, tiny_ckpt, ray_session):
+def test_scores_equal_direct_open_clip(exact, tiny_ckpt):
     import open_clip
     import torch
     from PIL import Image
 
-    out = tmp_path / "run"
-    run_pipeline(_cfg(tiny_ckpt), str(out), pool=_pool(tmp_path))
+    out = exact[1]
     t = _scores(out).sort_by("uid")
     cfg_path, ckpt = tiny_ckpt
     model, _, preprocess = open_clip.create_model_and_transforms("tiny-score", pretrained=ckpt)
@@ -142,13 +152,12 @@ def test_top_fraction_over_the_pool_scores_basic_filtered_pairs(tmp_path, tiny_c
         r["uid"] for r in best if r["caption"] != "x"}
 
 
-def test_min_score_keeps_at_least_threshold(tmp_path, tiny_ckpt, ray_session):
-    out = tmp_path / "run0"
-    run_pipeline(_cfg(tiny_ckpt), str(out), pool=_pool(tmp_path))
+def test_min_score_keeps_at_least_threshold(tmp_path, tiny_ckpt, exact):
+    pool, out = exact
     s = pq.read_table(f"{out}/scores")["clip_score"].drop_null().to_numpy()
     thr = float(np.median(s))
     out2 = tmp_path / "run1"
-    run_pipeline(_cfg(tiny_ckpt, filter={"min_score": thr}), str(out2), pool=_pool(tmp_path))
+    run_pipeline(_cfg(tiny_ckpt, filter={"min_score": thr}), str(out2), pool=pool)
     t = pq.read_table(f"{out2}/scores")
     kept = t.filter(t["kept"])["clip_score"].to_numpy()
     assert (kept >= thr).all() and len(kept) == int((s >= thr).sum())
@@ -176,12 +185,11 @@ def test_unavailable_weights_fail_fast_and_keep_earlier_outputs(tmp_path, tiny_c
     assert after == before
 
 
-def test_decode_fast_scores_the_same_pairs_closely(tmp_path, tiny_ckpt, ray_session):
+def test_decode_fast_scores_the_same_pairs_closely(tmp_path, tiny_ckpt, exact):
     """score.decode: fast keeps the per-image error contract and moves embeddings little."""
-    pool = _pool(tmp_path)
-    run_pipeline(_cfg(tiny_ckpt), str(tmp_path / "exact"), pool=pool)
+    pool, out = exact
     run_pipeline(_cfg(tiny_ckpt, decode="fast"), str(tmp_path / "fast"), pool=pool)
-    a, b = _scores(tmp_path / "exact").sort_by("uid"), _scores(tmp_path / "fast").sort_by("uid")
+    a, b = _scores(out).sort_by("uid"), _scores(tmp_path / "fast").sort_by("uid")
     assert a["reason"].to_pylist() == b["reason"].to_pylist()
     ok = pc.is_valid(a["clip_score"])
     ea = np.array(a.filter(ok)["image_emb"].to_pylist(), np.float32)
@@ -190,16 +198,14 @@ def test_decode_fast_scores_the_same_pairs_closely(tmp_path, tiny_ckpt, ray_sess
     assert cos.min() > 0.98, cos.min()
 
 
-def test_decode_gpu_on_cpu_keeps_the_same_pairs_as_exact(tmp_path, tiny_ckpt, ray_session,
-                                                        caplog):
+def test_decode_gpu_on_cpu_keeps_the_same_pairs_as_exact(tmp_path, tiny_ckpt, exact, caplog):
     """score.decode: gpu without CUDA runs the same code on the CPU (one warning line on the
     driver): same reasons, same kept set under a min_score cut, embeddings within fp16
     rounding; batch_size: auto is 256 on the CPU."""
     import logging
 
-    pool = _pool(tmp_path)
-    run_pipeline(_cfg(tiny_ckpt), str(tmp_path / "exact"), pool=pool)
-    a = _scores(tmp_path / "exact").sort_by("uid")
+    pool, out = exact
+    a = _scores(out).sort_by("uid")
     s = np.sort(a["clip_score"].drop_null().to_numpy())
     thr = float((s[len(s) // 2 - 1] + s[len(s) // 2]) / 2)  # between two scores: no tie
     with caplog.at_level(logging.WARNING, logger="curate.stages.score"):

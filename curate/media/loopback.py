@@ -103,7 +103,10 @@ class LoopbackServer:
         return f"http://{self.host}:{self.port}{path}"
 
     def start(self) -> LoopbackServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # the loop looks for shutdown every 0.05 s: with socketserver's 0.5 s default,
+        # every stop waited about half a second
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
         self._thread.start()
         return self
 
