@@ -22,22 +22,51 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from curate.media.loopback import LoopbackServer, Route  # noqa: E402
 
+#: the longest groups (seconds on 2 cores), handed out first under pytest-xdist so that none
+#: of them is left to run alone at the end; the rest keep their collection order
+SLOW_FIRST = ("tests/test_faults.py", "tests/test_packaging.py", "example_run",
+              "tests/test_cluster.py", "tests/test_kmeans_gpu_workers.py",
+              "tests/test_score_stage.py", "tests/test_index.py")
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): run these tests on one worker")
+
+def _example_modules() -> set[str]:
+    """Test modules that use the session's example run (their source names the fixture):
+    known from the files, because xdist's controller schedules by node id alone."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return {f"tests/{name}" for name in os.listdir(here)
+            if name.startswith("test_") and name.endswith(".py")
+            and "example_run" in open(os.path.join(here, name), encoding="utf-8").read()}
+
+
+def _group(nodeid: str, example: set[str]) -> str:
+    module = nodeid.split("::")[0]
+    return "example_run" if module in example else module
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``-n 2 --dist loadgroup``) each worker is its own session, with
-    its own session and module fixtures: keep a module's tests on one worker (its module
-    fixtures are built once), and every test of the session's example run on one worker
-    (example_run is built once)."""
-    module = {item: item.nodeid.split("::")[0] for item in items}
-    shared = {module[item] for item in items
-              if "example_run" in getattr(item, "fixturenames", ())}
-    for item in items:
-        name = module[item]
-        item.add_marker(pytest.mark.xdist_group("example_run" if name in shared else name))
+    """The longest groups first (stable otherwise): the order xdist hands them out in."""
+    example = _example_modules()
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item.nodeid, example), len(rank)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs ``pytest -n 2``: each worker is its own session, with its own
+    session and module fixtures, so a module's tests go to one worker (its module fixtures
+    are built once) and every module using the example run to one worker (example_run is
+    built once), in collection order. (Not xdist's ``--dist loadgroup`` marks: pytest 9
+    keeps node ids where xdist 3.8 no longer writes its ``@group`` suffix, so every test was
+    a group of its own.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    example = _example_modules()
+    config.option.loadscopereorder = False  # collection order: SLOW_FIRST first
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid, example)
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session")
