@@ -105,11 +105,11 @@ class Store:
                     if c in have and c not in SKIP]
             if not cols:
                 continue
-            names = [name for _, name in joined_names(r.name, cols, taken)]
-            self.joined.update((n, (r.view, c)) for c, n in zip(cols, names, strict=True))
-            inner = ", ".join(f'"{c}" AS "{n}"' for c, n in zip(cols, names))
+            named = joined_names(r.name, cols, taken)
+            self.joined.update((n, (r.view, c)) for c, n in named)
+            inner = ", ".join(f'"{c}" AS "{n}"' for c, n in named)
             joins.append(f'LEFT JOIN (SELECT uid, {inner} FROM "{r.view}") j{i} USING (uid)')
-            select += [f'j{i}."{n}"' for n in names]
+            select += [f'j{i}."{n}"' for _, n in named]
         pool_cols = ", ".join(f'"{c}"' for c in ("caption", "url", "lang") if c in pool)
         # a run of up to MATERIALISE pairs is read once into memory (~100-300 bytes a pair):
         # every page then queries a table instead of re-joining every stage's files
@@ -162,10 +162,7 @@ class Store:
         if not uids:
             return []
         where, params = (f or Filters()).sql(self.columns, self.cursor())
-        cur = self.cursor()
-        import pyarrow as pa
-
-        cur.register("explore_want", pa.table({"uid": pa.array(list(uids), pa.string())}))
+        cur = self._wanting(uids)
         res = cur.execute(f"SELECT e.* FROM explore e JOIN explore_want USING (uid) WHERE "
                           f"{where}", params)
         names = [d[0] for d in res.description]
@@ -177,12 +174,17 @@ class Store:
         ``explore`` view, which holds no other)."""
         if not uids:
             return set()
+        return {r[0] for r in self._wanting(uids).execute(
+            "SELECT uid FROM explore JOIN explore_want USING (uid)").fetchall()}
+
+    def _wanting(self, uids: list[str]) -> Any:
+        """A cursor on which ``explore_want`` is the table of ``uids`` (a join, not an IN
+        list of thousands of parameters)."""
         import pyarrow as pa
 
         cur = self.cursor()
         cur.register("explore_want", pa.table({"uid": pa.array(list(uids), pa.string())}))
-        return {r[0] for r in cur.execute(
-            "SELECT uid FROM explore JOIN explore_want USING (uid)").fetchall()}
+        return cur
 
     def lookup(self, uid: str, indexed: bool = False) -> str:
         """``"visible"``, ``"withheld"`` (a safety rule dropped it, not a hash list: the page
@@ -211,12 +213,8 @@ class Store:
             f"LIMIT {int(limit)}").fetchall()]
 
     def shards_of(self, uids: list[str]) -> dict[str, str]:
-        import pyarrow as pa
-
-        cur = self.cursor()
-        cur.register("explore_want", pa.table({"uid": pa.array(list(uids), pa.string())}))
-        return dict(cur.execute("SELECT uid, shard FROM explore_shards JOIN explore_want "
-                                "USING (uid)").fetchall())
+        return dict(self._wanting(uids).execute("SELECT uid, shard FROM explore_shards JOIN "
+                                                "explore_want USING (uid)").fetchall())
 
     # ------------------------------------------------------------------ a pair
     def chain(self, row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -79,9 +79,10 @@ class Searcher:
         """The ``k`` nearest visible pairs to ``uid`` (itself excluded), best first, and how
         many nearer ones a safety rule withheld."""
         k = _k(k)
-        if self.store.lookup(uid, indexed=uid in self.index) != "visible":
+        vector = self.index.vector(uid)  # None: not indexed
+        if self.store.lookup(uid, indexed=vector is not None) != "visible":
             raise LookupError(uid)
-        if self.index.vector(uid) is None:
+        if vector is None:
             held = (getattr(self.index, "info", None) or {}).get("pairs")
             why = ("the index holds the curated pairs only: `curate index RUN --pairs all` "
                    "indexes every pair with an embedding" if held == "kept" else
