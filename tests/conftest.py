@@ -32,10 +32,11 @@ SLOW_FIRST = ("tests/test_faults.py", "tests/test_packaging.py", "example_run",
 def _example_modules() -> set[str]:
     """Test modules that use the session's example run (their source names the fixture):
     known from the files, because xdist's controller schedules by node id alone."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return {f"tests/{name}" for name in os.listdir(here)
-            if name.startswith("test_") and name.endswith(".py")
-            and "example_run" in open(os.path.join(here, name), encoding="utf-8").read()}
+    import re
+    from pathlib import Path
+
+    return {f"tests/{p.name}" for p in Path(__file__).parent.glob("test_*.py")
+            if re.search(r"\bexample_run\b", p.read_text(encoding="utf-8"))}
 
 
 def _group(nodeid: str, example: set[str]) -> str:
